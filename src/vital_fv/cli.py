@@ -1,0 +1,208 @@
+"""The ``vital`` command: a thin layer over the Python API (``vital_fv.visualize`` and friends)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import VitalError
+
+
+def _floats(text: str) -> list[float]:
+    return [float(t) for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .optimize import OPTIM_PRESETS
+    from .zoo import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(
+        prog="vital",
+        description="VITAL feature visualization: images whose feature distributions match real references.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name (default {DEFAULT_MODEL})")
+        sp.add_argument("--weights", help="state dict or checkpoint file (torchvision models)")
+
+    v = sub.add_parser("visualize", help="optimize a visualization of a class")
+    model_args(v)
+    v.add_argument("--class", dest="cls", required=True, help="class index or name (e.g. 967 or espresso)")
+    src = v.add_mutually_exclusive_group()
+    src.add_argument("--refs", nargs="+", help="reference folder, or image files (default: bundled photo)")
+    src.add_argument("--pool", help="unlabelled folder: use the N images the model rates most probable")
+    v.add_argument("--n-refs", type=int, default=50, help="number of reference images (default 50)")
+    v.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="make up missing references with random crops (default: on for bundled photos only)")
+    v.add_argument("--preset", default="paper", choices=list(OPTIM_PRESETS), help="optimization preset")
+    v.add_argument("--steps", type=int, help="override the preset's step count")
+    v.add_argument("--lr", type=float, help="override the preset's learning rate")
+    v.add_argument("--layers", type=_names, help="comma-separated layer names (default: the model's preset)")
+    v.add_argument("--layer-weights", type=_floats, help="comma-separated loss weights, one per layer")
+    v.add_argument("--size", type=int, help="generated resolution (default: the model's input size)")
+    v.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds, one image each (default 0)")
+    v.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    v.add_argument("--out", default="out", help="output folder (default out/)")
+    v.add_argument("--name", help="file name stem (default MODEL-CLASS-sSEED)")
+    v.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    v.add_argument("--cache-dir", help="prototype cache folder (default ~/.cache/vital-fv or $VITAL_CACHE_DIR)")
+    v.add_argument("--no-cache", action="store_true", help="neither read nor write cached prototypes")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    la = sub.add_parser("layers", help="list a model's hookable layers with their output shapes")
+    model_args(la)
+    la.add_argument("--grep", help="only names containing this text")
+
+    cl = sub.add_parser("classes", help="list a model's class indices and names")
+    model_args(cl)
+    cl.add_argument("--grep", help="only names containing this text (case-insensitive)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        return {"visualize": cmd_visualize, "layers": cmd_layers, "classes": cmd_classes}[args.command](args)
+    except VitalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for result in getattr(exc, "results", []):
+            _report_saved(result)
+        return 2
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202 - ModelSpec, imported lazily to keep --help fast
+    from .zoo import load_model
+
+    return load_model(args.model, args.weights)
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .features import layer_shapes
+
+    spec = _load(args)
+    preset = set(spec.preset.layers) if spec.preset else set()
+    print(f"{spec.name}: input 3x{spec.preprocess.input_size}x{spec.preprocess.input_size}; * = in the default preset")
+    for name, shape in layer_shapes(spec.module, spec.preprocess.input_size):
+        if args.grep and args.grep not in name:
+            continue
+        mark = "*" if name in preset else " "
+        print(f"{mark} {name:<40} {'x'.join(str(s) for s in shape)}")
+    return 0
+
+
+def cmd_classes(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    if not spec.class_names:
+        raise VitalError(f"model {spec.name} has no class names")
+    word = (args.grep or "").lower()
+    hits = [(i, n) for i, n in enumerate(spec.class_names) if word in n.lower()]
+    if not hits:
+        raise VitalError(f"no class name of {spec.name} contains '{args.grep}'")
+    for i, n in hits:
+        print(f"{i:>5}  {n}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from . import references as refs_mod
+    from .matching import PrototypeCache
+    from .optimize import Job, NonFiniteLossError, visualize_batch
+    from .result import ensure_writable_dir, refuse_overwrite
+    from .targets import ClassTarget
+    from .zoo import LayerPreset
+
+    out_dir = ensure_writable_dir(args.out)  # before any expensive work
+    if args.layer_weights and not args.layers:
+        raise VitalError("--layer-weights needs --layers")
+    spec = _load(args)
+    target = ClassTarget(args.cls)
+    index, cname = target.resolve(spec.class_names)
+    slug = target.slug(spec.class_names)
+    stems = [args.name or f"{spec.name}-{slug}" for _ in args.seeds]
+    if len(args.seeds) > 1 or not args.name:
+        stems = [f"{s}-s{seed}" for s, seed in zip(stems, args.seeds, strict=True)]
+    pngs = [out_dir / f"{s}.png" for s in stems]
+    refuse_overwrite(pngs + [p.with_suffix(".json") for p in pngs], args.overwrite)
+
+    if args.layers:
+        from .features import resolve_layers as _check
+
+        _check(spec.module, args.layers, spec.name)
+    if args.pool:
+        references = refs_mod.from_pool(args.pool, spec, index, n=args.n_refs, progress=not args.quiet)
+    elif args.refs:
+        paths = [Path(r) for r in args.refs]
+        augment = bool(args.augment)
+        if len(paths) == 1 and paths[0].is_dir():
+            references = refs_mod.from_folder(paths[0], n=args.n_refs, augment=augment)
+        else:
+            references = refs_mod.from_files(paths, n=args.n_refs, augment=augment)
+    else:
+        augment = True if args.augment is None else args.augment
+        if cname.lower() not in refs_mod.BUNDLED:
+            raise VitalError(
+                f"no references for '{cname}': give --refs DIR (images of the class) or --pool DIR. Bundled "
+                f"photos exist for: {', '.join(refs_mod.BUNDLED)}"
+            )
+        references = refs_mod.bundled(cname, n=args.n_refs, augment=augment)
+
+    layers = None
+    if args.layers:
+        weights = args.layer_weights or [1.0] * len(args.layers)
+        base = spec.preset
+        layers = LayerPreset(tuple(args.layers), tuple(weights), tv=base.tv if base else 0.0,
+                             l2=base.l2 if base else 0.0, source="user (--layers)")
+    cache = False if args.no_cache else (PrototypeCache(args.cache_dir) if args.cache_dir else True)
+    jobs = [Job(target, references, seed) for seed in args.seeds]
+    print(f"visualizing {cname} ({index}) on {spec.name} from {references.count} references "
+          f"({references.describe()['label']}), preset {args.preset}, seeds {','.join(map(str, args.seeds))}",
+          file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        results = visualize_batch(
+            spec, jobs, preset=args.preset, steps=args.steps, lr=args.lr, layers=layers, size=args.size,
+            device=args.device, cache=cache, progress=not args.quiet,
+        )
+    except NonFiniteLossError as exc:
+        for r, png in zip(exc.results, pngs, strict=True):
+            r.save(png, overwrite=True)
+        raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
+    elapsed = time.perf_counter() - start
+    for r, png in zip(results, pngs, strict=True):
+        r.save(png, overwrite=True)  # the overwrite check ran before the work started
+        _report_saved(r, png)
+    print(f"time: {elapsed:.1f} s ({results[0].record['seconds_per_step'] * 1000:.1f} ms/step, "
+          f"references {results[0].record['reference_seconds']:.1f} s, prototypes "
+          f"{results[0].record['prototypes']['cache']})")
+    if any(r.status == "interrupted" for r in results):
+        print("interrupted: the images so far are saved and marked 'interrupted' in their records")
+        return 130
+    return 0
+
+
+def _report_saved(result, png: Path | None = None) -> None:  # noqa: ANN001
+    where = f"{png} (+ .json)" if png else "(not saved)"
+    top = ", ".join(f"{t['name']} {t['p']:.2f}" for t in result.top5)
+    print(f"{where}  [{result.status}, seed {result.record['seed']}]  top-5: {top}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Reading intermediate activations with forward hooks that are always removed.
+
+Every matched layer is seen as C channels x P positions: conv maps (B, C, H, W) -> (B, C, H*W); token layers
+(B, T, D), as in ViTs, -> (B, D, T) (the hidden size plays the role of channels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .errors import VitalError, close_matches
+
+
+def resolve_layers(module: nn.Module, names: Sequence[str], model_name: str = "") -> list[nn.Module]:
+    """Map dotted module names to modules, or fail with the close matches and where to find the full list."""
+    table = dict(module.named_modules())
+    out = []
+    for name in names:
+        if name not in table or name == "":
+            near = close_matches(name, [n for n in table if n])
+            hint = f" Close matches: {', '.join(near)}." if near else ""
+            listing = f"`vital layers --model {model_name}`" if model_name else "`vital layers`"
+            raise VitalError(f"unknown layer '{name}'.{hint} {listing} lists every layer with its shape.")
+        out.append(table[name])
+    return out
+
+
+def as_channels_positions(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H*W); (B, T, D) tokens -> (B, D, T); (B, C) -> (B, C, 1)."""
+    if isinstance(t, (tuple, list)):
+        t = t[0]
+    if t.dim() == 4:
+        return t.flatten(2)
+    if t.dim() == 3:
+        return t.transpose(1, 2)
+    if t.dim() == 2:
+        return t.unsqueeze(-1)
+    raise VitalError(f"cannot read a layer output of shape {tuple(t.shape)} as channels x positions")
+
+
+@contextmanager
+def capture(module: nn.Module, names: Sequence[str], model_name: str = "") -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, every forward of ``module`` fills the yielded dict with the named layers' outputs.
+
+    Hooks are removed on exit, also after an exception, so the model is left as it was found.
+    """
+    targets = resolve_layers(module, names, model_name)
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name, layer in zip(names, targets, strict=True):
+
+            def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+                store[name] = out
+
+            handles.append(layer.register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+        store.clear()
+
+
+def layer_shapes(module: nn.Module, input_size: int, device: torch.device | str = "cpu") -> list[tuple[str, tuple]]:
+    """Every named submodule with the shape of its output on one input (modules that never run are left out)."""
+    shapes: dict[str, tuple] = {}
+    order: list[str] = []
+    handles = []
+    try:
+        for name, layer in module.named_modules():
+            if not name:
+                continue
+
+            def hook(_m: nn.Module, _inp: object, out: object, name: str = name) -> None:
+                if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+                    out = out[0]
+                if isinstance(out, torch.Tensor) and name not in shapes:
+                    shapes[name] = tuple(out.shape[1:])
+                    order.append(name)
+
+            handles.append(layer.register_forward_hook(hook))
+        with torch.no_grad():
+            module(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    # Report in module-tree order, which reads better than execution order for nested blocks.
+    tree = [n for n, _ in module.named_modules() if n in shapes]
+    return [(n, shapes[n]) for n in tree]

@@ -1,0 +1,292 @@
+"""Reference images: the real images whose feature distributions a visualization must match.
+
+A ``ReferenceSet`` keeps the images at their own size; each model applies its own preprocessing (resize, center
+crop) when the set is used, so one set serves any model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import VitalError, close_matches
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass
+class ReferenceSet:
+    """Images (uint8, 3 x H x W, native size) with where they came from and how many the run should use.
+
+    When ``augment`` is set and the set holds fewer images than ``n``, random resized crops and flips of the
+    images (seeded) make up the difference; the record says so.
+    """
+
+    images: list[torch.Tensor]
+    sources: list[str]
+    hashes: list[str]
+    n: int
+    augment: bool = False
+    seed: int = 0
+    label: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise VitalError(f"reference set {self.label or ''} is empty: give at least one readable image")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def count(self) -> int:
+        """How many reference images the run uses (originals plus any augmented crops)."""
+        return max(self.n, len(self.images)) if self.augment else len(self.images)
+
+    def content_hash(self) -> str:
+        blob = json.dumps([self.hashes, self.count, self.augment, self.seed]).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def prepare(self, preprocess: Any) -> torch.Tensor:
+        """(count, 3, S, S) float images in [0, 1], with the model's resize and center crop."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
+        mode = InterpolationMode(preprocess.interpolation)
+        size = preprocess.input_size
+        out = []
+        for img in self.images:
+            x = F.resize(img, [preprocess.resize_size], interpolation=mode, antialias=True)
+            out.append(F.center_crop(x, [size, size]))
+        extra = self.count - len(self.images)
+        if extra > 0:
+            from torchvision.transforms import RandomResizedCrop
+
+            g = torch.Generator().manual_seed(self.seed)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                for k in range(extra):
+                    img = self.images[k % len(self.images)]
+                    top, left, h, w = RandomResizedCrop.get_params(img, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3))
+                    x = F.resized_crop(img, top, left, h, w, [size, size], interpolation=mode, antialias=True)
+                    if torch.rand((), generator=g) < 0.5:
+                        x = x.flip(-1)
+                    out.append(x)
+        return (torch.stack(out).float() / 255.0).clamp(0, 1)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "sources": self.sources,
+            "sha256": self.hashes,
+            "originals": len(self.images),
+            "count": self.count,
+            "augmented": self.augment and self.count > len(self.images),
+            "augment_seed": self.seed,
+            "content_hash": self.content_hash(),
+            **self.info,
+        }
+
+
+def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def read_image(path: str | os.PathLike[str]) -> tuple[torch.Tensor, str]:
+    """Decode one image file to uint8 (3, H, W) and the sha256 of its bytes; VitalError names unreadable files."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return _to_uint8_chw(im), hashlib.sha256(data).hexdigest()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise VitalError(f"cannot read image {p}: {exc}") from None
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise VitalError(f"reference folder {root} does not exist or is not a folder")
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _load_many(paths: Sequence[Path], label: str) -> tuple[list[torch.Tensor], list[str], list[str]]:
+    images, sources, hashes = [], [], []
+    for p in paths:
+        try:
+            img, h = read_image(p)
+        except VitalError as exc:
+            warnings.warn(f"skipping {p}: {exc}", stacklevel=3)
+            continue
+        images.append(img)
+        sources.append(str(p))
+        hashes.append(h)
+    if not images:
+        raise VitalError(f"no readable images in {label}: give a folder or files with JPEG/PNG images")
+    return images, sources, hashes
+
+
+def from_files(
+    files: Sequence[str | os.PathLike[str]], n: int | None = None, augment: bool = False, seed: int = 0
+) -> ReferenceSet:
+    """References from explicit files (unreadable ones are skipped with a warning naming them)."""
+    paths = [Path(f) for f in files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise VitalError(f"reference files not found: {', '.join(missing[:5])}")
+    images, sources, hashes = _load_many(paths, "the given files")
+    return ReferenceSet(images, sources, hashes, n=n or len(images), augment=augment, seed=seed, label="files")
+
+
+def from_folder(
+    folder: str | os.PathLike[str], n: int = 50, augment: bool = False, seed: int = 0
+) -> ReferenceSet:
+    """Up to ``n`` images of a folder (searched recursively), a seeded random sample when it holds more.
+
+    The authors draw N random images of the class; the seed makes the draw repeatable and is recorded.
+    """
+    paths = list_images(folder)
+    paths = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES] or paths
+    if not paths:
+        raise VitalError(f"reference folder {folder} holds no files")
+    # Sample more than n so skipped (corrupt) files still leave n images where the folder has them.
+    order = list(range(len(paths)))
+    random.Random(seed).shuffle(order)
+    images, sources, hashes = [], [], []
+    for i in order:
+        if len(images) >= n:
+            break
+        try:
+            img, h = read_image(paths[i])
+        except VitalError as exc:
+            warnings.warn(f"skipping {paths[i]}: {exc}", stacklevel=2)
+            continue
+        images.append(img)
+        sources.append(str(paths[i]))
+        hashes.append(h)
+    if not images:
+        raise VitalError(f"no readable images in {folder}: give a folder with JPEG/PNG images")
+    return ReferenceSet(images, sources, hashes, n=n, augment=augment, seed=seed, label=str(folder))
+
+
+def from_tensor(images: torch.Tensor, n: int | None = None, augment: bool = False, seed: int = 0) -> ReferenceSet:
+    """References from a tensor (N, 3, H, W): uint8, or float in [0, 1]."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise VitalError(f"reference tensor must be (N, 3, H, W), got {tuple(images.shape)}")
+    if images.dtype != torch.uint8:
+        images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    imgs = [im.cpu().contiguous() for im in images]
+    hashes = [hashlib.sha256(im.numpy().tobytes()).hexdigest() for im in imgs]
+    sources = [f"tensor[{i}]" for i in range(len(imgs))]
+    return ReferenceSet(imgs, sources, hashes, n=n or len(imgs), augment=augment, seed=seed, label="tensor")
+
+
+# Photos that ship inside scikit-image and scikit-learn, each a real example of one ImageNet class that
+# EfficientNet-Lite0 classifies correctly: the offline demo classes.
+BUNDLED: dict[str, tuple[str, str]] = {
+    "espresso": ("skimage", "coffee"),
+    "tripod": ("skimage", "camera"),
+    "tiger cat": ("skimage", "chelsea"),
+    "missile": ("skimage", "rocket"),
+    "palace": ("sklearn", "china.jpg"),
+    "daisy": ("sklearn", "flower.jpg"),
+}
+
+
+def bundled_classes() -> list[str]:
+    return list(BUNDLED)
+
+
+def _bundled_photo(kind: str, name: str) -> tuple[torch.Tensor, str]:
+    if kind == "skimage":
+        import skimage.data
+
+        arr = np.asarray(getattr(skimage.data, name)())
+        source = f"skimage.data.{name}"
+    else:
+        from sklearn.datasets import load_sample_image
+
+        arr = np.asarray(load_sample_image(name))
+        source = f"sklearn.datasets.load_sample_image('{name}')"
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    img = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1).contiguous()
+    return img, source
+
+
+def bundled(name: str, n: int = 50, augment: bool = True, seed: int = 0) -> ReferenceSet:
+    """The bundled photo of a demo class, made up to ``n`` references with augmented crops by default."""
+    key = name.lower().strip()
+    if key not in BUNDLED:
+        near = close_matches(key, BUNDLED)
+        hint = f" Close: {', '.join(near)}." if near else ""
+        raise VitalError(
+            f"no bundled photo for '{name}'.{hint} Bundled demo classes: {', '.join(BUNDLED)}; "
+            "for other classes give --refs DIR or --pool DIR."
+        )
+    img, source = _bundled_photo(*BUNDLED[key])
+    digest = hashlib.sha256(img.numpy().tobytes()).hexdigest()
+    return ReferenceSet([img], [source], [digest], n=n, augment=augment, seed=seed, label=f"bundled:{key}")
+
+
+@torch.no_grad()
+def from_pool(
+    folder: str | os.PathLike[str],
+    model: Any,
+    class_index: int,
+    n: int = 50,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> ReferenceSet:
+    """Class references from an unlabelled folder: the ``n`` images the model itself rates most probable."""
+    from tqdm.auto import tqdm
+
+    paths = [p for p in list_images(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not paths:
+        raise VitalError(f"pool folder {folder} holds no image files")
+    scored: list[tuple[float, Path, torch.Tensor, str]] = []
+    device = model.device
+    for start in tqdm(range(0, len(paths), batch_size), desc="scoring pool", disable=not progress, unit="batch"):
+        chunk = paths[start : start + batch_size]
+        images, sources, hashes = [], [], []
+        for p in chunk:
+            try:
+                img, h = read_image(p)
+            except VitalError as exc:
+                warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
+                continue
+            images.append(img)
+            sources.append(p)
+            hashes.append(h)
+        if not images:
+            continue
+        batch = ReferenceSet(images, [str(s) for s in sources], hashes, n=len(images)).prepare(model.preprocess)
+        probs = model.module(model.preprocess.normalize(batch.to(device))).softmax(-1)[:, class_index]
+        for prob, p, img, h in zip(probs.tolist(), sources, images, hashes, strict=True):
+            scored.append((prob, p, img, h))
+    if not scored:
+        raise VitalError(f"no readable images in pool folder {folder}")
+    scored.sort(key=lambda t: -t[0])
+    top = scored[:n]
+    return ReferenceSet(
+        [t[2] for t in top],
+        [str(t[1]) for t in top],
+        [t[3] for t in top],
+        n=n,
+        label=f"pool:{folder}",
+        info={"pool_scores": [round(t[0], 6) for t in top], "pool_size": len(scored)},
+    )

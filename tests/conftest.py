@@ -1,0 +1,46 @@
+"""Shared fixtures: small models the tests build themselves, and an isolated prototype cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vital_fv.zoo import Preprocess, load_model
+
+
+class TinyNet(nn.Module):
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.act2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VITAL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def tiny_spec():
+    torch.manual_seed(0)
+    return load_model(
+        TinyNet(),
+        layers=["act1", "act2"],
+        preprocess=Preprocess(32, 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+        class_names=["zero", "one", "two", "three"],
+        name="tiny",
+    )
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    return load_model("efficientnet_lite0")

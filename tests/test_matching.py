@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+
+from vital_fv.matching import (
+    PrototypeCache,
+    argsort_rows,
+    compute_prototypes,
+    l2_norm,
+    resample_sorted,
+    sort_matching_loss,
+    total_variation,
+)
+
+
+def _proto_of(z: torch.Tensor) -> torch.Tensor:
+    return torch.sort(z, dim=-1).values.mean(0)
+
+
+def test_loss_is_zero_when_sorted_values_match_and_positive_otherwise():
+    torch.manual_seed(0)
+    ref = torch.randn(1, 4, 50)
+    proto = _proto_of(ref)
+    shuffled = ref[..., torch.randperm(50)]
+    assert sort_matching_loss(shuffled, proto).item() == pytest.approx(0.0, abs=1e-12)
+    other = ref.clone()
+    other[0, 2, 7] += 0.5
+    assert sort_matching_loss(other, proto).item() > 1e-4
+
+
+def test_loss_is_invariant_to_permuting_positions():
+    torch.manual_seed(1)
+    z = torch.randn(2, 3, 40)
+    proto = _proto_of(torch.randn(5, 3, 40))
+    perm = torch.randperm(40)
+    assert torch.allclose(sort_matching_loss(z, proto), sort_matching_loss(z[..., perm], proto))
+
+
+def test_loss_value_and_gradient_equal_brute_force_autograd_through_sort():
+    torch.manual_seed(2)
+    z = torch.randn(2, 3, 17, dtype=torch.float64, requires_grad=True)
+    proto = _proto_of(torch.randn(4, 3, 17, dtype=torch.float64))
+    ours = sort_matching_loss(z, proto)
+    (g_ours,) = torch.autograd.grad(ours.sum(), z)
+    brute = (torch.sort(z, dim=-1).values - proto).pow(2).mean(dim=(1, 2))
+    (g_brute,) = torch.autograd.grad(brute.sum(), z)
+    assert torch.allclose(ours, brute)
+    assert torch.allclose(g_ours, g_brute)
+
+
+def test_batch_items_are_independent():
+    torch.manual_seed(3)
+    z = torch.randn(3, 2, 30, requires_grad=True)
+    proto = _proto_of(torch.randn(4, 2, 30))
+    loss = sort_matching_loss(z, proto)
+    (g,) = torch.autograd.grad(loss[1], z)
+    assert g[0].abs().sum() == 0 and g[2].abs().sum() == 0 and g[1].abs().sum() > 0
+    alone = sort_matching_loss(z[1:2].detach(), proto)
+    assert torch.allclose(alone, loss[1:2].detach())
+
+
+def test_per_item_prototypes():
+    torch.manual_seed(4)
+    a, b = torch.randn(1, 2, 20), torch.randn(1, 2, 20)
+    protos = torch.stack([_proto_of(a), _proto_of(b)])
+    loss = sort_matching_loss(torch.cat([a, b]), protos)
+    assert torch.allclose(loss, torch.zeros(2), atol=1e-12)
+
+
+def test_resampling_keeps_quantiles_and_never_truncates():
+    ref = torch.linspace(0, 1, 101).view(1, 101)
+    down = resample_sorted(ref, 11)
+    assert torch.allclose(down, torch.linspace(0, 1, 11).view(1, 11), atol=1e-6)
+    up = resample_sorted(torch.tensor([[0.0, 10.0]]), 5)
+    assert torch.allclose(up, torch.tensor([[0.0, 2.5, 5.0, 7.5, 10.0]]))
+    # generated features at another resolution from the same distribution match with low loss
+    torch.manual_seed(5)
+    proto = torch.sort(torch.rand(3, 4000), dim=-1).values
+    z = torch.rand(1, 3, 900)
+    assert sort_matching_loss(z, proto).item() < 1e-3
+    assert sort_matching_loss(z + 0.3, proto).item() > 0.05
+
+
+def test_argsort_rows_is_an_exact_sort_with_relu6_ties():
+    torch.manual_seed(6)
+    x = (torch.randn(8, 5000) * 4).clamp(0, 6)  # many exact 0s and 6s, as after ReLU6
+    x[3] = 2.0  # a constant row
+    idx = argsort_rows(x)
+    assert torch.equal(torch.gather(x, 1, idx), torch.sort(x, dim=-1).values)
+    assert torch.equal(torch.sort(idx, dim=-1).values, torch.arange(5000).expand(8, -1))
+
+
+def test_prototypes_are_mean_of_sorted_features_and_cache_round_trips(tiny_spec, tmp_path):
+    torch.manual_seed(7)
+    images = torch.randn(5, 3, 32, 32)
+    protos = compute_prototypes(tiny_spec.module, ["act1"], images, batch_size=2)
+    with torch.no_grad():
+        direct = tiny_spec.module.act1(tiny_spec.module.conv1(images)).flatten(2)
+    assert torch.allclose(protos["act1"], torch.sort(direct, dim=-1).values.mean(0), atol=1e-6)
+    cache = PrototypeCache(tmp_path)
+    cache.save("k", protos, {"why": "test"})
+    back = cache.load("k")
+    assert back is not None and torch.equal(back["act1"], protos["act1"])
+    assert cache.load("missing") is None
+
+
+def test_regularizers_match_their_definitions():
+    x = torch.zeros(2, 3, 4, 4)
+    x[1, :, :, 2:] = 1.0
+    tv = total_variation(x)
+    assert tv[0] == 0
+    assert tv[1].item() == pytest.approx(2 * np.sqrt(3 * 4))  # one vertical edge, counted in both directions
+    assert l2_norm(x)[1].item() == pytest.approx(np.sqrt(3 * 4 * 2))

@@ -1,0 +1,29 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from vital_fv.errors import VitalError
+from vital_fv.result import Result, ensure_writable_dir
+
+
+def test_save_writes_png_and_record_and_refuses_to_overwrite(tmp_path):
+    r = Result(torch.rand(3, 8, 8), {"seed": 1, "status": "complete"})
+    png, js = r.save(tmp_path / "a.png")
+    assert Image.open(png).size == (8, 8)
+    assert json.loads(js.read_text())["seed"] == 1
+    before = png.read_bytes()
+    with pytest.raises(VitalError, match="already exists.*--overwrite"):
+        Result(torch.zeros(3, 8, 8), {}).save(tmp_path / "a.png")
+    assert png.read_bytes() == before
+    Result(torch.zeros(3, 8, 8), {}).save(tmp_path / "a.png", overwrite=True)
+    assert png.read_bytes() != before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unwritable_output_folder_is_reported(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(VitalError, match="not writable"):
+        ensure_writable_dir(blocker / "sub")

@@ -1,0 +1,26 @@
+import pytest
+
+from vital_fv.errors import VitalError
+from vital_fv.targets import ClassTarget, resolve_class
+
+NAMES = ["tench", "goldfish", "tabby", "tiger cat", "Egyptian cat", "espresso"]
+
+
+def test_index_name_and_digit_string():
+    assert resolve_class(5, NAMES) == (5, "espresso")
+    assert resolve_class("5", NAMES) == (5, "espresso")
+    assert resolve_class("Tiger Cat", NAMES) == (3, "tiger cat")
+
+
+def test_unknown_name_suggests_close_names():
+    with pytest.raises(VitalError, match=r"unknown class 'tabby cat'.*'tabby'.*vital classes"):
+        resolve_class("tabby cat", NAMES)
+
+
+def test_out_of_range_index():
+    with pytest.raises(VitalError, match="out of range: the model has 6 classes"):
+        resolve_class(6, NAMES)
+
+
+def test_slug_is_file_safe():
+    assert ClassTarget("Egyptian cat").slug(NAMES) == "4-egyptian-cat"
