@@ -43,7 +43,8 @@ def ensure_writable_dir(folder: str | os.PathLike[str]) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise VitalError(f"output folder {p} is not writable ({exc.strerror or exc}): choose another with --out") from None
+        reason = exc.strerror or exc
+        raise VitalError(f"output folder {p} is not writable ({reason}): choose another with --out") from None
     return p
 
 

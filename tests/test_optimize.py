@@ -1,0 +1,144 @@
+import math
+
+import pytest
+import torch
+
+from vital_fv import ClassTarget, Job, NonFiniteLossError, references, visualize, visualize_batch
+from vital_fv import optimize as opt_mod
+from vital_fv.optimize import lr_factor
+from vital_fv.zoo import LayerPreset
+
+
+@pytest.fixture
+def refs_a():
+    torch.manual_seed(10)
+    return references.from_tensor(torch.rand(4, 3, 40, 40) * 0.5)
+
+
+@pytest.fixture
+def refs_b():
+    torch.manual_seed(11)
+    return references.from_tensor(0.5 + torch.rand(3, 3, 40, 40) * 0.5)
+
+
+def test_a_few_steps_lower_the_matching_loss(tiny_spec, refs_a):
+    r = visualize(tiny_spec, 1, refs_a, preset="quick", steps=40, progress=False)
+    for curve in r.record["loss"].values():
+        assert len(curve) == 40
+        assert curve[-1] < 0.5 * curve[0]
+    assert r.image.shape == (3, 32, 32) and 0 <= r.image.min() and r.image.max() <= 1
+    assert r.record["status"] == "complete"
+    assert r.record["target"] == {"kind": "class", "index": 1, "name": "one"}
+    assert r.record["layers"]["layers"] == ["act1", "act2"]
+    assert len(r.record["top5"]) == 4  # tiny model has 4 classes
+
+
+def test_batch_items_are_independent_of_their_neighbours(tiny_spec, refs_a, refs_b):
+    # Few steps: Adam turns float noise in near-zero gradients (batched vs single convolutions) into lr-sized
+    # steps, so long runs drift apart chaotically even though nothing is shared; a real leak shows at once.
+    kw = dict(preset="quick", steps=2, progress=False)
+    alone = visualize(tiny_spec, 1, refs_a, seed=5, **kw)
+    batch = visualize_batch(
+        tiny_spec, [Job(ClassTarget(2), refs_b, 3), Job(ClassTarget(1), refs_a, 5)], **kw
+    )
+    assert torch.allclose(batch[1].image, alone.image, atol=2e-3)
+    for layer, curve in alone.record["loss"].items():
+        assert batch[1].record["loss"][layer] == pytest.approx(curve, rel=1e-4)
+        assert batch[0].record["loss"][layer] != pytest.approx(curve, rel=1e-2)
+    assert not torch.allclose(batch[0].image, batch[1].image)
+    assert batch[0].record["target"]["index"] == 2 and batch[0].record["seed"] == 3
+
+
+def test_seeds_are_explicit_and_repeatable(tiny_spec, refs_a):
+    kw = dict(preset="quick", steps=5, progress=False)
+    a, b, c = (visualize(tiny_spec, 0, refs_a, seed=s, **kw) for s in (1, 1, 2))
+    assert torch.equal(a.image, b.image) and not torch.equal(a.image, c.image)
+
+
+def test_second_run_reuses_cached_prototypes_without_a_reference_forward(tiny_spec, refs_a, monkeypatch):
+    calls = []
+    real = opt_mod.compute_prototypes
+    monkeypatch.setattr(opt_mod, "compute_prototypes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = visualize(tiny_spec, 0, refs_a, steps=3, progress=False)
+    second = visualize(tiny_spec, 0, refs_a, steps=3, progress=False)
+    assert len(calls) == 1
+    assert first.record["prototypes"]["cache"] == "miss" and second.record["prototypes"]["cache"] == "hit"
+    assert torch.equal(first.image, second.image)
+
+
+def test_generated_resolution_may_differ_from_the_references(tiny_spec, refs_a):
+    r = visualize(tiny_spec, 0, refs_a, steps=20, size=48, progress=False)
+    assert r.image.shape == (3, 48, 48)
+    assert r.record["loss"]["act1"][-1] < r.record["loss"]["act1"][0]
+
+
+def test_ctrl_c_keeps_the_current_image_marked_interrupted(tiny_spec, refs_a):
+    seen = []
+
+    def interrupt_at_fifth(_m, _i, _o):
+        seen.append(1)
+        if len(seen) == 6:  # a reference forward, a shape probe, then the steps
+            raise KeyboardInterrupt
+
+    handle = tiny_spec.module.conv1.register_forward_hook(interrupt_at_fifth)
+    try:
+        r = visualize(tiny_spec, 0, refs_a, steps=50, progress=False, cache=False)
+    finally:
+        handle.remove()
+    assert r.status == "interrupted"
+    assert r.record["steps_done"] == 3
+    assert torch.isfinite(r.image).all()
+
+
+def test_non_finite_loss_stops_with_an_error_and_keeps_the_last_finite_image(tiny_spec, refs_a):
+    bad = LayerPreset(("act1",), (math.inf,))
+    with pytest.raises(NonFiniteLossError, match="non-finite") as info:
+        visualize(tiny_spec, 0, refs_a, steps=10, layers=bad, progress=False)
+    (r,) = info.value.results
+    assert r.status == "nonfinite" and torch.isfinite(r.image).all()
+
+
+def test_model_state_and_hooks_are_restored_even_after_an_exception(tiny_spec, refs_a):
+    m = tiny_spec.module
+    m.train()
+    m.conv1.weight.requires_grad_(True)
+
+    def boom(*_a):
+        raise RuntimeError("boom")
+
+    handle = m.act2.register_forward_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        visualize(tiny_spec, 0, refs_a, steps=3, progress=False)
+    handle.remove()
+    assert m.training and m.conv1.weight.requires_grad and not m.conv2.weight.requires_grad
+    assert sum(len(x._forward_hooks) for x in m.modules()) == 0
+
+
+def test_model_without_a_preset_needs_layers(tiny_spec, refs_a):
+    from vital_fv import VitalError
+
+    tiny_spec.preset = None
+    with pytest.raises(VitalError, match="no default layer preset: give layers"):
+        visualize(tiny_spec, 0, refs_a, steps=1, progress=False)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_quick_preset_on_real_lite0_makes_an_image_lite0_calls_espresso(lite0):
+    r = visualize(lite0, ClassTarget("espresso"), references.bundled("espresso"), preset="quick", seed=0,
+                  progress=False)
+    assert r.top5[0]["name"] == "espresso", r.top5
+
+
+@pytest.mark.slow
+def test_the_class_comes_from_the_references_so_other_references_do_not_give_espresso(lite0):
+    # The target enters only through the references: tripod photos must not yield an espresso image.
+    r = visualize(lite0, ClassTarget("espresso"), references.bundled("tripod"), preset="quick", seed=0,
+                  progress=False)
+    assert r.top5[0]["name"] != "espresso", r.top5
