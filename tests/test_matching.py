@@ -111,3 +111,13 @@ def test_regularizers_match_their_definitions():
     assert tv[0] == 0
     assert tv[1].item() == pytest.approx(2 * np.sqrt(3 * 4))  # one vertical edge, counted in both directions
     assert l2_norm(x)[1].item() == pytest.approx(np.sqrt(3 * 4 * 2))
+
+
+def test_argsort_rows_orders_negative_values_and_signed_zeros():
+    torch.manual_seed(8)
+    x = torch.randn(6, 3000) * 1e3
+    x[0, :10] = -0.0
+    x[0, 10:20] = 0.0
+    x[1, :5] = torch.tensor([-3.4e38, 3.4e38, -1e-45, 1e-45, 0.0])
+    idx = argsort_rows(x)
+    assert torch.equal(torch.gather(x, 1, idx), torch.sort(x, dim=-1).values)

@@ -297,7 +297,8 @@ def _optimize(
     gens = item_generators([j.seed for j in jobs])
     x = init_pixels(gens, size, device)
     lo, hi = model.preprocess.bounds(device)
-    optimizer = torch.optim.Adam([x], lr=opt.lr, betas=opt.betas, eps=opt.eps)
+    # fused: one kernel for the whole update (CPU and CUDA); the parameter is a single image tensor.
+    optimizer = torch.optim.Adam([x], lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, opt.steps, opt.warmup))
     weights = torch.tensor(layer_preset.weights, device=device, dtype=torch.float32).unsqueeze(1)
     curves = torch.zeros(opt.steps, len(names), len(jobs))

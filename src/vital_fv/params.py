@@ -24,4 +24,4 @@ def init_pixels(
 @torch.no_grad()
 def clamp_(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Keep every channel inside the normalized image of [0, 1], in place (the authors do this each step)."""
-    return x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+    return x.clamp_(lo, hi)
