@@ -200,7 +200,8 @@ def main() -> int:
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     lines = [f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}", ""]
     if not args.skip_speed:
-        lines += ["| batch | plain fwd+bwd (ms) | VITAL step (ms) | ratio (target <= 1.15) | peak memory of a step (MB) |",
+        lines += ["| batch | plain fwd+bwd (ms) | VITAL step (ms) | ratio (target <= 1.15) "
+                  "| peak memory of a step (MB) |",
                   "|---|---|---|---|---|"]
         for batch in (1, 3):
             s = speed(spec, device, batch, args.reps)
