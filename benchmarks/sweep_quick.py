@@ -39,6 +39,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--only", help="comma-separated variant names")
+    ap.add_argument("--steps", type=int, help="override the step count (smoke tests only)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -49,6 +50,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for name in names:
         preset = replace(OPTIM_PRESETS["quick"], name=name, **VARIANTS[name])
+        if args.steps:
+            preset = replace(preset, steps=args.steps, warmup=min(preset.warmup, args.steps // 5))
         s1 = j1 = j5 = n = 0
         ps = 0.0
         t = time.perf_counter()

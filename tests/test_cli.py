@@ -12,9 +12,11 @@ def test_classes_grep(capsys):
 
 
 def test_layers_lists_names_shapes_and_the_preset(capsys):
+    assert main(["layers", "--grep", "conv_stem"]) == 0
+    assert "* conv_stem" in capsys.readouterr().out
     assert main(["layers", "--grep", "bn"]) == 0
     out = capsys.readouterr().out
-    assert "* bn1" in out and "32x112x112" in out and "* bn2" in out and "1280x7x7" in out
+    assert "  bn1 " in out and "32x112x112" in out and "* bn2" in out and "1280x7x7" in out
 
 
 def test_unknown_class_suggests_close_names(capsys, tmp_path):

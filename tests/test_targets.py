@@ -24,3 +24,9 @@ def test_out_of_range_index():
 
 def test_slug_is_file_safe():
     assert ClassTarget("Egyptian cat").slug(NAMES) == "4-egyptian-cat"
+
+
+def test_wordnet_synonyms_are_accepted_when_unambiguous(lite0):
+    assert ClassTarget("tabby cat").resolve(lite0.class_names, lite0.class_synonyms) == (281, "tabby")
+    with pytest.raises(VitalError, match="unknown class"):
+        resolve_class("tabby cat", lite0.class_names)  # no synonyms given

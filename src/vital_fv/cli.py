@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         return {"visualize": cmd_visualize, "layers": cmd_layers, "classes": cmd_classes}[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted before the optimization started: nothing was written", file=sys.stderr)
+        return 130
     except VitalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         for result in getattr(exc, "results", []):
@@ -113,11 +116,16 @@ def cmd_classes(args: argparse.Namespace) -> int:
     if not spec.class_names:
         raise VitalError(f"model {spec.name} has no class names")
     word = (args.grep or "").lower()
-    hits = [(i, n) for i, n in enumerate(spec.class_names) if word in n.lower()]
+    synonyms = spec.class_synonyms or [[] for _ in spec.class_names]
+    hits = [
+        (i, n, [w for w in syn if w != n])
+        for i, (n, syn) in enumerate(zip(spec.class_names, synonyms, strict=True))
+        if word in n.lower() or any(word in w.lower() for w in syn)
+    ]
     if not hits:
         raise VitalError(f"no class name of {spec.name} contains '{args.grep}'")
-    for i, n in hits:
-        print(f"{i:>5}  {n}")
+    for i, n, other in hits:
+        print(f"{i:>5}  {n}" + (f"  ({', '.join(other)})" if other else ""))
     return 0
 
 
@@ -134,8 +142,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         raise VitalError("--layer-weights needs --layers")
     spec = _load(args)
     target = ClassTarget(args.cls)
-    index, cname = target.resolve(spec.class_names)
-    slug = target.slug(spec.class_names)
+    index, cname = target.resolve(spec.class_names, spec.class_synonyms)
+    slug = target.slug(spec.class_names, spec.class_synonyms)
     stems = [args.name or f"{spec.name}-{slug}" for _ in args.seeds]
     if len(args.seeds) > 1 or not args.name:
         stems = [f"{s}-s{seed}" for s, seed in zip(stems, args.seeds, strict=True)]

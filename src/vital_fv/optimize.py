@@ -48,6 +48,7 @@ class OptimPreset:
     eps: float = 1e-8
     warmup: int = 100
     jitter: int = 30
+    init_std: float = 1.0  # std of the N(0, s) pixel initialization, in normalized space
 
 
 OPTIM_PRESETS: dict[str, OptimPreset] = {
@@ -160,7 +161,7 @@ def visualize_batch(
     dev = resolve_device(device)
     store = PrototypeCache() if cache is True else (cache or None)
     names = list(layer_preset.layers)
-    resolved = [j.target.resolve(model.class_names) for j in jobs]
+    resolved = [j.target.resolve(model.class_names, model.class_synonyms) for j in jobs]
 
     with frozen_on(model.module, dev):
         t0 = time.perf_counter()
@@ -295,7 +296,7 @@ def _optimize(
     from tqdm.auto import tqdm
 
     gens = item_generators([j.seed for j in jobs])
-    x = init_pixels(gens, size, device)
+    x = init_pixels(gens, size, device, std=opt.init_std)
     lo, hi = model.preprocess.bounds(device)
     # fused: one kernel for the whole update (CPU and CUDA); the parameter is a single image tensor.
     optimizer = torch.optim.Adam([x], lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=True)

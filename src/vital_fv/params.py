@@ -14,10 +14,10 @@ def item_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 def init_pixels(
-    generators: Sequence[torch.Generator], size: int, device: torch.device | str = "cpu"
+    generators: Sequence[torch.Generator], size: int, device: torch.device | str = "cpu", std: float = 1.0
 ) -> torch.Tensor:
-    """N(0, 1) pixels in normalized space, (B, 3, size, size), drawn per item from its own generator."""
-    x = torch.stack([torch.randn(3, size, size, generator=g) for g in generators])
+    """N(0, std) pixels in normalized space, (B, 3, size, size), drawn per item from its own generator."""
+    x = torch.stack([torch.randn(3, size, size, generator=g) * std for g in generators])
     return x.to(device).requires_grad_(True)
 
 

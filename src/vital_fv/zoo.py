@@ -122,7 +122,7 @@ PRESETS: dict[str, LayerPreset] = {
     ),
 }
 _LITE_PRESET = LayerPreset(
-    ("bn1", "blocks.1", "blocks.2", "blocks.4", "bn2"), (1, 1, 1, 1, 1), source="vital-fv (stem + stage outputs)"
+    ("conv_stem", "blocks.1", "blocks.2", "blocks.4", "bn2"), (1, 1, 1, 1, 1), source="vital-fv (stem + stage outputs)"
 )
 for _n in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
     PRESETS[_n] = _LITE_PRESET
@@ -147,6 +147,7 @@ class ModelSpec:
     preset: LayerPreset | None = None
     weights_id: str = "unknown"
     weights_source: str = ""
+    class_synonyms: list[list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -179,6 +180,14 @@ def imagenet_class_names() -> list[str]:
     import torchvision.models as tvm
 
     return list(getattr(tvm, _IMAGENET_WEIGHTS_ENUM).IMAGENET1K_V1.meta["categories"])
+
+
+def imagenet_synonyms() -> list[list[str]]:
+    """WordNet synonyms of the 1000 ImageNet classes ('tabby, tabby cat'), from the table that ships with timm."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [[w.strip() for w in info.index_to_description(i).split(",")] for i in range(info.num_classes())]
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -282,6 +291,7 @@ def _load_lite(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
         module=module,
         preprocess=pre,
         class_names=imagenet_class_names(),
+        class_synonyms=imagenet_synonyms(),
         preset=PRESETS[name],
         weights_id=file_sha256(weights),
         weights_source=str(weights),
@@ -381,6 +391,7 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None) -> Mode
         module=module,
         preprocess=pre,
         class_names=list(categories),
+        class_synonyms=imagenet_synonyms() if len(categories) == 1000 else None,
         preset=PRESETS.get(name),
         weights_id=file_sha256(weights),
         weights_source=str(weights),
