@@ -88,7 +88,8 @@ class LayerPreset:
 
 
 # The authors' layer presets for class neurons (SPEC §3), with torchvision module names. EfficientNet-Lite is ours:
-# the stem and the outputs of stages at strides 4, 8, 16 and the last feature map, as ResNet50's conv1, layer1..4.
+# the raw stem convolution and the outputs of stages at strides 4, 8, 16 and the last feature map, as ResNet50's
+# conv1, layer1..4.
 PRESETS: dict[str, LayerPreset] = {
     "resnet50": LayerPreset(
         ("conv1", "layer1", "layer2", "layer3", "layer4"), (1, 1, 1, 1, 1), source="paper (authors' code)"
@@ -122,7 +123,10 @@ PRESETS: dict[str, LayerPreset] = {
     ),
 }
 _LITE_PRESET = LayerPreset(
-    ("conv_stem", "blocks.1", "blocks.2", "blocks.4", "bn2"), (1, 1, 1, 1, 1), source="vital-fv (stem + stage outputs)"
+    ("conv_stem", "blocks.1", "blocks.2", "blocks.4", "bn2"),
+    (1, 1, 1, 1, 1),
+    tv=1e-3,  # removes the stride-2 stem's high-frequency stripes; chosen by judge transfer (benchmarks/README.md)
+    source="vital-fv (stem + stage outputs)",
 )
 for _n in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
     PRESETS[_n] = _LITE_PRESET
