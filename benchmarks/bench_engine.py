@@ -60,7 +60,7 @@ def speed(spec, device: torch.device, batch: int, reps: int) -> dict:
         mod(roll(x, [(3, -5)] * batch))
         per_layer = torch.stack([sort_matching_loss(as_channels_positions(feats[n]), protos[n]) for n in names])
         loss = (weights * per_layer).sum()
-        float(loss)  # the loop reads the loss every step (finite check, progress)
+        float(loss.detach())  # the loop reads the loss every step (finite check, progress)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
