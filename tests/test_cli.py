@@ -70,3 +70,53 @@ def test_refs_folder_with_a_corrupt_file_warns_and_runs(capsys, tmp_path):
         code = main(["visualize", "--class", "1", "--refs", str(refs), "--steps", "2", "--out", str(tmp_path / "o"),
                      "--quiet"])
     assert code == 0
+
+
+def _red_refs(folder):
+    from PIL import Image
+
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (80, 64), (200, 30 + 50 * i, 30)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_timm_model_with_weights_file_and_layers(capsys, tmp_path):
+    import timm
+    import torch
+
+    path = tmp_path / "atto.pth"
+    torch.save(timm.create_model("convnext_atto", pretrained=False).state_dict(), path)
+    refs = _red_refs(tmp_path / "refs")
+    args = ["visualize", "--model", "timm:convnext_atto", "--weights", str(path), "--class", "1", "--refs", str(refs),
+            "--layers", "stages.0,stages.1,stages.2,stages.3", "--steps", "2", "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(args) == 0
+    (js,) = (tmp_path / "o").glob("*.json")
+    record = json.loads(js.read_text())
+    assert record["layers"]["layers"] == ["stages.0", "stages.1", "stages.2", "stages.3"]
+    assert record["layers"]["source"] == "user (--layers)"
+    assert record["model"]["name"] == "timm:convnext_atto"
+
+
+def test_torchvision_weights_file_through_the_cli_and_a_mismatched_one(capsys, tmp_path):
+    import torch
+    import torchvision
+
+    good = tmp_path / "r18.pth"
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, good)
+    refs = _red_refs(tmp_path / "refs")
+    common = ["--class", "goldfish", "--refs", str(refs), "--layers", "layer1,layer2", "--steps", "2", "--quiet"]
+    assert main(["visualize", "--model", "resnet18", "--weights", str(good), *common,
+                 "--out", str(tmp_path / "o")]) == 0
+    del state["layer1.0.conv1.weight"]
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    assert main(["visualize", "--model", "resnet18", "--weights", str(bad), *common,
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "missing keys: layer1.0.conv1.weight" in capsys.readouterr().err
+
+
+def test_layers_of_a_torchvision_model_need_no_weights(capsys):
+    assert main(["layers", "--model", "resnet18", "--grep", "layer4"]) == 0
+    assert "512x7x7" in capsys.readouterr().out

@@ -107,3 +107,109 @@ def test_any_module_with_layers_by_name(tiny_spec):
     assert tiny_spec.preset.layers == ("act1", "act2")
     assert tiny_spec.preset.weights == (1.0, 1.0)
     assert np.isclose(tiny_spec.preprocess.std[0], 0.25)
+
+
+# SPEC §3, written out again on purpose: the presets must equal the paper's table, not just themselves.
+PAPER = {
+    "resnet50": (["conv1", "layer1", "layer2", "layer3", "layer4"], [1, 1, 1, 1, 1], 0.0,
+                 [64, 256, 512, 1024, 2048]),
+    "densenet121": (["features.conv0", "features.denseblock1", "features.denseblock2", "features.denseblock3",
+                     "features.denseblock4"], [1, 1, 1, 1, 100], 0.0, [64, 256, 512, 1024, 1024]),
+    "convnext_base": (["features.0", "features.2.1", "features.4.1", "features.6.1", "features.7.2"],
+                      [10, 1, 1, 1, 1], 0.0, [128, 256, 512, 1024, 1024]),
+    "vit_l_16": (["conv_proj"] + [f"encoder.layers.encoder_layer_{i}" for i in (2, 9, 20, 23)], [1, 1, 1, 1, 1],
+                 3e-3, [1024] * 5),
+    "vit_l_32": (["conv_proj"] + [f"encoder.layers.encoder_layer_{i}" for i in (2, 9, 20, 23)], [1, 1, 1, 1, 0.1],
+                 3e-4, [1024] * 5),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["resnet50", "densenet121",
+     pytest.param("convnext_base", marks=pytest.mark.slow),
+     pytest.param("vit_l_16", marks=pytest.mark.slow),
+     pytest.param("vit_l_32", marks=pytest.mark.slow)],
+)
+def test_paper_architectures_presets_shapes_independence_and_a_few_steps(name):
+    from vital_fv import ClassTarget, Job, visualize_batch
+    from vital_fv.features import as_channels_positions, capture
+
+    layers, weights, reg, channels = PAPER[name]
+    torch.manual_seed(0)
+    spec = load_model(name, random_init=True)
+    assert list(spec.preset.layers) == layers and list(spec.preset.weights) == weights
+    assert spec.preset.tv == reg and spec.preset.l2 == reg
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad(), capture(spec.module, layers) as feats:
+        spec.module(x)
+        both = {n: as_channels_positions(feats[n]) for n in layers}
+        spec.module(x[1:])
+        second = {n: as_channels_positions(feats[n]) for n in layers}
+    for n, c in zip(layers, channels, strict=True):
+        assert both[n].shape[1] == c
+        assert torch.allclose(both[n][1:], second[n], atol=1e-4, rtol=1e-3)  # items never mix in eval mode
+    refs = references.from_tensor(torch.rand(2, 3, 240, 240))
+    # a few small steps (the paper's lr 1.0 needs its warm-up; 4 steps have none)
+    res = visualize_batch(spec, [Job(ClassTarget(1), refs, 0)], steps=4, lr=0.05, progress=False, cache=False)
+    rec = res[0].record
+    assert rec["layers"]["layers"] == layers and rec["layers"]["weights"] == weights
+    total = [sum(w * rec["loss"][n][i] for n, w in zip(layers, weights, strict=True)) for i in range(4)]
+    assert total[-1] < total[0]
+
+
+@pytest.mark.slow
+def test_vit_needs_its_exact_input_size_and_can_leave_the_class_token_out():
+    from vital_fv import ClassTarget, VitalError, visualize
+    from vital_fv.features import as_channels_positions
+
+    spec = load_model("vit_l_32", random_init=True)
+    refs = references.from_tensor(torch.rand(1, 3, 64, 64))
+    with pytest.raises(VitalError, match="takes exactly 224x224"):
+        visualize(spec, ClassTarget(1), refs, size=256, steps=1, progress=False)
+    assert spec.prefix_tokens == 1 and spec.skip_tokens == 0
+    spec.class_token = False
+    assert spec.skip_tokens == 1
+    tokens = torch.arange(2 * 50 * 4.0).view(2, 50, 4)
+    assert as_channels_positions(tokens, spec.skip_tokens).shape == (2, 4, 49)
+    r = visualize(spec, ClassTarget(1), refs, steps=1, progress=False, cache=False)
+    assert r.record["model"]["class_token_matched"] is False
+
+
+def test_timm_models_by_name_with_an_automatic_preset(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    ref = timm.create_model("resnet18", pretrained=False).eval()
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    spec = load_model("timm:resnet18", weights=path)
+    assert spec.preset.layers == ("act1", "layer1", "layer2", "layer3", "layer4")
+    assert spec.preset.source.startswith("automatic")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(spec.module(x), ref(x), atol=1e-5)
+    with pytest.raises(VitalError, match="needs --weights FILE"):
+        load_model("timm:resnet18")
+    with pytest.raises(VitalError, match="unknown timm model 'resnet1'.*timm:resnet18"):
+        load_model("timm:resnet1", weights=path)
+
+
+def test_timm_vit_reads_tokens_and_fixes_its_size():
+    spec = load_model("timm:vit_tiny_patch16_224", random_init=True)
+    assert spec.prefix_tokens == 1 and spec.fixed_size
+    assert spec.preset.layers == ("patch_embed", "blocks.3", "blocks.6", "blocks.8", "blocks.11")
+
+
+def test_unit_presets_take_the_preset_layers_below_the_unit():
+    from vital_fv.zoo import unit_preset
+
+    spec = load_model("resnet50", random_init=True)
+    up = unit_preset(spec, "layer4.2")
+    assert up.layers == ("conv1", "layer1", "layer2", "layer3") and up.weights == (0.1, 1.0, 1.0, 1.0)
+    assert up.tv == up.l2 == 3e-6
+    assert unit_preset(spec, "layer3.5").layers == ("conv1", "layer1", "layer2")  # layer3 contains the unit
+    with pytest.raises(VitalError, match="no preset layer of resnet50 runs below 'conv1'"):
+        unit_preset(spec, "conv1")
+    lite = load_model("efficientnet_lite0")
+    assert unit_preset(lite, "blocks.5.2").layers == ("conv_stem", "blocks.1", "blocks.2", "blocks.4")

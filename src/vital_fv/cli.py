@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--layers", type=_names, help="comma-separated layer names (default: the model's preset)")
     v.add_argument("--layer-weights", type=_floats, help="comma-separated loss weights, one per layer")
     v.add_argument("--size", type=int, help="generated resolution (default: the model's input size)")
+    v.add_argument("--no-class-token", action="store_true",
+                   help="ViTs: leave the class token out of the matched token distributions")
     v.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds, one image each (default 0)")
     v.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     v.add_argument("--out", default="out", help="output folder (default out/)")
@@ -99,8 +101,12 @@ def _load(args: argparse.Namespace):  # noqa: ANN202 - ModelSpec, imported lazil
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from .features import layer_shapes
+    from .zoo import EMBEDDED_MODELS, load_model
 
-    spec = _load(args)
+    if args.weights is None and args.model not in EMBEDDED_MODELS:
+        spec = load_model(args.model, random_init=True)  # names and shapes need no weights
+    else:
+        spec = _load(args)
     preset = set(spec.preset.layers) if spec.preset else set()
     print(f"{spec.name}: input 3x{spec.preprocess.input_size}x{spec.preprocess.input_size}; * = in the default preset")
     for name, shape in layer_shapes(spec.module, spec.preprocess.input_size):
@@ -141,6 +147,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     if args.layer_weights and not args.layers:
         raise VitalError("--layer-weights needs --layers")
     spec = _load(args)
+    spec.class_token = not args.no_class_token
     target = ClassTarget(args.cls)
     index, cname = target.resolve(spec.class_names, spec.class_synonyms)
     slug = target.slug(spec.class_names, spec.class_synonyms)

