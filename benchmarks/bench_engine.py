@@ -37,7 +37,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def speed(spec, device: torch.device, batch: int, reps: int) -> dict:
+def speed(spec, device: torch.device, batch: int, reps: int, warmup: int = 5) -> dict:
     """Median seconds of a full VITAL step and of a plain forward+backward, interleaved in one loop."""
     mod = spec.module.to(device)
     size = spec.preprocess.input_size
@@ -68,7 +68,7 @@ def speed(spec, device: torch.device, batch: int, reps: int) -> dict:
 
     t_plain, t_step = [], []
     with capture(mod, names) as feats:
-        for _ in range(5):
+        for _ in range(warmup):
             plain()
             vital_step(feats)
         sync(device)

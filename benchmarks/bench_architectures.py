@@ -1,0 +1,64 @@
+"""Step cost on the paper's five architectures (issue: the paper's five architectures): seconds per VITAL step
+divided by seconds per plain forward+backward at batch 1, and the peak memory of a step. Random weights (speed
+does not depend on them), each model's own preset (SPEC §3).
+
+    python benchmarks/bench_architectures.py --out benchmarks/results/cpu_architectures.md
+    python benchmarks/bench_architectures.py --device cuda --paper-image     # on a GPU: also s per 2000-step image
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import speed  # noqa: E402
+
+from vital_fv import ClassTarget, load_model, references, visualize  # noqa: E402
+from vital_fv.optimize import resolve_device  # noqa: E402
+
+MODELS = ["resnet50", "densenet121", "convnext_base", "vit_l_16", "vit_l_32"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--paper-image", action="store_true", help="time one 2000-step image per model")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    lines = [f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}; batch 1; random weights",
+             "", "| model | plain fwd+bwd (ms) | VITAL step (ms) | ratio (target <= 1.15) | peak memory of a step (MB) |"
+             + (" s per image (2000 steps) |" if args.paper_image else ""),
+             "|---|---|---|---|---|" + ("---|" if args.paper_image else "")]
+    print("\n".join(lines), flush=True)
+    for model in args.models.split(","):
+        torch.manual_seed(0)
+        spec = load_model(model, random_init=True).to(device)
+        s = speed(spec, device, 1, args.reps, warmup=2)
+        row = f"| {model} | {s['plain'] * 1000:.0f} | {s['step'] * 1000:.0f} | {s['ratio']:.2f} | {s['peak_mb']:.0f} |"
+        if args.paper_image:
+            t = time.perf_counter()
+            visualize(spec, ClassTarget(1), references.bundled("espresso"), preset="paper", device=device,
+                      progress=False, cache=False)
+            row += f" {time.perf_counter() - t:.1f} |"
+        lines.append(row)
+        print(row, flush=True)
+        del spec
+        gc.collect()
+    if args.out:
+        Path(args.out).write_text(f"command: {' '.join(sys.argv)}\n\n" + "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
