@@ -10,7 +10,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -302,8 +302,6 @@ def _optimize(
     device: torch.device,
     progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, list[float], str]:
-    from tqdm.auto import tqdm
-
     gens = item_generators([j.seed for j in jobs])
     x = init_pixels(gens, size, device, std=opt.init_std)
     lo, hi = model.preprocess.bounds(device)
@@ -313,43 +311,70 @@ def _optimize(
     weights = torch.tensor(layer_preset.weights, device=device, dtype=torch.float32).unsqueeze(1)
     curves = torch.zeros(opt.steps, len(names), len(jobs))
     skip = model.skip_tokens
-    step_times: list[float] = []
-    status = "complete"
-    bar = tqdm(range(opt.steps), desc="vital", disable=not progress, unit="step", leave=False)
-    try:
-        with capture(model.module, names, model.name) as feats:
-            for step in bar:
-                t = time.perf_counter()
-                model.module(roll(x, sample_rolls(gens, opt.jitter)))
-                per_layer = torch.stack(
-                    [sort_matching_loss(as_channels_positions(feats[n], skip), protos[n]) for n in names]
-                )
-                item_loss = (weights * per_layer).sum(0)
-                if layer_preset.tv:
-                    item_loss = item_loss + layer_preset.tv * total_variation(x)
-                if layer_preset.l2:
-                    item_loss = item_loss + layer_preset.l2 * l2_norm(x)
-                loss = item_loss.sum()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    status = "nonfinite"
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                clamp_(x, lo, hi)
-                curves[step] = per_layer.detach().float().cpu()
-                step_times.append(time.perf_counter() - t)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{value / len(jobs):.4g}", refresh=False)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        clamp_(x, lo, hi)
-    finally:
-        bar.close()
+
+    with capture(model.module, names, model.name) as feats:
+
+        def step(i: int) -> float:
+            model.module(roll(x, sample_rolls(gens, opt.jitter)))
+            per_layer = torch.stack(
+                [sort_matching_loss(as_channels_positions(feats[n], skip), protos[n]) for n in names]
+            )
+            item_loss = (weights * per_layer).sum(0)
+            if layer_preset.tv:
+                item_loss = item_loss + layer_preset.tv * total_variation(x)
+            if layer_preset.l2:
+                item_loss = item_loss + layer_preset.l2 * l2_norm(x)
+            loss = item_loss.sum()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return value  # no update: x stays the last finite image
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            clamp_(x, lo, hi)
+            curves[i] = per_layer.detach().float().cpu()
+            return value / len(jobs)
+
+        status, step_times = run_steps(opt.steps, step, progress, "vital", on_interrupt=lambda: clamp_(x, lo, hi))
     images = model.preprocess.denormalize(x.detach()).clamp(0, 1).cpu()
     return images, curves[: len(step_times)], step_times, status
+
+
+def run_steps(
+    steps: int,
+    step: Callable[[int], float],
+    progress: bool,
+    desc: str,
+    on_interrupt: Callable[[], object] | None = None,
+) -> tuple[str, list[float]]:
+    """The loop every method shares: timing, a progress bar with the loss, Ctrl-C and non-finite losses.
+
+    ``step(i)`` runs one update and returns its loss; a non-finite loss must come back before any update, so the
+    parameters stay at their last finite values. Returns the status and the wall time of each completed step.
+    """
+    from tqdm.auto import tqdm
+
+    step_times: list[float] = []
+    status = "complete"
+    bar = tqdm(range(steps), desc=desc, disable=not progress, unit="step", leave=False, mininterval=0.5)
+    try:
+        for i in bar:
+            t = time.perf_counter()
+            value = step(i)
+            if not math.isfinite(value):
+                status = "nonfinite"
+                break
+            step_times.append(time.perf_counter() - t)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        if on_interrupt is not None:
+            on_interrupt()
+    finally:
+        bar.close()
+    return status, step_times
 
 
 @torch.no_grad()
