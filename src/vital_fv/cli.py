@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-cache", action="store_true", help="neither read nor write cached prototypes")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    v.add_argument("--method", default="vital", choices=["vital", "fourier", "maco", "deepinversion"],
+                   help="vital (default) or a baseline: fourier, maco, deepinversion")
+    v.add_argument("--spectrum", help="maco: magnitude spectrum file from `vital spectrum` (default: the shipped one)")
+    v.add_argument("--batch", type=int, help="number of images (seeds 0..N-1), e.g. 64 for deepinversion")
+
+    sp = sub.add_parser("spectrum", help="average magnitude spectrum of a folder of images (for --method maco)")
+    sp.add_argument("folder", nargs="?", help="folder of natural images")
+    sp.add_argument("--offline-photos", action="store_true", help="use the photos shipped with skimage/sklearn")
+    sp.add_argument("--out", required=True, help="output .npy file")
+    sp.add_argument("--overwrite", action="store_true")
+
     la = sub.add_parser("layers", help="list a model's hookable layers with their output shapes")
     model_args(la)
     la.add_argument("--grep", help="only names containing this text")
@@ -82,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
-        return {"visualize": cmd_visualize, "layers": cmd_layers, "classes": cmd_classes}[args.command](args)
+        commands = {"visualize": cmd_visualize, "layers": cmd_layers, "classes": cmd_classes, "spectrum": cmd_spectrum}
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("interrupted before the optimization started: nothing was written", file=sys.stderr)
         return 130
@@ -135,6 +147,31 @@ def cmd_classes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spectrum(args: argparse.Namespace) -> int:
+    import io
+
+    import numpy as np
+
+    from . import references as refs_mod
+    from .baselines import compute_spectrum
+    from .result import atomic_write_bytes, refuse_overwrite
+
+    out = Path(args.out)
+    refuse_overwrite([out], args.overwrite)
+    if args.offline_photos:
+        images = refs_mod.offline_photos()
+    elif args.folder:
+        images = refs_mod.from_folder(args.folder, n=10**9).images
+    else:
+        raise VitalError("give a folder of images, or --offline-photos")
+    mag = compute_spectrum(images)
+    buf = io.BytesIO()
+    np.save(buf, mag.numpy())
+    atomic_write_bytes(out, buf.getvalue())
+    print(f"{out}: magnitude spectrum {tuple(mag.shape)} from {len(images)} images")
+    return 0
+
+
 def cmd_visualize(args: argparse.Namespace) -> int:
     from . import references as refs_mod
     from .matching import PrototypeCache
@@ -144,6 +181,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from .zoo import LayerPreset
 
     out_dir = ensure_writable_dir(args.out)  # before any expensive work
+    if args.batch:
+        args.seeds = list(range(args.batch))
     if args.layer_weights and not args.layers:
         raise VitalError("--layer-weights needs --layers")
     spec = _load(args)
@@ -151,7 +190,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     target = ClassTarget(args.cls)
     index, cname = target.resolve(spec.class_names, spec.class_synonyms)
     slug = target.slug(spec.class_names, spec.class_synonyms)
-    stems = [args.name or f"{spec.name}-{slug}" for _ in args.seeds]
+    method = "" if args.method == "vital" else f"-{args.method}"
+    stems = [args.name or f"{spec.name}-{slug}{method}" for _ in args.seeds]
     if len(args.seeds) > 1 or not args.name:
         stems = [f"{s}-s{seed}" for s, seed in zip(stems, args.seeds, strict=True)]
     pngs = [out_dir / f"{s}.png" for s in stems]
@@ -161,6 +201,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         from .features import resolve_layers as _check
 
         _check(spec.module, args.layers, spec.name)
+    if args.method != "vital":
+        return _run_baseline(args, spec, target, index, cname, pngs)
     if args.pool:
         references = refs_mod.from_pool(args.pool, spec, index, n=args.n_refs, progress=not args.quiet)
     elif args.refs:
@@ -211,6 +253,29 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         print("interrupted: the images so far are saved and marked 'interrupted' in their records")
         return 130
     return 0
+
+
+def _run_baseline(args: argparse.Namespace, spec, target, index: int, cname: str, pngs: list[Path]) -> int:  # noqa: ANN001
+    from .baselines import run_baseline
+    from .optimize import Job, NonFiniteLossError
+
+    jobs = [Job(target, None, seed) for seed in args.seeds]  # baselines use no references
+    preset = args.preset if args.preset in ("paper", "quick") else "paper"
+    print(f"visualizing {cname} ({index}) on {spec.name} with {args.method}, preset {preset}, "
+          f"seeds {','.join(map(str, args.seeds))}", file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        results = run_baseline(spec, jobs, args.method, preset=preset, steps=args.steps, lr=args.lr, size=args.size,
+                               device=args.device, progress=not args.quiet, spectrum=args.spectrum)
+    except NonFiniteLossError as exc:
+        for r, png in zip(exc.results, pngs, strict=True):
+            r.save(png, overwrite=True)
+        raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
+    for r, png in zip(results, pngs, strict=True):
+        r.save(png, overwrite=True)
+        _report_saved(r, png)
+    print(f"time: {time.perf_counter() - start:.1f} s ({results[0].record['seconds_per_step'] * 1000:.1f} ms/step)")
+    return 130 if any(r.status == "interrupted" for r in results) else 0
 
 
 def _report_saved(result, png: Path | None = None) -> None:  # noqa: ANN001

@@ -210,6 +210,20 @@ BUNDLED: dict[str, tuple[str, str]] = {
 # and Lite2, and sklearn's flower.jpg is 'daisy' to Lite0 only (Lite2: honeycomb).
 
 
+# Every natural photo that ships with scikit-image and scikit-learn (the offline default spectrum is made from them).
+OFFLINE_PHOTOS: tuple[tuple[str, str], ...] = (
+    ("skimage", "astronaut"), ("skimage", "camera"), ("skimage", "chelsea"), ("skimage", "coffee"),
+    ("skimage", "rocket"), ("skimage", "stereo_motorcycle"), ("skimage", "brick"), ("skimage", "grass"),
+    ("skimage", "gravel"), ("skimage", "coins"), ("skimage", "moon"), ("skimage", "clock"),
+    ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"),
+)
+
+
+def offline_photos() -> list[torch.Tensor]:
+    """The photos of ``OFFLINE_PHOTOS`` as uint8 (3, H, W) tensors."""
+    return [_bundled_photo(kind, name)[0] for kind, name in OFFLINE_PHOTOS]
+
+
 def bundled_classes() -> list[str]:
     return list(BUNDLED)
 

@@ -23,6 +23,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -32,6 +33,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def ensure_writable_dir(folder: str | os.PathLike[str]) -> Path:
@@ -73,6 +80,7 @@ class Result:
 
     image: torch.Tensor
     record: dict[str, Any] = field(default_factory=dict)
+    alpha: torch.Tensor | None = None  # accumulated |d loss / d image| (3, H, W), where the method keeps it
 
     @property
     def status(self) -> str:
@@ -92,11 +100,29 @@ class Result:
             png = png.with_name(png.name + ".png")
         return png, png.with_suffix(".json")
 
+    def transparency(self, percentile: float = 98.0) -> torch.Tensor | None:
+        """Alpha (H, W) in [0, 1]: the gradient map's channel mean, clipped at ``percentile``, divided by its max."""
+        if self.alpha is None:
+            return None
+        a = self.alpha.detach().float().mean(0)
+        a = a.clamp(max=float(torch.quantile(a.flatten(), percentile / 100)))
+        return a / a.max().clamp(min=1e-12)
+
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> tuple[Path, Path]:
-        """Write ``path`` (PNG) and the record beside it (same name, .json), atomically."""
+        """Write ``path`` (PNG) and the record beside it (same name, .json), atomically; with a gradient map also
+        NAME.rgba.png (transparency) and NAME.alpha.npy (the raw map)."""
         png, js = self.paths(path)
-        refuse_overwrite([png, js], overwrite)
-        record = dict(self.record, files={"png": png.name, "json": js.name})
+        extra = [png.with_suffix(".rgba.png"), png.with_suffix(".alpha.npy")] if self.alpha is not None else []
+        refuse_overwrite([png, js, *extra], overwrite)
+        record = dict(self.record, files={"png": png.name, "json": js.name, **(
+            {"rgba": extra[0].name, "alpha": extra[1].name} if extra else {})})
+        if extra:
+            import io
+
+            atomic_write_bytes(extra[0], png_bytes(torch.cat([self.image.cpu(), self.transparency()[None]])))
+            buf = io.BytesIO()
+            np.save(buf, self.alpha.detach().float().cpu().numpy())
+            atomic_write_bytes(extra[1], buf.getvalue())
         atomic_write_bytes(png, png_bytes(self.image))
         atomic_write_bytes(js, (json.dumps(record, indent=1, default=_json_default) + "\n").encode())
         return png, js
