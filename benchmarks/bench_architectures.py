@@ -37,7 +37,8 @@ def main() -> int:
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     lines = [f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}; batch 1; random weights",
-             "", "| model | plain fwd+bwd (ms) | VITAL step (ms) | ratio (target <= 1.15) | peak memory of a step (MB) |"
+             "", "| model | plain fwd+bwd (ms) | VITAL step (ms) | ratio (target <= 1.15) "
+             "| peak memory of a step (MB) |"
              + (" s per image (2000 steps) |" if args.paper_image else ""),
              "|---|---|---|---|---|" + ("---|" if args.paper_image else "")]
     print("\n".join(lines), flush=True)

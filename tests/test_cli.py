@@ -120,3 +120,26 @@ def test_torchvision_weights_file_through_the_cli_and_a_mismatched_one(capsys, t
 def test_layers_of_a_torchvision_model_need_no_weights(capsys):
     assert main(["layers", "--model", "resnet18", "--grep", "layer4"]) == 0
     assert "512x7x7" in capsys.readouterr().out
+
+
+def test_baseline_methods_through_the_cli(capsys, tmp_path):
+    out = tmp_path / "o"
+    assert main(["visualize", "--class", "espresso", "--method", "maco", "--steps", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    stem = "efficientnet_lite0-967-espresso-maco-s0"
+    assert names == [f"{stem}.alpha.npy", f"{stem}.json", f"{stem}.png", f"{stem}.rgba.png"]
+    assert main(["visualize", "--class", "espresso", "--method", "deepinversion", "--batch", "2", "--steps", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    assert (out / "efficientnet_lite0-967-espresso-deepinversion-s1.png").exists()
+    assert main(["visualize", "--class", "espresso", "--method", "fourier", "--size", "300", "--steps", "2",
+                 "--out", str(out), "--quiet"]) == 2
+    assert "--size applies to maco only" in capsys.readouterr().err
+
+
+def test_spectrum_command(capsys, tmp_path):
+    target = tmp_path / "s.npy"
+    assert main(["spectrum", "--offline-photos", "--out", str(target)]) == 0
+    assert target.exists() and "from 14 images" in capsys.readouterr().out
+    assert main(["spectrum", "--offline-photos", "--out", str(target)]) == 2
+    assert main(["spectrum", "--out", str(tmp_path / "x.npy")]) == 2

@@ -109,12 +109,15 @@ def fourier_image(spectrum: torch.Tensor, scale: torch.Tensor, size: int) -> tor
     return torch.sigmoid(recorrelate(img, normalized=True))
 
 
-def maco_image(phase: torch.Tensor, magnitude: torch.Tensor, size: int) -> torch.Tensor:
-    """Phase (B, 3, H, W//2+1) with a fixed magnitude (3, H, W//2+1) -> image in [0, 1]."""
+def maco_spatial(phase: torch.Tensor, magnitude: torch.Tensor, size: int) -> torch.Tensor:
+    """Phase (B, 3, H, W//2+1) with a fixed magnitude (3, H, W//2+1) -> standardized decorrelated image."""
     p = _standardize(phase)
-    spec = torch.polar(magnitude.expand_as(p), p)
-    img = _standardize(torch.fft.irfft2(spec, s=(size, size)))
-    return torch.sigmoid(recorrelate(img))
+    return _standardize(torch.fft.irfft2(torch.polar(magnitude.expand_as(p), p), s=(size, size)))
+
+
+def maco_image(phase: torch.Tensor, magnitude: torch.Tensor, size: int) -> torch.Tensor:
+    """MACO's image in [0, 1]: the spatial image, colours recorrelated, through a sigmoid."""
+    return torch.sigmoid(recorrelate(maco_spatial(phase, magnitude, size)))
 
 
 def compute_spectrum(images: Sequence[torch.Tensor], size: int = SPECTRUM_SIZE) -> torch.Tensor:
