@@ -1,0 +1,78 @@
+"""VITAL beside the baselines (issue: the methods VITAL is compared against), on Lite0 and the bundled demo classes:
+Lite0's own top-1 on each method's images, and EfficientNet-Lite2's top-1/top-5 (a judge the optimization never
+sees) — the comparison of the paper's Table 1 on models and data that run here.
+
+    python benchmarks/bench_methods.py --seeds 0 --out benchmarks/results/cpu_methods.md        # ~15 min on this CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import judge_probs  # noqa: E402
+
+from vital_fv import ClassTarget, Job, load_model, references, visualize_batch  # noqa: E402
+from vital_fv.baselines import run_baseline  # noqa: E402
+from vital_fv.optimize import resolve_device  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="vital,fourier,maco,deepinversion")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--steps", type=int, help="override steps (smoke tests only)")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    spec = load_model("efficientnet_lite0").to(device)
+    judge = load_model("efficientnet_lite2").to(device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    classes = ", ".join(references.bundled_classes())
+    lines = [f"device: {name}; preset {args.preset}; seeds {args.seeds}; classes {classes}", "",
+             "| method | steps | images | Lite0 top-1 | Lite2 top-1 | Lite2 top-5 | s/image |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for method in args.methods.split(","):
+        s1 = j1 = j5 = n = 0
+        wall = 0.0
+        steps = 0
+        for cname in references.bundled_classes():
+            target = ClassTarget(cname)
+            index, _ = target.resolve(spec.class_names)
+            t = time.perf_counter()
+            if method == "vital":
+                jobs = [Job(target, references.bundled(cname), s) for s in seeds]
+                res = visualize_batch(spec, jobs, preset=args.preset, steps=args.steps, device=device, progress=False)
+            else:
+                jobs = [Job(target, None, s) for s in seeds]
+                res = run_baseline(spec, jobs, method, preset=args.preset, steps=args.steps, device=device,
+                                   progress=False)
+            wall += time.perf_counter() - t
+            steps = res[0].record["steps_done"]
+            jp = judge_probs(judge, torch.stack([r.image for r in res]))
+            for r, p in zip(res, jp, strict=True):
+                top = p.topk(5).indices.tolist()
+                s1 += r.top5[0]["index"] == index
+                j1 += top[0] == index
+                j5 += index in top
+                n += 1
+        lines.append(f"| {method} | {steps} | {n} | {100 * s1 / n:.0f}% | {100 * j1 / n:.0f}% | {100 * j5 / n:.0f}% | "
+                     f"{wall / n:.1f} |")
+        print(lines[-1], flush=True)
+    if args.out:
+        Path(args.out).write_text(f"command: {' '.join(sys.argv)}\n\n" + "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
