@@ -123,3 +123,19 @@ def test_offline_spectrum_falls_off_with_frequency():
     assert mag[0, 1, 1] > 5 * mag[0, 20, 20]
     photos = references.offline_photos()
     assert len(photos) >= 10
+
+
+def test_fourier_and_maco_raise_a_units_activation(tiny_spec):
+    from vital_fv.targets import UnitTarget
+
+    unit = UnitTarget("act2", 3)
+    for method in ("fourier", "maco"):
+        (r,) = run_baseline(tiny_spec, [Job(unit, None, 0)], method, steps=25, lr=0.2 if method == "fourier" else 1.0,
+                            progress=False)
+        assert r.record["target"] == {"kind": "unit", "layer": "act2", "channel": 3, "position": None}
+        curve = r.record["loss"]["objective"]
+        assert min(curve[-5:]) < curve[0], method
+    with pytest.raises(VitalError, match="inverts classes only"):
+        run_baseline(tiny_spec, [Job(unit, None, 0)], "deepinversion", steps=1, progress=False)
+    with pytest.raises(VitalError, match="unknown layer 'act9'"):
+        run_baseline(tiny_spec, [Job(UnitTarget("act9", 0), None, 0)], "maco", steps=1, progress=False)

@@ -143,3 +143,12 @@ def test_spectrum_command(capsys, tmp_path):
     assert target.exists() and "from 14 images" in capsys.readouterr().out
     assert main(["spectrum", "--offline-photos", "--out", str(target)]) == 2
     assert main(["spectrum", "--out", str(tmp_path / "x.npy")]) == 2
+
+
+def test_unit_targets_on_the_cli(capsys, tmp_path):
+    out = tmp_path / "o"
+    assert main(["visualize", "--unit", "blocks.5.2:17", "--method", "fourier", "--steps", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    assert (out / "efficientnet_lite0-blocks-5-2-17-fourier-s0.png").exists()
+    assert main(["visualize", "--unit", "blocks.5.2:17", "--out", str(out)]) == 2
+    assert "not implemented yet" in capsys.readouterr().err

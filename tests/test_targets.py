@@ -30,3 +30,22 @@ def test_wordnet_synonyms_are_accepted_when_unambiguous(lite0):
     assert ClassTarget("tabby cat").resolve(lite0.class_names, lite0.class_synonyms) == (281, "tabby")
     with pytest.raises(VitalError, match="unknown class"):
         resolve_class("tabby cat", lite0.class_names)  # no synonyms given
+
+
+def test_unit_targets_parse_and_read_values():
+    import torch
+
+    from vital_fv.targets import UnitTarget
+
+    u = UnitTarget.parse("layer3.5:100@7,7")
+    assert u == UnitTarget("layer3.5", 100, (7, 7)) and u.label() == "layer3.5:100@7,7"
+    assert UnitTarget.parse("blocks.5.2:17").position is None
+    with pytest.raises(VitalError, match="LAYER:CHANNEL"):
+        UnitTarget.parse("blocks.5.2")
+    act = torch.arange(2 * 3 * 4.0).view(2, 3, 4)
+    assert UnitTarget("l", 1).value(act) == act[1].mean()
+    assert UnitTarget("l", 1, (2, 3)).value(act) == act[1, 2, 3]
+    tokens = torch.arange(5 * 6.0).view(5, 6)  # (T, D)
+    assert UnitTarget("l", 4).value(tokens) == tokens[:, 4].mean()
+    with pytest.raises(VitalError, match="channel out of range"):
+        UnitTarget("l", 9).value(act)

@@ -26,10 +26,12 @@ from torch import nn
 
 from . import __version__
 from .errors import VitalError
+from .features import capture, resolve_layers
 from .matching import l2_norm, total_variation
 from .optimize import Job, NonFiniteLossError, _top5, frozen_on, lr_factor, resolve_device, run_steps
 from .params import item_generators
 from .result import Result
+from .targets import UnitTarget
 from .transforms import roll, sample_rolls
 from .zoo import ModelSpec
 
@@ -219,29 +221,41 @@ def run_baseline(
     if method != "maco" and size != input_size:
         raise VitalError(f"--size applies to maco only (it optimizes a large image and crops it); {method} "
                          f"works at the model's input size {input_size}")
+    units = [j.target for j in jobs if isinstance(j.target, UnitTarget)]
+    if units and method == "deepinversion":
+        raise VitalError("deepinversion inverts classes only (it needs a class's cross-entropy): use fourier or maco "
+                         "for units")
+    if units:
+        resolve_layers(model.module, [u.layer for u in units], model.name)
     if method == "deepinversion" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                              for m in model.module.modules()):
         raise VitalError(f"deepinversion matches BatchNorm statistics, and {model.name} has no BatchNorm layer "
                          "(ViTs and ConvNeXt use LayerNorm): choose --method vital, fourier or maco")
     dev = resolve_device(device)
-    resolved = [j.target.resolve(model.class_names, model.class_synonyms) for j in jobs]
-    classes = torch.tensor([r[0] for r in resolved], device=dev)
+    described = [
+        j.target.describe() if isinstance(j.target, UnitTarget)
+        else dict(zip(("index", "name"), j.target.resolve(model.class_names, model.class_synonyms), strict=True),
+                  kind="class")
+        for j in jobs
+    ]
+    classes = torch.tensor([d.get("index", 0) for d in described], device=dev)
     gens = item_generators([j.seed for j in jobs])
     info: dict[str, Any] = {}
     with frozen_on(model.module, dev):
         run = {"fourier": _fourier, "maco": _maco, "deepinversion": _deepinversion}[method]
-        images, curve, step_times, status, alpha = run(model, mp, gens, classes, size, dev, progress, spectrum, info)
+        score = _scorer(model, jobs, classes)
+        images, curve, step_times, status, alpha = run(model, mp, gens, score, classes, size, dev, progress,
+                                                       spectrum, info)
         top5 = _top5(model, F.interpolate(images, size=(input_size, input_size), mode="bilinear",
                                           align_corners=False) if size != input_size else images)
     out = []
     for b, job in enumerate(jobs):
-        index, cname = resolved[b]
         record = {
             "vital_fv": __version__,
             "method": method,
             "status": status,
             "steps_done": len(step_times),
-            "target": {"kind": "class", "index": index, "name": cname},
+            "target": described[b],
             "seed": job.seed,
             "model": model.describe(),
             "optimizer": {"preset": preset, **asdict(mp)},
@@ -269,23 +283,39 @@ def _optimizer(mp: MethodPreset, params: list[torch.Tensor]) -> tuple[torch.opti
     return opt, sched
 
 
-def _logits(model: ModelSpec, x01: torch.Tensor) -> torch.Tensor:
-    return model.module(model.preprocess.normalize(x01))
+def _scorer(model: ModelSpec, jobs: Sequence[Job], classes: torch.Tensor):  # noqa: ANN202
+    """``score(x01, owners)``: per row of ``x01``, the objective of the job that owns it (a class logit, or a
+    unit's activation), from one forward pass."""
+    layers = sorted({j.target.layer for j in jobs if isinstance(j.target, UnitTarget)})
+
+    def score(x01: torch.Tensor, owners: list[int]) -> torch.Tensor:
+        with capture(model.module, layers, model.name) as feats:
+            logits = model.module(model.preprocess.normalize(x01))
+            values = []
+            for row, b in enumerate(owners):
+                t = jobs[b].target
+                if isinstance(t, UnitTarget):
+                    out = feats[t.layer]
+                    values.append(t.value(out[0][row] if isinstance(out, (tuple, list)) else out[row]))
+                else:
+                    values.append(logits[row, classes[b]])
+        return torch.stack(values)
+
+    return score
 
 
-def _fourier(model, mp, gens, classes, size, dev, progress, spectrum, info):  # noqa: ANN001, ANN202
+def _fourier(model, mp, gens, score, classes, size, dev, progress, spectrum, info):  # noqa: ANN001, ANN202
     b = len(gens)
     spec = torch.stack([torch.randn(3, size, size // 2 + 1, 2, generator=g) * 0.01 for g in gens]).to(dev)
     spec.requires_grad_(True)
     scale = fourier_scale(size).to(dev)
     opt, sched = _optimizer(mp, [spec])
     curve = torch.zeros(mp.steps, b)
-    rows = torch.arange(b, device=dev)
 
     def step(i: int) -> float:
         img = fourier_image(spec, scale, size)
         x = torch.cat([_lucid_transforms(img[k], gens[k], size) for k in range(b)])
-        obj = _logits(model, x)[rows, classes]
+        obj = score(x, list(range(b)))
         loss = -obj.sum()
         if not math.isfinite(float(loss.detach())):
             return math.nan
@@ -302,7 +332,7 @@ def _fourier(model, mp, gens, classes, size, dev, progress, spectrum, info):  # 
     return images, curve[: len(times)], times, status, None
 
 
-def _maco(model, mp, gens, classes, size, dev, progress, spectrum, info):  # noqa: ANN001, ANN202
+def _maco(model, mp, gens, score, classes, size, dev, progress, spectrum, info):  # noqa: ANN001, ANN202
     b = len(gens)
     magnitude, source = load_spectrum(spectrum, size)
     info["spectrum"] = source
@@ -316,14 +346,14 @@ def _maco(model, mp, gens, classes, size, dev, progress, spectrum, info):  # noq
     noise = mp.get("noise", 0.1)
     alpha = torch.zeros(b, 3, size, size, device=dev)
     curve = torch.zeros(mp.steps, b)
-    rows = torch.arange(b, device=dev).repeat_interleave(n_crops)
+    owners = [k for k in range(b) for _ in range(n_crops)]
 
     def step(i: int) -> float:
         img = maco_image(phase, magnitude, size)
         img.retain_grad()
         crops = torch.cat([_random_crops(img[k], gens[k], n_crops, input_size, mean_frac) for k in range(b)])
         crops = crops + (torch.rand(crops.shape, generator=gens[0]).to(dev) - 0.5) * 2 * noise
-        obj = _logits(model, crops)[rows, classes.repeat_interleave(n_crops)].view(b, n_crops).mean(1)
+        obj = score(crops, owners).view(b, n_crops).mean(1)
         loss = -obj.sum()
         if not math.isfinite(float(loss.detach())):
             return math.nan
@@ -341,7 +371,7 @@ def _maco(model, mp, gens, classes, size, dev, progress, spectrum, info):  # noq
     return images, curve[: len(times)], times, status, alpha.cpu()
 
 
-def _deepinversion(model, mp, gens, classes, size, dev, progress, spectrum, info):  # noqa: ANN001, ANN202
+def _deepinversion(model, mp, gens, score, classes, size, dev, progress, spectrum, info):  # noqa: ANN001, ANN202
     b = len(gens)
     x = torch.stack([torch.randn(3, size, size, generator=g) for g in gens]).to(dev).requires_grad_(True)
     lo, hi = model.preprocess.bounds(dev)

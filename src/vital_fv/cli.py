@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("visualize", help="optimize a visualization of a class")
     model_args(v)
-    v.add_argument("--class", dest="cls", required=True, help="class index or name (e.g. 967 or espresso)")
+    what = v.add_mutually_exclusive_group(required=True)
+    what.add_argument("--class", dest="cls", help="class index or name (e.g. 967 or espresso)")
+    what.add_argument("--unit", help="LAYER:CHANNEL[@Y,X] (fourier and maco; VITAL units come with relevance)")
     src = v.add_mutually_exclusive_group()
     src.add_argument("--refs", nargs="+", help="reference folder, or image files (default: bundled photo)")
     src.add_argument("--pool", help="unlabelled folder: use the N images the model rates most probable")
@@ -187,9 +189,20 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         raise VitalError("--layer-weights needs --layers")
     spec = _load(args)
     spec.class_token = not args.no_class_token
-    target = ClassTarget(args.cls)
-    index, cname = target.resolve(spec.class_names, spec.class_synonyms)
-    slug = target.slug(spec.class_names, spec.class_synonyms)
+    if args.unit:
+        from .targets import UnitTarget
+
+        target = UnitTarget.parse(args.unit)
+        if args.method in ("vital", "deepinversion"):
+            raise VitalError(
+                "--unit works with --method fourier or maco for now: VITAL's unit visualizations need mined "
+                "references and relevance, which are not implemented yet; deepinversion inverts classes only"
+            )
+        index, cname, slug = -1, target.label(), target.slug()
+    else:
+        target = ClassTarget(args.cls)
+        index, cname = target.resolve(spec.class_names, spec.class_synonyms)
+        slug = target.slug(spec.class_names, spec.class_synonyms)
     method = "" if args.method == "vital" else f"-{args.method}"
     stems = [args.name or f"{spec.name}-{slug}{method}" for _ in args.seeds]
     if len(args.seeds) > 1 or not args.name:
@@ -261,7 +274,8 @@ def _run_baseline(args: argparse.Namespace, spec, target, index: int, cname: str
 
     jobs = [Job(target, None, seed) for seed in args.seeds]  # baselines use no references
     preset = args.preset if args.preset in ("paper", "quick") else "paper"
-    print(f"visualizing {cname} ({index}) on {spec.name} with {args.method}, preset {preset}, "
+    what = cname if index < 0 else f"{cname} ({index})"
+    print(f"visualizing {what} on {spec.name} with {args.method}, preset {preset}, "
           f"seeds {','.join(map(str, args.seeds))}", file=sys.stderr)
     start = time.perf_counter()
     try:

@@ -52,3 +52,50 @@ def resolve_class(
     near = close_matches(cls, class_names)
     hint = f" Did you mean: {', '.join(repr(n) for n in near)}?" if near else ""
     raise VitalError(f"unknown class '{cls}'.{hint} `vital classes --grep WORD` searches the class names.")
+
+
+@dataclass(frozen=True)
+class UnitTarget:
+    """A channel of a layer (its spatially averaged activation), or one neuron of it at ``position`` (y, x)
+    — for token layers, position is (token,)."""
+
+    layer: str
+    channel: int
+    position: tuple[int, ...] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> UnitTarget:
+        """'layer:channel' or 'layer:channel@y,x' (as on the command line)."""
+        try:
+            head, _, pos = text.partition("@")
+            layer, _, channel = head.rpartition(":")
+            position = tuple(int(p) for p in pos.split(",")) if pos else None
+            if not layer:
+                raise ValueError
+            return cls(layer, int(channel), position)
+        except ValueError:
+            raise VitalError(f"cannot read unit '{text}': write LAYER:CHANNEL or LAYER:CHANNEL@Y,X "
+                             "(e.g. blocks.5.2:17 or layer3.5:100@7,7)") from None
+
+    def label(self) -> str:
+        pos = "@" + ",".join(map(str, self.position)) if self.position else ""
+        return f"{self.layer}:{self.channel}{pos}"
+
+    def describe(self) -> dict:
+        return {"kind": "unit", "layer": self.layer, "channel": self.channel,
+                "position": list(self.position) if self.position else None}
+
+    def slug(self, *_: object) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.label())
+
+    def value(self, act: object) -> object:
+        """The unit's value in one item's layer output: (C, H, W) maps or (T, D) tokens."""
+        if act.dim() == 3:
+            if not 0 <= self.channel < act.shape[0]:
+                raise VitalError(f"unit {self.label()}: channel out of range, the layer has {act.shape[0]}")
+            return act[self.channel][self.position] if self.position else act[self.channel].mean()
+        if act.dim() == 2:
+            if not 0 <= self.channel < act.shape[1]:
+                raise VitalError(f"unit {self.label()}: channel out of range, the layer has {act.shape[1]}")
+            return act[self.position[0], self.channel] if self.position else act[:, self.channel].mean()
+        raise VitalError(f"unit {self.label()}: cannot read a layer output of shape {tuple(act.shape)}")
