@@ -283,6 +283,23 @@ def _optimizer(mp: MethodPreset, params: list[torch.Tensor]) -> tuple[torch.opti
     return opt, sched
 
 
+def _ascend(obj: torch.Tensor, opt: torch.optim.Optimizer, sched: Any, curve: torch.Tensor, i: int,
+            after_backward: Any = None) -> float:
+    """One gradient-ascent update on the per-item objectives ``obj`` (B,); NaN, and no update, if not finite."""
+    loss = -obj.sum()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return math.nan
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if after_backward is not None:
+        after_backward()
+    opt.step()
+    sched.step()
+    curve[i] = -obj.detach().cpu()
+    return value / obj.shape[0]
+
+
 def _scorer(model: ModelSpec, jobs: Sequence[Job], classes: torch.Tensor):  # noqa: ANN202
     """``score(x01, owners)``: per row of ``x01``, the objective of the job that owns it (a class logit, or a
     unit's activation), from one forward pass."""
@@ -316,15 +333,7 @@ def _fourier(model, mp, gens, score, classes, size, dev, progress, spectrum, inf
         img = fourier_image(spec, scale, size)
         x = torch.cat([_lucid_transforms(img[k], gens[k], size) for k in range(b)])
         obj = score(x, list(range(b)))
-        loss = -obj.sum()
-        if not math.isfinite(float(loss.detach())):
-            return math.nan
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        curve[i] = -obj.detach().cpu()
-        return float(loss.detach()) / b
+        return _ascend(obj, opt, sched, curve, i)
 
     status, times = run_steps(mp.steps, step, progress, "fourier")
     with torch.no_grad():
@@ -354,16 +363,7 @@ def _maco(model, mp, gens, score, classes, size, dev, progress, spectrum, info):
         crops = torch.cat([_random_crops(img[k], gens[k], n_crops, input_size, mean_frac) for k in range(b)])
         crops = crops + (torch.rand(crops.shape, generator=gens[0]).to(dev) - 0.5) * 2 * noise
         obj = score(crops, owners).view(b, n_crops).mean(1)
-        loss = -obj.sum()
-        if not math.isfinite(float(loss.detach())):
-            return math.nan
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        alpha.add_(img.grad.abs())
-        opt.step()
-        sched.step()
-        curve[i] = -obj.detach().cpu()
-        return float(loss.detach()) / b
+        return _ascend(obj, opt, sched, curve, i, after_backward=lambda: alpha.add_(img.grad.abs()))
 
     status, times = run_steps(mp.steps, step, progress, "maco")
     with torch.no_grad():

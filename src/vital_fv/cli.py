@@ -177,7 +177,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
 def cmd_visualize(args: argparse.Namespace) -> int:
     from . import references as refs_mod
     from .matching import PrototypeCache
-    from .optimize import Job, NonFiniteLossError, visualize_batch
+    from .optimize import Job, visualize_batch
     from .result import ensure_writable_dir, refuse_overwrite
     from .targets import ClassTarget
     from .zoo import LayerPreset
@@ -245,23 +245,31 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     print(f"visualizing {cname} ({index}) on {spec.name} from {references.count} references "
           f"({references.describe()['label']}), preset {args.preset}, seeds {','.join(map(str, args.seeds))}",
           file=sys.stderr)
+    return _run_and_save(lambda: visualize_batch(
+        spec, jobs, preset=args.preset, steps=args.steps, lr=args.lr, layers=layers, size=args.size,
+        device=args.device, cache=cache, progress=not args.quiet,
+    ), pngs)
+
+
+def _run_and_save(run, pngs: list[Path]) -> int:  # noqa: ANN001
+    """Run, save every result (also the last finite images after a non-finite loss), report, and pick the exit
+    code (130 after Ctrl-C)."""
+    from .optimize import NonFiniteLossError
+
     start = time.perf_counter()
     try:
-        results = visualize_batch(
-            spec, jobs, preset=args.preset, steps=args.steps, lr=args.lr, layers=layers, size=args.size,
-            device=args.device, cache=cache, progress=not args.quiet,
-        )
+        results = run()
     except NonFiniteLossError as exc:
         for r, png in zip(exc.results, pngs, strict=True):
             r.save(png, overwrite=True)
         raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
-    elapsed = time.perf_counter() - start
     for r, png in zip(results, pngs, strict=True):
         r.save(png, overwrite=True)  # the overwrite check ran before the work started
         _report_saved(r, png)
-    print(f"time: {elapsed:.1f} s ({results[0].record['seconds_per_step'] * 1000:.1f} ms/step, "
-          f"references {results[0].record['reference_seconds']:.1f} s, prototypes "
-          f"{results[0].record['prototypes']['cache']})")
+    rec = results[0].record
+    extra = (f", references {rec['reference_seconds']:.1f} s, prototypes {rec['prototypes']['cache']}"
+             if "prototypes" in rec else "")
+    print(f"time: {time.perf_counter() - start:.1f} s ({rec['seconds_per_step'] * 1000:.1f} ms/step{extra})")
     if any(r.status == "interrupted" for r in results):
         print("interrupted: the images so far are saved and marked 'interrupted' in their records")
         return 130
@@ -270,26 +278,17 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 def _run_baseline(args: argparse.Namespace, spec, target, index: int, cname: str, pngs: list[Path]) -> int:  # noqa: ANN001
     from .baselines import run_baseline
-    from .optimize import Job, NonFiniteLossError
+    from .optimize import Job
 
     jobs = [Job(target, None, seed) for seed in args.seeds]  # baselines use no references
     preset = args.preset if args.preset in ("paper", "quick") else "paper"
     what = cname if index < 0 else f"{cname} ({index})"
     print(f"visualizing {what} on {spec.name} with {args.method}, preset {preset}, "
           f"seeds {','.join(map(str, args.seeds))}", file=sys.stderr)
-    start = time.perf_counter()
-    try:
-        results = run_baseline(spec, jobs, args.method, preset=preset, steps=args.steps, lr=args.lr, size=args.size,
-                               device=args.device, progress=not args.quiet, spectrum=args.spectrum)
-    except NonFiniteLossError as exc:
-        for r, png in zip(exc.results, pngs, strict=True):
-            r.save(png, overwrite=True)
-        raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
-    for r, png in zip(results, pngs, strict=True):
-        r.save(png, overwrite=True)
-        _report_saved(r, png)
-    print(f"time: {time.perf_counter() - start:.1f} s ({results[0].record['seconds_per_step'] * 1000:.1f} ms/step)")
-    return 130 if any(r.status == "interrupted" for r in results) else 0
+    return _run_and_save(lambda: run_baseline(
+        spec, jobs, args.method, preset=preset, steps=args.steps, lr=args.lr, size=args.size, device=args.device,
+        progress=not args.quiet, spectrum=args.spectrum,
+    ), pngs)
 
 
 def _report_saved(result, png: Path | None = None) -> None:  # noqa: ANN001
