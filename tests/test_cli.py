@@ -46,8 +46,9 @@ def test_visualize_writes_png_and_record_and_refuses_to_overwrite(capsys, tmp_pa
             "--out", str(tmp_path), "--quiet"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    pngs = sorted(tmp_path.glob("*.png"))
+    pngs = sorted(p for p in tmp_path.glob("*.png") if not p.name.endswith(".rgba.png"))
     assert [p.name for p in pngs] == [f"efficientnet_lite0-967-espresso-s{s}.png" for s in (0, 1)]
+    assert (tmp_path / "efficientnet_lite0-967-espresso-s0.rgba.png").exists()
     record = json.loads(pngs[1].with_suffix(".json").read_text())
     assert record["seed"] == 1 and record["steps_done"] == 3 and record["references"]["augmented"]
     assert record["model"]["weights_sha256"] and len(record["top5"]) == 5

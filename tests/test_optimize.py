@@ -31,6 +31,9 @@ def test_a_few_steps_lower_the_matching_loss(tiny_spec, refs_a):
     assert r.record["target"] == {"kind": "class", "index": 1, "name": "one"}
     assert r.record["layers"]["layers"] == ["act1", "act2"]
     assert len(r.record["top5"]) == 4  # tiny model has 4 classes
+    assert r.alpha.shape == (3, 32, 32) and r.alpha.sum() > 0  # accumulated |d loss / d x|
+    a = r.transparency(percentile=98)
+    assert a.max() == pytest.approx(1.0) and (a == 1.0).float().mean() >= 0.01  # top 2% clipped to 1
 
 
 def test_batch_items_are_independent_of_their_neighbours(tiny_spec, refs_a, refs_b):

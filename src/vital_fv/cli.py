@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="out", help="output folder (default out/)")
     v.add_argument("--name", help="file name stem (default MODEL-CLASS-sSEED)")
     v.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    v.add_argument("--alpha-percentile", type=float, default=98.0,
+                   help="transparency map: clip at this percentile before scaling (default 98)")
     v.add_argument("--cache-dir", help="prototype cache folder (default ~/.cache/vital-fv or $VITAL_CACHE_DIR)")
     v.add_argument("--no-cache", action="store_true", help="neither read nor write cached prototypes")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -208,7 +210,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     if len(args.seeds) > 1 or not args.name:
         stems = [f"{s}-s{seed}" for s, seed in zip(stems, args.seeds, strict=True)]
     pngs = [out_dir / f"{s}.png" for s in stems]
-    refuse_overwrite(pngs + [p.with_suffix(".json") for p in pngs], args.overwrite)
+    outputs = [p.with_suffix(ext) for p in pngs for ext in (".png", ".json", ".rgba.png", ".alpha.npy")]
+    refuse_overwrite(outputs, args.overwrite)
 
     if args.layers:
         from .features import resolve_layers as _check
@@ -245,13 +248,13 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     print(f"visualizing {cname} ({index}) on {spec.name} from {references.count} references "
           f"({references.describe()['label']}), preset {args.preset}, seeds {','.join(map(str, args.seeds))}",
           file=sys.stderr)
-    return _run_and_save(lambda: visualize_batch(
+    return _run_and_save(args, lambda: visualize_batch(
         spec, jobs, preset=args.preset, steps=args.steps, lr=args.lr, layers=layers, size=args.size,
         device=args.device, cache=cache, progress=not args.quiet,
     ), pngs)
 
 
-def _run_and_save(run, pngs: list[Path]) -> int:  # noqa: ANN001
+def _run_and_save(args: argparse.Namespace, run, pngs: list[Path]) -> int:  # noqa: ANN001
     """Run, save every result (also the last finite images after a non-finite loss), report, and pick the exit
     code (130 after Ctrl-C)."""
     from .optimize import NonFiniteLossError
@@ -264,6 +267,7 @@ def _run_and_save(run, pngs: list[Path]) -> int:  # noqa: ANN001
             r.save(png, overwrite=True)
         raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
     for r, png in zip(results, pngs, strict=True):
+        r.alpha_percentile = args.alpha_percentile
         r.save(png, overwrite=True)  # the overwrite check ran before the work started
         _report_saved(r, png)
     rec = results[0].record
@@ -285,7 +289,7 @@ def _run_baseline(args: argparse.Namespace, spec, target, index: int, cname: str
     what = cname if index < 0 else f"{cname} ({index})"
     print(f"visualizing {what} on {spec.name} with {args.method}, preset {preset}, "
           f"seeds {','.join(map(str, args.seeds))}", file=sys.stderr)
-    return _run_and_save(lambda: run_baseline(
+    return _run_and_save(args, lambda: run_baseline(
         spec, jobs, args.method, preset=preset, steps=args.steps, lr=args.lr, size=args.size, device=args.device,
         progress=not args.quiet, spectrum=args.spectrum,
     ), pngs)

@@ -175,7 +175,7 @@ def visualize_batch(
         t_refs = time.perf_counter() - t0
         protos = _per_item_prototypes(model, names, protos, jobs, size, dev)
         results = _optimize(model, names, layer_preset, opt_preset, jobs, protos, size, dev, progress)
-        images, curves, step_times, status = results
+        images, curves, step_times, status, alpha = results
         top5 = _top5(model, images)
 
     out = []
@@ -205,7 +205,7 @@ def visualize_batch(
             "top5": top5[b],
             "environment": {"torch": torch.__version__, "python": platform.python_version()},
         }
-        out.append(Result(images[b], record))
+        out.append(Result(images[b], record, alpha=alpha[b]))
     if status == "nonfinite":
         raise NonFiniteLossError(
             f"the loss became non-finite after {len(step_times)} steps; the last finite images are kept. "
@@ -301,7 +301,7 @@ def _optimize(
     size: int,
     device: torch.device,
     progress: bool,
-) -> tuple[torch.Tensor, torch.Tensor, list[float], str]:
+) -> tuple[torch.Tensor, torch.Tensor, list[float], str, torch.Tensor]:
     gens = item_generators([j.seed for j in jobs])
     x = init_pixels(gens, size, device, std=opt.init_std)
     lo, hi = model.preprocess.bounds(device)
@@ -311,6 +311,7 @@ def _optimize(
     weights = torch.tensor(layer_preset.weights, device=device, dtype=torch.float32).unsqueeze(1)
     curves = torch.zeros(opt.steps, len(names), len(jobs))
     skip = model.skip_tokens
+    alpha = torch.zeros_like(x)  # |d loss / d x| summed over steps: the transparency map (SPEC §4)
 
     with capture(model.module, names, model.name) as feats:
 
@@ -330,6 +331,7 @@ def _optimize(
                 return value  # no update: x stays the last finite image
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            alpha.add_(x.grad.abs())
             optimizer.step()
             schedule.step()
             clamp_(x, lo, hi)
@@ -338,7 +340,7 @@ def _optimize(
 
         status, step_times = run_steps(opt.steps, step, progress, "vital", on_interrupt=lambda: clamp_(x, lo, hi))
     images = model.preprocess.denormalize(x.detach()).clamp(0, 1).cpu()
-    return images, curves[: len(step_times)], step_times, status
+    return images, curves[: len(step_times)], step_times, status, alpha.cpu()
 
 
 def run_steps(

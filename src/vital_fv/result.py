@@ -81,6 +81,7 @@ class Result:
     image: torch.Tensor
     record: dict[str, Any] = field(default_factory=dict)
     alpha: torch.Tensor | None = None  # accumulated |d loss / d image| (3, H, W), where the method keeps it
+    alpha_percentile: float = 98.0  # where the transparency map is clipped before scaling to [0, 1]
 
     @property
     def status(self) -> str:
@@ -100,12 +101,13 @@ class Result:
             png = png.with_name(png.name + ".png")
         return png, png.with_suffix(".json")
 
-    def transparency(self, percentile: float = 98.0) -> torch.Tensor | None:
+    def transparency(self, percentile: float | None = None) -> torch.Tensor | None:
         """Alpha (H, W) in [0, 1]: the gradient map's channel mean, clipped at ``percentile``, divided by its max."""
         if self.alpha is None:
             return None
+        q = (self.alpha_percentile if percentile is None else percentile) / 100
         a = self.alpha.detach().float().mean(0)
-        a = a.clamp(max=float(torch.quantile(a.flatten(), percentile / 100)))
+        a = a.clamp(max=float(torch.quantile(a.flatten(), q)))
         return a / a.max().clamp(min=1e-12)
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> tuple[Path, Path]:
@@ -115,7 +117,8 @@ class Result:
         extra = [png.with_suffix(".rgba.png"), png.with_suffix(".alpha.npy")] if self.alpha is not None else []
         refuse_overwrite([png, js, *extra], overwrite)
         record = dict(self.record, files={"png": png.name, "json": js.name, **(
-            {"rgba": extra[0].name, "alpha": extra[1].name} if extra else {})})
+            {"rgba": extra[0].name, "alpha": extra[1].name, "alpha_percentile": self.alpha_percentile}
+            if extra else {})})
         if extra:
             import io
 
