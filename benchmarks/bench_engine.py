@@ -124,6 +124,34 @@ def judge_probs(judge, images: torch.Tensor) -> torch.Tensor:
         return judge.module(judge.preprocess.normalize(x.to(judge.device))).softmax(-1).cpu()
 
 
+class Tally:
+    """Counts, over images of known classes, the visualized model's top-1 and the judge's top-1 / top-5."""
+
+    def __init__(self, spec, judge) -> None:  # noqa: ANN001
+        self.spec, self.judge = spec, judge
+        self.self1 = self.j1 = self.j5 = self.n = 0
+        self.p_judge = 0.0
+
+    def add(self, images: torch.Tensor, index: int) -> None:
+        """``images`` (N, 3, S, S) in [0, 1], any S; all of class ``index``."""
+        size = self.spec.preprocess.input_size
+        x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+        with torch.no_grad():
+            own = self.spec.module(self.spec.preprocess.normalize(x.to(self.spec.device))).argmax(-1).cpu()
+        jp = judge_probs(self.judge, x)
+        self.self1 += int((own == index).sum())
+        self.j1 += int((jp.argmax(-1) == index).sum())
+        self.j5 += int((jp.topk(5).indices == index).any(-1).sum())
+        self.p_judge += float(jp[:, index].sum())
+        self.n += len(x)
+
+    def cells(self) -> str:
+        def pct(k: int) -> str:
+            return f"{100 * k / max(1, self.n):.0f}%"
+
+        return f"{pct(self.self1)} | {pct(self.j1)} | {pct(self.j5)}"
+
+
 def quality(spec, judge, preset: str, seeds: list[int], device: torch.device, steps: int | None) -> list[dict]:
     rows = []
     for cname in references.bundled_classes():

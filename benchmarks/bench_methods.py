@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import judge_probs  # noqa: E402
+from bench_engine import Tally  # noqa: E402
 
 from vital_fv import ClassTarget, Job, load_model, references, visualize_batch  # noqa: E402
 from vital_fv.baselines import run_baseline  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> int:
              "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for method in args.methods.split(","):
-        s1 = j1 = j5 = n = 0
+        tally = Tally(spec, judge)
         wall = 0.0
         steps = 0
         for cname in references.bundled_classes():
@@ -59,15 +59,8 @@ def main() -> int:
                                    progress=False)
             wall += time.perf_counter() - t
             steps = res[0].record["steps_done"]
-            jp = judge_probs(judge, torch.stack([r.image for r in res]))
-            for r, p in zip(res, jp, strict=True):
-                top = p.topk(5).indices.tolist()
-                s1 += r.top5[0]["index"] == index
-                j1 += top[0] == index
-                j5 += index in top
-                n += 1
-        lines.append(f"| {method} | {steps} | {n} | {100 * s1 / n:.0f}% | {100 * j1 / n:.0f}% | {100 * j5 / n:.0f}% | "
-                     f"{wall / n:.1f} |")
+            tally.add(torch.stack([r.image for r in res]), index)
+        lines.append(f"| {method} | {steps} | {tally.n} | {tally.cells()} | {wall / tally.n:.1f} |")
         print(lines[-1], flush=True)
     if args.out:
         Path(args.out).write_text(f"command: {' '.join(sys.argv)}\n\n" + "\n".join(lines) + "\n")

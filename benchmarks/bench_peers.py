@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import judge_probs  # noqa: E402
+from bench_engine import Tally  # noqa: E402
 
 from vital_fv import ClassTarget, Job, load_model, references  # noqa: E402
 from vital_fv.baselines import run_baseline  # noqa: E402
@@ -79,7 +79,7 @@ def main() -> int:
              "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for row in args.rows.split(","):
-        s1 = j1 = j5 = n = 0
+        tally = Tally(spec, judge)
         wall = 0.0
         for cname in references.bundled_classes():
             index, _ = ClassTarget(cname).resolve(spec.class_names)
@@ -99,18 +99,8 @@ def main() -> int:
                 which = "maco" if "maco" in row else "fourier"
                 img = horama_method(spec, index, args.steps, args.maco_size, which)
             wall += time.perf_counter() - t
-            size = spec.preprocess.input_size
-            x = torch.nn.functional.interpolate(img.unsqueeze(0).float(), size=(size, size), mode="bilinear",
-                                                align_corners=False).clamp(0, 1)
-            with torch.no_grad():
-                own = spec.module(spec.preprocess.normalize(x)).argmax(-1).item()
-            top = judge_probs(judge, x)[0].topk(5).indices.tolist()
-            s1 += own == index
-            j1 += top[0] == index
-            j5 += index in top
-            n += 1
-        lines.append(f"| {row} | {n} | {100 * s1 / n:.0f}% | {100 * j1 / n:.0f}% | {100 * j5 / n:.0f}% | "
-                     f"{wall / n / args.steps:.3f} |")
+            tally.add(img.unsqueeze(0), index)
+        lines.append(f"| {row} | {tally.n} | {tally.cells()} | {wall / tally.n / args.steps:.3f} |")
         print(lines[-1], flush=True)
     if args.out:
         Path(args.out).write_text(f"command: {' '.join(sys.argv)}\n\n" + "\n".join(lines) + "\n")

@@ -16,7 +16,7 @@ from vital_fv import ClassTarget, Job, load_model, references, visualize_batch
 from vital_fv.optimize import OPTIM_PRESETS, resolve_device
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from bench_engine import judge_probs  # noqa: E402
+from bench_engine import Tally  # noqa: E402
 
 VARIANTS = {
     "quick (current)": {},
@@ -46,29 +46,21 @@ def main() -> int:
     spec = load_model("efficientnet_lite0").to(device)
     judge = load_model("efficientnet_lite2").to(device)
     names = args.only.split(",") if args.only else list(VARIANTS)
-    print("| variant | Lite0 top-1 | Lite2 top-1 | Lite2 top-5 | mean p(target) | s |")
+    print("| variant | Lite0 top-1 | Lite2 top-1 | Lite2 top-5 | mean judge p(target) | s |")
     print("|---|---|---|---|---|---|")
     for name in names:
         preset = replace(OPTIM_PRESETS["quick"], name=name, **VARIANTS[name])
         if args.steps:
             preset = replace(preset, steps=args.steps, warmup=min(preset.warmup, args.steps // 5))
-        s1 = j1 = j5 = n = 0
-        ps = 0.0
+        tally = Tally(spec, judge)
         t = time.perf_counter()
         for cname in references.bundled_classes():
             target = ClassTarget(cname)
             index, _ = target.resolve(spec.class_names)
             res = visualize_batch(spec, [Job(target, references.bundled(cname), s) for s in seeds], preset=preset,
                                   device=device, progress=False)
-            jp = judge_probs(judge, torch.stack([r.image for r in res]))
-            for r, p in zip(res, jp, strict=True):
-                top5 = p.topk(5).indices.tolist()
-                s1 += r.top5[0]["index"] == index
-                j1 += top5[0] == index
-                j5 += index in top5
-                ps += float(p[index])
-                n += 1
-        print(f"| {name} | {s1}/{n} | {j1}/{n} | {j5}/{n} | {ps / n:.3f} | {time.perf_counter() - t:.0f} |",
+            tally.add(torch.stack([r.image for r in res]), index)
+        print(f"| {name} | {tally.cells()} | {tally.p_judge / tally.n:.3f} | {time.perf_counter() - t:.0f} |",
               flush=True)
     return 0
 
