@@ -139,3 +139,19 @@ def test_fourier_and_maco_raise_a_units_activation(tiny_spec):
         run_baseline(tiny_spec, [Job(unit, None, 0)], "deepinversion", steps=1, progress=False)
     with pytest.raises(VitalError, match="unknown layer 'act9'"):
         run_baseline(tiny_spec, [Job(UnitTarget("act9", 0), None, 0)], "maco", steps=1, progress=False)
+
+
+def test_ctrl_c_in_a_baseline_keeps_the_image_marked_interrupted(tiny_spec):
+    calls = []
+
+    def interrupt(*_a):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+
+    handle = tiny_spec.module.conv1.register_forward_hook(interrupt)
+    try:
+        (r,) = run_baseline(tiny_spec, [Job(ClassTarget(1), None, 0)], "fourier", steps=20, progress=False)
+    finally:
+        handle.remove()
+    assert r.status == "interrupted" and r.record["steps_done"] == 3 and torch.isfinite(r.image).all()
