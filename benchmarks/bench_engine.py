@@ -181,19 +181,11 @@ def quality(spec, judge, preset: str, seeds: list[int], device: torch.device, st
 
 def real_references(spec, judge) -> list[str]:
     """The 'real images' row of the paper's Table 1: the same models on the references themselves."""
-    s1 = j1 = j5 = n = 0
+    tally = Tally(spec, judge)
     for cname in references.bundled_classes():
         index, _ = ClassTarget(cname).resolve(spec.class_names)
-        images = references.bundled(cname).prepare(spec.preprocess)
-        with torch.no_grad():
-            own = spec.module(spec.preprocess.normalize(images.to(spec.device))).argmax(-1).cpu()
-        jp = judge_probs(judge, images)
-        s1 += int((own == index).sum())
-        j1 += int((jp.argmax(-1) == index).sum())
-        j5 += int((jp.topk(5).indices == index).any(-1).sum())
-        n += len(images)
-    return [f"| real references (photo + crops) | - | {n} | {100 * s1 / n:.1f}% | {100 * j1 / n:.1f}% | "
-            f"{100 * j5 / n:.1f}% | - |"]
+        tally.add(references.bundled(cname).prepare(spec.preprocess), index)
+    return [f"| real references (photo + crops) | - | {tally.n} | {tally.cells()} | - |"]
 
 
 def cached_rerun(spec, device: torch.device) -> tuple[float, float, float, float]:

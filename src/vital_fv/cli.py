@@ -237,12 +237,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
             )
         references = refs_mod.bundled(cname, n=args.n_refs, augment=augment)
 
-    layers = None
-    if args.layers:
-        weights = args.layer_weights or [1.0] * len(args.layers)
-        base = spec.preset
-        layers = LayerPreset(tuple(args.layers), tuple(weights), tv=base.tv if base else 0.0,
-                             l2=base.l2 if base else 0.0, source="user (--layers)")
+    layers = LayerPreset.user(args.layers, args.layer_weights, spec.preset, "user (--layers)") if args.layers else None
     cache = False if args.no_cache else (PrototypeCache(args.cache_dir) if args.cache_dir else True)
     jobs = [Job(target, references, seed) for seed in args.seeds]
     print(f"visualizing {cname} ({index}) on {spec.name} from {references.count} references "

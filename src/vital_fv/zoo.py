@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,14 @@ class LayerPreset:
             )
         if not self.layers:
             raise VitalError("a layer preset needs at least one layer")
+
+    @classmethod
+    def user(
+        cls, layers: list[str], weights: list[float] | None, base: LayerPreset | None, source: str = "user"
+    ) -> LayerPreset:
+        """The user's layers (weights default to 1), keeping the regularizers of the model's own preset."""
+        lw = tuple(float(w) for w in weights) if weights else (1.0,) * len(layers)
+        return cls(tuple(layers), lw, tv=base.tv if base else 0.0, l2=base.l2 if base else 0.0, source=source)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -179,9 +187,6 @@ class ModelSpec:
         self.module.to(device)
         return self
 
-    def with_preset(self, preset: LayerPreset) -> ModelSpec:
-        return replace(self, preset=preset)
-
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -277,11 +282,7 @@ def load_model(
     if class_names is not None:
         spec.class_names = list(class_names)
     if layers:
-        lw = tuple(float(w) for w in layer_weights) if layer_weights else (1.0,) * len(layers)
-        base = spec.preset
-        spec.preset = LayerPreset(
-            tuple(layers), lw, tv=base.tv if base else 0.0, l2=base.l2 if base else 0.0, source="user"
-        )
+        spec.preset = LayerPreset.user(layers, layer_weights, spec.preset)
     return spec
 
 
