@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+import torch
 
 from .errors import VitalError, close_matches
 
@@ -99,3 +102,53 @@ class UnitTarget:
                 raise VitalError(f"unit {self.label()}: channel out of range, the layer has {act.shape[1]}")
             return act[self.position[0], self.channel] if self.position else act[:, self.channel].mean()
         raise VitalError(f"unit {self.label()}: cannot read a layer output of shape {tuple(act.shape)}")
+
+    def check(self, act_shape: tuple[int, ...]) -> None:
+        """Fail clearly when the channel or position does not exist in a layer output of ``act_shape`` (no batch)."""
+        channels = act_shape[0] if len(act_shape) == 3 else act_shape[-1]
+        if not 0 <= self.channel < channels:
+            raise VitalError(f"unit {self.label()}: channel {self.channel} is out of range, layer {self.layer} "
+                             f"has {channels} channels (0..{channels - 1})")
+        if self.position is not None:
+            grid = act_shape[1:] if len(act_shape) == 3 else act_shape[:1]
+            if len(self.position) != len(grid) or not all(0 <= p < g for p, g in zip(self.position, grid)):
+                where = "Y,X" if len(grid) == 2 else "TOKEN"
+                raise VitalError(f"unit {self.label()}: position {self.position} is outside layer {self.layer}'s "
+                                 f"{'x'.join(map(str, grid))} grid: write @{where} within it")
+
+
+@dataclass(frozen=True, eq=False)
+class DirectionTarget:
+    """A direction in a layer's channel space (a concept vector, SPEC §5), read at the position of highest cosine
+    similarity in each image."""
+
+    layer: str
+    vector: torch.Tensor
+    name: str = "direction"
+
+    def __post_init__(self) -> None:
+        v = torch.as_tensor(self.vector, dtype=torch.float32).flatten()
+        if v.numel() == 0 or not torch.isfinite(v).all() or float(v.norm()) == 0:
+            raise VitalError(f"direction '{self.name}' must be a finite, non-zero vector")
+        object.__setattr__(self, "vector", v)
+
+    def label(self) -> str:
+        return f"{self.layer}:{self.name}"
+
+    def describe(self) -> dict:
+        return {"kind": "direction", "layer": self.layer, "name": self.name, "dim": int(self.vector.numel()),
+                "sha256": hashlib.sha256(self.vector.numpy().tobytes()).hexdigest()[:16]}
+
+    def slug(self, *_: object) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.label())
+
+    def check(self, act_shape: tuple[int, ...]) -> None:
+        channels = act_shape[0] if len(act_shape) == 3 else act_shape[-1]
+        if self.vector.numel() != channels:
+            raise VitalError(f"direction '{self.name}' has {self.vector.numel()} entries, but layer {self.layer} "
+                             f"has {channels} channels: give a vector of that layer's size")
+
+    def value(self, act: torch.Tensor) -> torch.Tensor:
+        """Highest cosine similarity over positions between the direction and one item's activation vectors."""
+        cp = act.flatten(1) if act.dim() == 3 else act.t()
+        return torch.nn.functional.cosine_similarity(cp, self.vector.to(cp).unsqueeze(1), dim=0).max()

@@ -1,0 +1,405 @@
+"""Relevance of each matched layer's activations for a target (SPEC §4): LRP or Guided Backpropagation.
+
+One interface (``Relevance``), built once per run on a private deep copy of the model, so the model whose
+activations are optimized is never patched or hooked. Relevance flows as a modified gradient (zennit's design):
+one forward up to the target, one backward that stops at the lowest matched layer, and the "gradient" read at
+each matched layer's output is its relevance.
+
+LRP rules (zennit hooks, one table for every family):
+- Conv and Linear: z+ with biases left out, so relevance is conserved (SPEC §4: "rules z+ for conv/linear").
+- BatchNorm, LayerNorm, elementwise activations (ReLU, ReLU6, GELU, SiLU...), ConvNeXt's layer scale: pass-through.
+  For the norms this is AttnLRP's treatment of the normalization scale as a constant; for GELU it is AttnLRP's
+  identity rule.
+- Average pooling, residual sums, attention's value mixing: the z-rule (relevance split in proportion to each
+  input's contribution).
+zennit has canonizers for torchvision ResNets (its residual-sum canonizer is used) but not for the functional
+residual adds of timm EfficientNets, DenseNet's functional ReLU/pooling, ConvNeXt's in-place add and layer scale or
+torchvision's fused ``nn.MultiheadAttention``; those are rewritten here, per instance, on the copy. Attention
+follows AttnLRP (Achtibat et al. 2024): softmax(q k^T) is held constant, relevance flows through the values only.
+Models of other families get the generic rule table; ``conservation`` reports how well relevance is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import VitalError
+from .features import as_channels_positions, resolve_layers
+from .targets import ClassTarget, DirectionTarget, UnitTarget
+
+METHODS = ("lrp", "guided_backprop")
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish)
+
+
+def parse_method(method: str | None) -> str | None:
+    """'lrp' | 'guided_backprop' (or 'guided-backprop') | None / 'none'."""
+    if method is None or str(method).lower() in ("none", ""):
+        return None
+    m = str(method).lower().replace("-", "_")
+    if m not in METHODS:
+        raise VitalError(f"unknown relevance '{method}': choose lrp, guided-backprop or none")
+    return m
+
+
+# --- modules that make functional operations visible to LRP rules ------------------------------------------------
+
+
+class ResidualSum(nn.Module):
+    """``a + b`` over a stacked input (..., 2): one module input, so a rule can split relevance between a and b."""
+
+    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+        return stacked.sum(-1)
+
+
+class ConstantScale(nn.Module):
+    """Multiplication by a learned constant (ConvNeXt's layer scale): relevance passes through unchanged."""
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class AttentionMix(nn.Module):
+    """Attention probabilities (held constant, set by the owner before each call) applied to the values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probs: torch.Tensor | None = None
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.probs @ v
+
+
+class LRPSelfAttention(nn.Module):
+    """torchvision's ``nn.MultiheadAttention`` (self-attention, batch first) split into modules LRP can see:
+    q and k under no_grad (constant), a ``v_proj`` Linear, the constant mixing, and the original ``out_proj``."""
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        d, h = mha.embed_dim, mha.num_heads
+        if mha.in_proj_weight is None or not mha.batch_first:
+            raise VitalError("relevance: only packed, batch-first self-attention is supported")
+        w, b = mha.in_proj_weight.detach(), mha.in_proj_bias
+        b = torch.zeros(3 * d, device=w.device) if b is None else b.detach()
+        self.heads = h
+        self.register_buffer("qk_weight", w[: 2 * d].clone())
+        self.register_buffer("qk_bias", b[: 2 * d].clone())
+        self.v_proj = nn.Linear(d, d, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            self.v_proj.weight.copy_(w[2 * d :])
+            self.v_proj.bias.copy_(b[2 * d :])
+        self.mix = AttentionMix()
+        self.out_proj = mha.out_proj
+
+    def forward(self, x: torch.Tensor, *_: Any, **__: Any) -> tuple[torch.Tensor, None]:
+        bsz, t, d = x.shape
+        h, hd = self.heads, d // self.heads
+        with torch.no_grad():
+            q, k = nn.functional.linear(x, self.qk_weight, self.qk_bias).chunk(2, dim=-1)
+            q = q.view(bsz, t, h, hd).transpose(1, 2)
+            k = k.view(bsz, t, h, hd).transpose(1, 2)
+            self.mix.probs = (q @ k.transpose(-2, -1) / math.sqrt(hd)).softmax(-1)
+        v = self.v_proj(x).view(bsz, t, h, hd).transpose(1, 2)
+        o = self.mix(v).transpose(1, 2).reshape(bsz, t, d)
+        return self.out_proj(o), None
+
+
+def _add(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return module.vital_sum(torch.stack([a, b], dim=-1))
+
+
+def _encoder_block_forward(self: nn.Module, input: torch.Tensor) -> torch.Tensor:  # torchvision ViT EncoderBlock
+    x = self.ln_1(input)
+    x, _ = self.self_attention(x, x, x, need_weights=False)
+    x = _add(self, self.dropout(x), input)
+    y = self.mlp(self.ln_2(x))
+    return self.vital_sum2(torch.stack([x, y], dim=-1))
+
+
+def _encoder_forward(self: nn.Module, input: torch.Tensor) -> torch.Tensor:  # torchvision ViT Encoder
+    x = _add(self, input, self.pos_embedding.expand_as(input))
+    return self.ln(self.layers(self.dropout(x)))
+
+
+def _cnblock_forward(self: nn.Module, input: torch.Tensor) -> torch.Tensor:  # torchvision ConvNeXt CNBlock
+    result = self.stochastic_depth(self.vital_scale(self.block(input)))
+    return _add(self, result, input)
+
+
+def _densenet_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:  # torchvision DenseNet
+    out = self.vital_pool(self.vital_relu(self.features(x)))
+    return self.classifier(torch.flatten(out, 1))
+
+
+def _skip_block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:  # timm EfficientNet blocks with a skip
+    return _add(self, self.vital_inner(x), x)
+
+
+def prepare_copy(module: nn.Module) -> tuple[nn.Module, str]:
+    """A deep copy of ``module`` with in-place ops off and functional residuals/pooling/attention made into
+    modules (values unchanged). Returns the copy and the family name that decided the rewrites."""
+    from torchvision.models.convnext import CNBlock
+    from torchvision.models.densenet import DenseNet
+    from torchvision.models.resnet import ResNet
+    from torchvision.models.vision_transformer import Encoder, EncoderBlock, VisionTransformer
+
+    m = copy.deepcopy(module).eval().requires_grad_(False)
+    for sub in m.modules():
+        if hasattr(sub, "inplace") and isinstance(sub.inplace, bool):
+            sub.inplace = False
+    family = "generic"
+    if isinstance(m, ResNet):
+        family = "resnet"  # zennit's canonizer rewrites the blocks when the rules are registered
+    elif isinstance(m, DenseNet):
+        family = "densenet"
+        m.vital_relu, m.vital_pool = nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1))
+        m.forward = types.MethodType(_densenet_forward, m)
+    elif isinstance(m, VisionTransformer):
+        family = "vit"
+        for sub in list(m.modules()):
+            if isinstance(sub, Encoder):
+                sub.vital_sum = ResidualSum()
+                sub.forward = types.MethodType(_encoder_forward, sub)
+            elif isinstance(sub, EncoderBlock):
+                sub.self_attention = LRPSelfAttention(sub.self_attention)
+                sub.vital_sum, sub.vital_sum2 = ResidualSum(), ResidualSum()
+                sub.forward = types.MethodType(_encoder_block_forward, sub)
+    else:
+        for sub in list(m.modules()):
+            if isinstance(sub, CNBlock):
+                family = "convnext"
+                sub.vital_scale = ConstantScale(sub.layer_scale)
+                sub.vital_sum = ResidualSum()
+                sub.forward = types.MethodType(_cnblock_forward, sub)
+            elif getattr(sub, "has_skip", False) is True and hasattr(sub, "drop_path"):
+                family = "efficientnet"  # timm's DepthwiseSeparableConv / InvertedResidual / EdgeResidual
+                sub.has_skip = False
+                sub.vital_inner = type(sub).forward.__get__(sub)
+                sub.vital_sum = ResidualSum()
+                sub.forward = types.MethodType(_skip_block_forward, sub)
+    return m, family
+
+
+class _GuidedActivation:
+    """Guided Backpropagation at an activation: the local gradient, then only positive signals pass down."""
+
+    @staticmethod
+    def hook(_module: nn.Module, grad_input: tuple[torch.Tensor, ...], _grad_output: Any) -> tuple[torch.Tensor]:
+        return (grad_input[0].clamp(min=0),)
+
+
+def lrp_composite(family: str):  # noqa: ANN201 - zennit Composite
+    """zennit's layer-map composite with the rule table of the module docstring."""
+    from zennit.composites import LayerMapComposite
+    from zennit.layer import Sum
+    from zennit.rules import Norm, Pass, ZPlus
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+
+    norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+    pools = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, ResidualSum, Sum, AttentionMix)
+    layer_map = [
+        (norms + ACTIVATIONS + (ConstantScale,), Pass()),
+        (pools, Norm()),
+        ((nn.Conv2d, nn.Linear), ZPlus(zero_params="bias")),
+    ]
+    # Only the residual canonizers: merging BatchNorm into convs would change the values read at conv outputs.
+    canonizers = [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()] if family == "resnet" else []
+    return LayerMapComposite(layer_map, canonizers=canonizers)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the target layer has run."""
+
+
+@dataclass
+class RelevanceOutput:
+    """Per matched layer, activations and relevance as (B, C, P); ``start`` is each item's start relevance total."""
+
+    acts: dict[str, torch.Tensor]
+    rel: dict[str, torch.Tensor]
+    start: torch.Tensor
+
+
+class Relevance:
+    """Relevance of ``layers`` for ``targets`` (one per batch item), by LRP or Guided Backpropagation.
+
+    Build once per run; call with a normalized image batch; ``close()`` (or a ``with`` block) removes the rules.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        layers: Sequence[str],
+        method: str = "lrp",
+        skip_tokens: int = 0,
+        model_name: str = "",
+    ) -> None:
+        self.method = parse_method(method)
+        if self.method is None:
+            raise VitalError("Relevance needs a method: lrp or guided_backprop")
+        resolve_layers(module, layers, model_name)
+        self.layers = list(layers)
+        self.skip_tokens = skip_tokens
+        self.model_name = model_name
+        self.module, self.family = prepare_copy(module)
+        self._handles: list[Any] = []
+        self._composite = None
+        if self.method == "lrp":
+            self._composite = lrp_composite(self.family)
+            self._composite.register(self.module)
+        else:
+            for sub in self.module.modules():
+                if isinstance(sub, ACTIVATIONS):
+                    self._handles.append(sub.register_full_backward_hook(_GuidedActivation.hook))
+
+    def describe(self) -> dict[str, Any]:
+        rules = {"lrp": "z+ (no bias) conv/linear, pass norms/activations, z-rule pooling/sums/attention values",
+                 "guided_backprop": "gradient with negative signals stopped at every activation"}
+        return {"method": self.method, "family": self.family, "rules": rules[self.method]}
+
+    def close(self) -> None:
+        if self._composite is not None:
+            self._composite.remove()
+            self._composite = None
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> Relevance:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __call__(self, x: torch.Tensor, targets: Sequence[ClassTarget | UnitTarget | DirectionTarget | int]) -> \
+            RelevanceOutput:
+        """``x``: (B, 3, H, W) normalized images; ``targets``: one per item (a class target as its resolved index
+        or ClassTarget with an int), all units/directions of one layer."""
+        if len(targets) != x.shape[0]:
+            raise VitalError(f"{len(targets)} targets for a batch of {x.shape[0]}")
+        layer = _target_layer(targets)
+        names = list(dict.fromkeys(self.layers + ([layer] if layer else [])))
+        mods = resolve_layers(self.module, names, self.model_name)
+        outs: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def keep(name: str, stop: bool):  # noqa: ANN202
+            def hook(_m: nn.Module, _i: object, out: Any) -> None:
+                outs[name] = out[0] if isinstance(out, (tuple, list)) else out
+                if stop and all(n in outs for n in names):
+                    raise _Stop
+
+            return hook
+
+        try:
+            for name, mod in zip(names, mods, strict=True):
+                handles.append(mod.register_forward_hook(keep(name, stop=layer is not None)))
+            with torch.enable_grad():
+                xin = x.detach().requires_grad_(True)
+                try:
+                    logits = self.module(xin)
+                except _Stop:
+                    logits = None
+                top = logits if layer is None else outs[layer]
+                start, seed = _start(top, targets, self.method)
+                grads = torch.autograd.grad(top, [outs[n] for n in self.layers], grad_outputs=seed,
+                                            allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        acts, rel = {}, {}
+        for name, g in zip(self.layers, grads, strict=True):
+            a = outs[name].detach()
+            acts[name] = as_channels_positions(a, self.skip_tokens)
+            rel[name] = as_channels_positions(torch.zeros_like(a) if g is None else g, self.skip_tokens)
+        return RelevanceOutput(acts, rel, start.detach().flatten(1).sum(1))
+
+
+def _target_layer(targets: Sequence[Any]) -> str | None:
+    layers = {t.layer if isinstance(t, (UnitTarget, DirectionTarget)) else None for t in targets}
+    if len(layers) != 1:
+        raise VitalError("all targets of one batch must be on the same layer (or all classes)")
+    return layers.pop()
+
+
+def _start(top: torch.Tensor, targets: Sequence[Any], method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start relevance (LRP: the target's value laid out on the layer) and the backward seed for ``method``.
+
+    LRP starts from the value itself: a class logit, a channel's activation map, one neuron's activation, or the
+    direction at its best-matching position. Guided Backpropagation starts from the gradient of the same quantity
+    (one-hot, or the spatial mean's uniform weights)."""
+    top = top[0] if isinstance(top, (tuple, list)) else top
+    act = top.detach()
+    start = torch.zeros_like(act)
+    seed = torch.zeros_like(act)
+    for b, t in enumerate(targets):
+        a = act[b]
+        if isinstance(t, (int, ClassTarget)):
+            c = t if isinstance(t, int) else t.cls
+            if not isinstance(c, int):
+                raise VitalError("relevance needs a resolved class index")
+            if a.dim() != 1:
+                raise VitalError(f"a class target needs logits, the model returns shape {tuple(a.shape)}")
+            start[b, c] = a[c]
+            seed[b, c] = 1.0
+        elif isinstance(t, UnitTarget):
+            t.check(tuple(a.shape))
+            tokens = a.dim() == 2
+            sl = (slice(None), t.channel) if tokens else (t.channel,)
+            if t.position is not None:
+                sl = (t.position[0], t.channel) if tokens else (t.channel, *t.position)
+            start[b][sl] = a[sl]
+            ones = torch.ones_like(a[sl])
+            seed[b][sl] = ones / ones.numel()
+        elif isinstance(t, DirectionTarget):
+            t.check(tuple(a.shape))
+            cp = a.flatten(1) if a.dim() == 3 else a.t()  # (C, P)
+            v = t.vector.to(cp)
+            p = int(nn.functional.cosine_similarity(cp, v.unsqueeze(1), dim=0).argmax())
+            view = start[b].flatten(1) if a.dim() == 3 else start[b].t()
+            view[:, p] = v  # views of start[b]: written in place
+            sview = seed[b].flatten(1) if a.dim() == 3 else seed[b].t()
+            sview[:, p] = v
+        else:
+            raise VitalError(f"cannot start relevance from {t!r}")
+    return start, (start if method == "lrp" else seed)
+
+
+def normalize_relevance(rel: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """R̂: min–max normalization of (B, C, P) relevance per channel over positions (a flat channel gives 0)."""
+    lo = rel.amin(-1, keepdim=True)
+    span = rel.amax(-1, keepdim=True) - lo
+    return torch.where(span > eps, (rel - lo) / span.clamp(min=eps), torch.zeros_like(rel))
+
+
+def channel_importance(rel: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """(B, C) importance: each channel's max relevance over positions, min–max normalized across channels."""
+    m = rel.amax(-1)
+    lo = m.amin(-1, keepdim=True)
+    span = m.amax(-1, keepdim=True) - lo
+    return torch.where(span > eps, (m - lo) / span.clamp(min=eps), torch.ones_like(m))
+
+
+def silent(rel: dict[str, torch.Tensor], start: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """(B,) bool: items whose start relevance or relevance at every layer is (near) zero — the unit is silent."""
+    flat = torch.stack([r.abs().flatten(1).sum(1) for r in rel.values()]).amax(0)
+    return (start.abs() <= eps) | (flat <= eps)
+
+
+def conservation(out: RelevanceOutput) -> dict[str, float]:
+    """Per layer, the batch's summed relevance divided by the summed start relevance (1.0 = conserved)."""
+    total = float(out.start.sum())
+    if abs(total) < 1e-12:
+        return {n: float("nan") for n in out.rel}
+    return {n: round(float(r.sum()) / total, 6) for n, r in out.rel.items()}
