@@ -99,6 +99,32 @@ def test_neuron_relevance_stays_in_the_neurons_receptive_field():
     assert inside > 0 and float(r.abs().sum() - inside) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_zplus_keeps_relevance_of_an_all_negative_depthwise_kernel():
+    """zennit's plain z+ drops the relevance of outputs with no positive contribution; ours falls back to z."""
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import ZPlus
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+                        nn.Conv2d(4, 1, 1, bias=False), nn.ReLU())
+    with torch.no_grad():
+        net[0].bias.fill_(1.0)  # inputs of the depthwise conv: positive everywhere
+        net[2].weight.abs_()
+        net[2].weight[1].neg_()  # channel 1's depthwise kernel: all negative, so its output is negative
+        net[3].weight.fill_(0.5)
+        net[3].weight[0, 1] = -0.5  # ... and it drives the unit up
+    x = torch.rand(1, 3, 8, 8)
+    with Relevance(net, ["1"], "lrp") as rel:
+        ours = conservation(rel(x, [UnitTarget("4", 0)]))["1"]
+    assert ours == pytest.approx(1.0, abs=1e-4)
+    with Relevance(net, ["1"], "lrp") as rel:  # same copy, zennit's ZPlus in place of ours
+        rel._composite.remove()
+        rel._composite = LayerMapComposite([((nn.Conv2d,), ZPlus(zero_params="bias"))])
+        rel._composite.register(rel.module)
+        theirs = conservation(rel(x, [UnitTarget("4", 0)]))["1"]
+    assert theirs < 0.9
+
+
 def _guided_direct(net: nn.Sequential, x: torch.Tensor, cls: int, layer: int) -> torch.Tensor:
     """Guided Backprop by hand: module by module, true local gradients, negatives cut after every ReLU."""
     inputs = []

@@ -38,12 +38,13 @@ def resample_sorted(proto: torch.Tensor, positions: int) -> torch.Tensor:
     return proto[..., lo] * (1 - frac) + proto[..., hi] * frac
 
 
-def sort_matching_loss(z: torch.Tensor, proto: torch.Tensor) -> torch.Tensor:
+def sort_matching_loss(z: torch.Tensor, proto: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-item loss for features ``z`` (B, C, P) against a prototype (C, P') or per-item prototypes (B, C, P').
 
     Returns shape (B,): each batch item is its own visualization, never averaged with the others. The loss is
     ``mean((z - z_r)**2)`` with ``z_r = proto[rank(z)]`` held constant (the authors' formulation); its value and
     its gradient ``2 (z - z_r) / (C P)`` equal those of ``mean((sort(z) - proto)**2)`` through autograd.
+    ``weights`` (C,) or (B, C) weight each channel's squared error (relevance importance, SPEC §4).
     """
     if z.dim() != 3:
         raise ValueError(f"features must be (B, C, P), got {tuple(z.shape)}")
@@ -51,6 +52,11 @@ def sort_matching_loss(z: torch.Tensor, proto: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"prototype has {proto.shape[-2]} channels, features have {z.shape[1]}")
     with torch.no_grad():
         z_r = matched_targets(z, proto)
+    if weights is not None:
+        # w (z - t)^2 = (sqrt(w) z - sqrt(w) t)^2: the rank matching above is unaffected by the weights.
+        sw = weights.to(z.dtype).clamp(min=0).sqrt()
+        sw = sw.view(1, -1, 1) if sw.dim() == 1 else sw.unsqueeze(-1)
+        return _SquaredErrorToConstant.apply(z * sw, z_r * sw)
     return _SquaredErrorToConstant.apply(z, z_r)
 
 

@@ -6,6 +6,7 @@ the forward/backward passes (and the learning-rate schedule).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -31,10 +32,13 @@ from .matching import (
 )
 from .params import clamp_, init_pixels, item_generators
 from .references import ReferenceSet, from_folder
+from .relevance import Relevance, channel_importance, normalize_relevance, parse_method, silent
 from .result import Result
-from .targets import ClassTarget
+from .targets import ClassTarget, DirectionTarget, UnitTarget
 from .transforms import roll, sample_rolls
-from .zoo import LayerPreset, ModelSpec
+from .zoo import LayerPreset, ModelSpec, unit_preset
+
+Target = ClassTarget | UnitTarget | DirectionTarget
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
 class Job:
     """One batch item: what to show, from which references, with which seed."""
 
-    target: ClassTarget
+    target: Target
     references: ReferenceSet
     seed: int = 0
 
@@ -115,15 +119,17 @@ def frozen_on(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
 
 def visualize(
     model: ModelSpec,
-    target: ClassTarget | int | str,
+    target: Target | int | str,
     references: ReferenceSet | str | os.PathLike[str],
     *,
     seed: int = 0,
     **options: Any,
 ) -> Result:
-    """Optimize one image whose per-layer feature distributions match ``references`` (SPEC §1–3).
+    """Optimize one image whose per-layer feature distributions match ``references`` (SPEC §1–4).
 
-    ``options`` are those of ``visualize_batch``. A Ctrl-C stops early and returns the current image with
+    ``target`` is a class (index, name or ``ClassTarget``), a ``UnitTarget`` (channel or neuron; references are
+    then the unit's mined patches) or a ``DirectionTarget``. ``options`` are those of ``visualize_batch``, e.g.
+    ``relevance="lrp" | "guided_backprop" | None``. A Ctrl-C stops early and returns the current image with
     ``record["status"] == "interrupted"``.
     """
     if not isinstance(target, ClassTarget):
@@ -146,12 +152,24 @@ def visualize_batch(
     cache: PrototypeCache | None | bool = True,
     progress: bool = True,
     ref_batch_size: int = 16,
+    relevance: str | None = "auto",
 ) -> list[Result]:
-    """Optimize ``len(jobs)`` independent images in one batch; returns one ``Result`` per job, in order."""
+    """Optimize ``len(jobs)`` independent images in one batch; returns one ``Result`` per job, in order.
+
+    ``relevance``: "lrp", "guided_backprop" or None; "auto" means LRP for units and directions (the paper's
+    method) and none for classes. With relevance, each layer matches A ⊙ R̂ with per-channel importance weights
+    (SPEC §4); units default to the layers below them (``zoo.unit_preset``).
+    """
     if not jobs:
         raise VitalError("nothing to visualize: give at least one target")
     opt_preset = _optim_preset(preset, steps, lr)
-    layer_preset = layers or model.preset
+    units = [j.target for j in jobs if not isinstance(j.target, ClassTarget)]
+    if units and len(units) != len(jobs):
+        raise VitalError("one batch holds either class targets or unit/direction targets, not both")
+    if units and len({u.layer for u in units}) != 1:
+        raise VitalError("all units of one batch must be on the same layer")
+    method = ("lrp" if units else None) if relevance == "auto" else parse_method(relevance)
+    layer_preset = layers or (unit_preset(model, units[0].layer) if units else model.preset)
     if layer_preset is None:
         raise VitalError(
             f"model {model.name} has no default layer preset: give layers (--layers a,b,c); "
@@ -167,26 +185,51 @@ def visualize_batch(
     dev = resolve_device(device)
     store = PrototypeCache() if cache is True else (cache or None)
     names = list(layer_preset.layers)
-    resolved = [j.target.resolve(model.class_names, model.class_synonyms) for j in jobs]
+    resolved = [_resolve(j.target, model) for j in jobs]
 
+    rel_model = None
+    rel_info: dict[str, Any] = {}
+    unit_values = None
     with frozen_on(model.module, dev):
-        t0 = time.perf_counter()
-        protos, proto_info = _prototypes(model, layer_preset, jobs, store, ref_batch_size)
-        t_refs = time.perf_counter() - t0
-        protos = _per_item_prototypes(model, names, protos, jobs, size, dev)
-        results = _optimize(model, names, layer_preset, opt_preset, jobs, protos, size, dev, progress)
-        images, curves, step_times, status, alpha = results
-        top5 = _top5(model, images)
+        try:
+            if units:
+                _check_units(model, units, size, dev)
+            t0 = time.perf_counter()
+            protos, proto_info = _prototypes(model, layer_preset, jobs, store, ref_batch_size)
+            rel_protos = None
+            if method:
+                rel_model = Relevance(model.module, names, method, model.skip_tokens, model.name)
+                starts = [_start_target(j.target, resolved[b][0]) for b, j in enumerate(jobs)]
+                rel_protos, rel_info = _relevance_prototypes(model, layer_preset, jobs, starts, rel_model, store,
+                                                             ref_batch_size)
+            t_refs = time.perf_counter() - t0
+            protos = _per_item_prototypes(model, names, protos, jobs, size, dev)
+            weighting = None
+            if rel_protos is not None:
+                weighting = _RelevanceWeighting(rel_model, starts, *_stack_relevance(
+                    names, rel_protos, jobs, starts, protos, dev))
+            results = _optimize(model, names, layer_preset, opt_preset, jobs, protos, size, dev, progress, weighting)
+            images, curves, step_times, status, alpha = results
+            top5 = _top5(model, images)
+            if units:
+                unit_values = _unit_values(model, [j.target for j in jobs], images)
+        finally:
+            if rel_model is not None:
+                rel_model.close()
 
     out = []
     for b, job in enumerate(jobs):
         index, cname = resolved[b]
+        target_info = ({"kind": "class", "index": index, "name": cname} if isinstance(job.target, ClassTarget)
+                       else job.target.describe())
+        if unit_values is not None:
+            target_info["value"] = round(unit_values[b], 6)
         record = {
             "vital_fv": __version__,
             "method": "vital",
             "status": status,
             "steps_done": len(step_times),
-            "target": {"kind": "class", "index": index, "name": cname},
+            "target": target_info,
             "seed": job.seed,
             "model": model.describe(),
             "layers": layer_preset.as_dict(),
@@ -205,6 +248,11 @@ def visualize_batch(
             "top5": top5[b],
             "environment": {"torch": torch.__version__, "python": platform.python_version()},
         }
+        if method:
+            info = rel_info[job.references.content_hash()]
+            record["relevance"] = {**rel_model.describe(), **info, "silent_steps": weighting.silent_steps[b]}
+        else:
+            record["relevance"] = None
         out.append(Result(images[b], record, alpha=alpha[b]))
     if status == "nonfinite":
         raise NonFiniteLossError(
@@ -268,6 +316,151 @@ def _prototypes(
     return protos, info
 
 
+def _resolve(target: Target, model: ModelSpec) -> tuple[int, str]:
+    if isinstance(target, ClassTarget):
+        return target.resolve(model.class_names, model.class_synonyms)
+    return -1, target.label()
+
+
+def _start_target(target: Target, index: int) -> Any:
+    """What ``Relevance`` starts from: a class index, or the unit/direction itself."""
+    return index if isinstance(target, ClassTarget) else target
+
+
+def _check_units(model: ModelSpec, units: Sequence[Any], size: int, device: torch.device) -> None:
+    layer = units[0].layer
+    with torch.no_grad(), capture(model.module, [layer], model.name) as feats:
+        model.module(torch.zeros(1, 3, size, size, device=device))
+        out = feats[layer][0] if isinstance(feats[layer], (tuple, list)) else feats[layer]
+    for u in units:
+        u.check(tuple(out.shape[1:]))
+
+
+@torch.no_grad()
+def _unit_values(model: ModelSpec, targets: Sequence[Any], images: torch.Tensor) -> list[float]:
+    """Each result's unit value (spatial mean, neuron, or best cosine for directions) on the final image."""
+    layer = targets[0].layer
+    device = next(iter(model.module.parameters())).device
+    with capture(model.module, [layer], model.name) as feats:
+        model.module(model.preprocess.normalize(images.to(device)))
+        out = feats[layer][0] if isinstance(feats[layer], (tuple, list)) else feats[layer]
+        return [float(t.value(out[b])) for b, t in enumerate(targets)]
+
+
+def _relevance_key(job: Job, start: Any) -> str:
+    what = start if isinstance(start, int) else job.target.describe()
+    return job.references.content_hash() + json.dumps(what, sort_keys=True, default=str)
+
+
+def _relevance_prototypes(
+    model: ModelSpec,
+    layer_preset: LayerPreset,
+    jobs: Sequence[Job],
+    starts: Sequence[Any],
+    rel_model: Relevance,
+    store: PrototypeCache | None,
+    batch_size: int,
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, Any]]]:
+    """Per (reference set, target): the averaged sorted A ⊙ R̂ of each layer and the channel importance weights
+    (SPEC §4), from references on which the target is not silent; cached like plain prototypes."""
+    names = list(layer_preset.layers)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for job, start in zip(jobs, starts, strict=True):
+        rk = _relevance_key(job, start)
+        if rk in out:
+            continue
+        refs = job.references
+        key_parts = {
+            "model": model.name, "weights": model.weights_id, "layers": names, "references": refs.content_hash(),
+            "preprocess": model.preprocess.as_dict(), "skip_tokens": model.skip_tokens,
+            "relevance": {**rel_model.describe(), "start": rk[len(refs.content_hash()):]},
+        }
+        key = prototype_key(key_parts)
+        cached = store.load(key) if store else None
+        if cached is not None and all(f"proto/{n}" in cached for n in names):
+            out[rk] = cached
+            info[_info_key(job)] = {"key": key, "cache": "hit", "references_used": int(cached["used"]),
+                                    "conservation": dict(zip(names, cached["conservation"].tolist(), strict=True))}
+            continue
+        images = model.preprocess.normalize(refs.prepare(model.preprocess))
+        device = next(iter(model.module.parameters())).device
+        sums: dict[str, torch.Tensor] = {}
+        rel_sum = torch.zeros(len(names), dtype=torch.float64)
+        start_sum = 0.0
+        used = 0
+        for i in range(0, images.shape[0], batch_size):
+            xb = images[i : i + batch_size].to(device)
+            r = rel_model(xb, [start] * xb.shape[0])
+            keep = ~silent(r.rel, r.start)
+            if not keep.any():
+                continue
+            used += int(keep.sum())
+            start_sum += float(r.start[keep].sum())
+            for li, n in enumerate(names):
+                rel = r.rel[n][keep].float()
+                rel_sum[li] += float(rel.sum())
+                z = torch.sort(r.acts[n][keep].float() * normalize_relevance(rel), dim=-1).values.sum(0)
+                w = channel_importance(rel).sum(0)
+                sums[f"proto/{n}"] = sums.get(f"proto/{n}", 0) + z
+                sums[f"weight/{n}"] = sums.get(f"weight/{n}", 0) + w
+        if used == 0:
+            raise VitalError(
+                f"{job.target.label() if not isinstance(start, int) else f'class {start}'} is silent on every "
+                f"reference image ({refs.describe()['label']}): relevance has nothing to weight. Give references "
+                "that activate it (`vital mine`), or --relevance none"
+            )
+        entry = {k: v / used for k, v in sums.items()}
+        entry["used"] = torch.tensor(used)
+        cons = (rel_sum / start_sum).float() if start_sum else torch.full((len(names),), float("nan"))
+        entry["conservation"] = cons
+        out[rk] = entry
+        path = store.save(key, entry, key_parts) if store else None
+        info[_info_key(job)] = {"key": key, "cache": "miss" if store else "off", "path": str(path) if path else None,
+                                "references_used": used,
+                                "conservation": dict(zip(names, [round(c, 6) for c in cons.tolist()], strict=True))}
+    return out, info
+
+
+def _info_key(job: Job) -> str:
+    return job.references.content_hash()
+
+
+@dataclass
+class _RelevanceWeighting:
+    """What the loop needs to match A ⊙ R̂: the relevance model, its starts, per-layer prototypes and weights."""
+
+    model: Relevance
+    starts: list[Any]
+    protos: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]
+    silent_steps: list[int]
+
+
+def _stack_relevance(
+    names: list[str],
+    rel_protos: dict[str, dict[str, torch.Tensor]],
+    jobs: Sequence[Job],
+    starts: Sequence[Any],
+    plain: dict[str, torch.Tensor],
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[int]]:
+    """Per layer, (1 or B, C, P) relevance prototypes at the generated resolution and (1 or B, C) weights."""
+    keys = [_relevance_key(j, s) for j, s in zip(jobs, starts, strict=True)]
+    protos, weights = {}, {}
+    for n in names:
+        positions = plain[n].shape[-1]
+        per = {k: resample_sorted(rel_protos[k][f"proto/{n}"].to(device), positions) for k in dict.fromkeys(keys)}
+        wts = {k: rel_protos[k][f"weight/{n}"].to(device) for k in dict.fromkeys(keys)}
+        if len(per) == 1:
+            protos[n] = next(iter(per.values())).unsqueeze(0)
+            weights[n] = next(iter(wts.values())).unsqueeze(0)
+        else:
+            protos[n] = torch.stack([per[k] for k in keys])
+            weights[n] = torch.stack([wts[k] for k in keys])
+    return protos, weights, [0] * len(jobs)
+
+
 def _per_item_prototypes(
     model: ModelSpec,
     names: list[str],
@@ -301,6 +494,7 @@ def _optimize(
     size: int,
     device: torch.device,
     progress: bool,
+    weighting: _RelevanceWeighting | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[float], str, torch.Tensor]:
     gens = item_generators([j.seed for j in jobs])
     x = init_pixels(gens, size, device, std=opt.init_std)
@@ -315,11 +509,37 @@ def _optimize(
 
     with capture(model.module, names, model.name) as feats:
 
+        def layer_loss(n: str, a: torch.Tensor, rel: Any, quiet: torch.Tensor | None) -> torch.Tensor:
+            if rel is None:
+                return sort_matching_loss(a, protos[n])
+            # R̂ is recomputed on this step's jittered image and enters as a constant weight (SPEC §4).
+            weighted = sort_matching_loss(a * normalize_relevance(rel.rel[n]).to(a.dtype), weighting.protos[n],
+                                          weighting.weights[n])
+            if quiet is not None and quiet.any():  # silent unit: plain matching this step, counted in the record
+                weighted = torch.where(quiet, sort_matching_loss(a, protos[n]), weighted)
+            return weighted
+
+        def forward(xj: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor | None]:
+            if weighting is None:
+                model.module(xj)
+                return {n: as_channels_positions(feats[n], skip) for n in names}, None, None
+            # One forward on the relevance copy serves both: relevance now, the loss's true gradient later.
+            rel = weighting.model(xj, weighting.starts, keep_graph=True)
+            quiet = silent(rel.rel, rel.start)
+            for b in torch.nonzero(quiet).flatten().tolist():
+                weighting.silent_steps[b] += 1
+            return rel.acts, rel, quiet
+
+        def backward(loss: torch.Tensor) -> None:
+            if weighting is None:
+                loss.backward()
+            else:
+                with weighting.model.plain_gradients():
+                    loss.backward()
+
         def step(i: int) -> float:
-            model.module(roll(x, sample_rolls(gens, opt.jitter)))
-            per_layer = torch.stack(
-                [sort_matching_loss(as_channels_positions(feats[n], skip), protos[n]) for n in names]
-            )
+            acts, rel, quiet = forward(roll(x, sample_rolls(gens, opt.jitter)))
+            per_layer = torch.stack([layer_loss(n, acts[n], rel, quiet) for n in names])
             item_loss = (weights * per_layer).sum(0)
             if layer_preset.tv:
                 item_loss = item_loss + layer_preset.tv * total_variation(x)
@@ -330,7 +550,7 @@ def _optimize(
             if not math.isfinite(value):
                 return value  # no update: x stays the last finite image
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            backward(loss)
             alpha.add_(x.grad.abs())
             optimizer.step()
             schedule.step()

@@ -6,7 +6,8 @@ one forward up to the target, one backward that stops at the lowest matched laye
 each matched layer's output is its relevance.
 
 LRP rules (zennit hooks, one table for every family):
-- Conv and Linear: z+ with biases left out, so relevance is conserved (SPEC §4: "rules z+ for conv/linear").
+- Conv and Linear: z+ with biases left out, so relevance is conserved (SPEC §4: "rules z+ for conv/linear"), and the
+  z-rule where an output has no positive contribution (see ``ZPlusRule``).
 - BatchNorm, LayerNorm, elementwise activations (ReLU, ReLU6, GELU, SiLU...), ConvNeXt's layer scale: pass-through.
   For the norms this is AttnLRP's treatment of the normalization scale as a constant; for GELU it is AttnLRP's
   identity rule.
@@ -24,7 +25,8 @@ from __future__ import annotations
 import copy
 import math
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +72,27 @@ class ConstantScale(nn.Module):
         return x * self.scale
 
 
+class _Gate:
+    """Shared switch: while ``open`` is False, gradients through ``gated`` tensors are cut (relevance mode)."""
+
+    def __init__(self) -> None:
+        self.open = True
+
+
+class _GateFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gate: _Gate) -> torch.Tensor:  # noqa: ANN001
+        ctx.gate = gate
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return (grad if ctx.gate.open else torch.zeros_like(grad)), None
+
+
 class AttentionMix(nn.Module):
-    """Attention probabilities (held constant, set by the owner before each call) applied to the values."""
+    """Attention probabilities (set by the owner before each call) applied to the values. The z-rule sees them as
+    constants; the owner's gate cuts their gradient during the relevance pass (AttnLRP: q and k constant)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,8 +106,9 @@ class LRPSelfAttention(nn.Module):
     """torchvision's ``nn.MultiheadAttention`` (self-attention, batch first) split into modules LRP can see:
     q and k under no_grad (constant), a ``v_proj`` Linear, the constant mixing, and the original ``out_proj``."""
 
-    def __init__(self, mha: nn.MultiheadAttention) -> None:
+    def __init__(self, mha: nn.MultiheadAttention, gate: _Gate) -> None:
         super().__init__()
+        self.gate = gate
         d, h = mha.embed_dim, mha.num_heads
         if mha.in_proj_weight is None or not mha.batch_first:
             raise VitalError("relevance: only packed, batch-first self-attention is supported")
@@ -105,11 +127,11 @@ class LRPSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, *_: Any, **__: Any) -> tuple[torch.Tensor, None]:
         bsz, t, d = x.shape
         h, hd = self.heads, d // self.heads
-        with torch.no_grad():
-            q, k = nn.functional.linear(x, self.qk_weight, self.qk_bias).chunk(2, dim=-1)
-            q = q.view(bsz, t, h, hd).transpose(1, 2)
-            k = k.view(bsz, t, h, hd).transpose(1, 2)
-            self.mix.probs = (q @ k.transpose(-2, -1) / math.sqrt(hd)).softmax(-1)
+        q, k = nn.functional.linear(x, self.qk_weight, self.qk_bias).chunk(2, dim=-1)
+        q = q.view(bsz, t, h, hd).transpose(1, 2)
+        k = k.view(bsz, t, h, hd).transpose(1, 2)
+        probs = (q @ k.transpose(-2, -1) / math.sqrt(hd)).softmax(-1)
+        self.mix.probs = _GateFn.apply(probs, self.gate) if probs.requires_grad else probs
         v = self.v_proj(x).view(bsz, t, h, hd).transpose(1, 2)
         o = self.mix(v).transpose(1, 2).reshape(bsz, t, d)
         return self.out_proj(o), None
@@ -146,7 +168,7 @@ def _skip_block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:  # ti
     return _add(self, self.vital_inner(x), x)
 
 
-def prepare_copy(module: nn.Module) -> tuple[nn.Module, str]:
+def prepare_copy(module: nn.Module, gate: _Gate | None = None) -> tuple[nn.Module, str]:
     """A deep copy of ``module`` with in-place ops off and functional residuals/pooling/attention made into
     modules (values unchanged). Returns the copy and the family name that decided the rewrites."""
     from torchvision.models.convnext import CNBlock
@@ -172,7 +194,7 @@ def prepare_copy(module: nn.Module) -> tuple[nn.Module, str]:
                 sub.vital_sum = ResidualSum()
                 sub.forward = types.MethodType(_encoder_forward, sub)
             elif isinstance(sub, EncoderBlock):
-                sub.self_attention = LRPSelfAttention(sub.self_attention)
+                sub.self_attention = LRPSelfAttention(sub.self_attention, gate or _Gate())
                 sub.vital_sum, sub.vital_sum2 = ResidualSum(), ResidualSum()
                 sub.forward = types.MethodType(_encoder_block_forward, sub)
     else:
@@ -191,27 +213,150 @@ def prepare_copy(module: nn.Module) -> tuple[nn.Module, str]:
     return m, family
 
 
-class _GuidedActivation:
-    """Guided Backpropagation at an activation: the local gradient, then only positive signals pass down."""
+class _RuleFn(torch.autograd.Function):
+    """Joins a module's input ``x`` to its output ``y``. In a relevance backward (the rule's hook active) the
+    module's rule maps the incoming relevance straight to ``x`` and the module's own backward never runs; in a
+    plain backward (hooks inactive) the gradient flows to ``y`` and through the module as usual."""
 
     @staticmethod
-    def hook(_module: nn.Module, grad_input: tuple[torch.Tensor, ...], _grad_output: Any) -> tuple[torch.Tensor]:
-        return (grad_input[0].clamp(min=0),)
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, hook: Any, module: nn.Module) -> torch.Tensor:  # noqa: ANN001
+        ctx.hook, ctx.module = hook, module
+        ctx.save_for_backward(x)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[Any, ...]:  # noqa: ANN001
+        if ctx.hook.active:
+            (x,) = ctx.saved_tensors
+            return ctx.hook.relevance(ctx.module, x.detach(), grad), None, None, None
+        return None, grad, None, None
+
+
+def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes are built on first use
+    """Our rules, as zennit hooks: zennit's composites map them to modules, its canonizers run, and its
+    ``inactive()`` switch turns them off. The propagation itself is ours: zennit's hooks let a module's true
+    backward run and then overwrite its result, which doubles the cost of an LRP pass; ``_RuleFn`` skips it."""
+    global _HOOKS
+    if _HOOKS is not None:
+        return _HOOKS
+    from zennit.core import Hook, RemovableHandle, RemovableHandleList
+
+    class RuleHook(Hook):
+        def register(self, module: nn.Module) -> Any:
+            return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self._wrap)])
+
+        def _wrap(self, module: nn.Module, input: Any, output: Any) -> Any:
+            x = input[0] if isinstance(input, tuple) else input
+            if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor) or not x.requires_grad:
+                return None
+            return _RuleFn.apply(x, output, self, module)
+
+        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            raise NotImplementedError
+
+        def copy(self) -> RuleHook:
+            return type(self)()
+
+    def _z_rule(module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        xi = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = module.forward(xi)
+        zd = z.detach()
+        (g,) = torch.autograd.grad(z, xi, r / zd.add_(torch.where(zd >= 0, 1e-6, -1e-6)))
+        return x * g
+
+    class PassRule(RuleHook):
+        """Relevance passes through unchanged (norm scales as constants, AttnLRP's identity rule)."""
+
+        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            return r
+
+    class ZRule(RuleHook):
+        """z-rule for parameter-free linear maps (pooling, residual sums, attention's value mixing)."""
+
+        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            return _z_rule(module, x, r)
+
+    class ZPlusRule(RuleHook):
+        """z+ with biases out for conv/linear; for kernels without a positive weight, the z-rule.
+
+        Plain z+ gives no relevance to an output without a positive contribution. In ResNet-style full
+        convolutions that is rare, but a trained depthwise kernel (EfficientNet, ConvNeXt) is often entirely
+        negative, and on non-negative inputs (after ReLU/ReLU6) z+ then drops the whole channel. Those kernels use
+        the z-rule instead, which conserves; it costs nothing extra, since each output channel simply keeps its
+        own weights in the twin module. Signed inputs get the full z+ (x+ w+ and x- w-). The modified weights live
+        in twin modules built once, not per backward.
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.twins: dict[str, nn.Module] | None = None
+
+        def _build(self, module: nn.Module) -> None:
+            w = module.weight.detach()
+            no_pos = (w.flatten(1) > 0).sum(1) == 0
+            mixed = torch.where(no_pos.view(-1, *([1] * (w.dim() - 1))), w, w.clamp(min=0))
+            self.twins = {}
+            for key, weight in (("pos", w.clamp(min=0)), ("neg", w.clamp(max=0)), ("mixed", mixed)):
+                twin = copy.copy(module)  # shallow: its own parameter dict and no hooks
+                twin._parameters = dict(module._parameters)
+                twin._forward_hooks = type(module._forward_hooks)()
+                twin._forward_pre_hooks = type(module._forward_pre_hooks)()
+                twin._parameters["weight"] = nn.Parameter(weight.clone(), requires_grad=False)
+                if twin._parameters.get("bias") is not None:
+                    twin._parameters["bias"] = None
+                self.twins[key] = twin
+
+        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            if self.twins is None:
+                self._build(module)
+            if bool(x.amin() >= 0):
+                return _z_rule(self.twins["mixed"], x, r)
+            ins = [x.clamp(min=0).requires_grad_(True), x.clamp(max=0).requires_grad_(True)]
+            with torch.enable_grad():
+                outs = [self.twins["pos"].forward(ins[0]), self.twins["neg"].forward(ins[1])]
+            # z+ >= 0; where it is 0 every positive contribution is 0, so the relevance given there is 0 too.
+            s = r / (outs[0].detach() + outs[1].detach() + 1e-6)
+            g0, g1 = torch.autograd.grad(outs, ins, grad_outputs=[s, s])
+            return ins[0].detach() * g0 + ins[1].detach() * g1
+
+    class GuidedRule(RuleHook):
+        """Guided Backpropagation at an activation: the local gradient, then only positive signals pass down."""
+
+        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            xi = x.requires_grad_(True)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(module.forward(xi), xi, r)
+            return g.clamp(min=0)
+
+    _HOOKS = types.SimpleNamespace(Pass=PassRule, Z=ZRule, ZPlus=ZPlusRule, Guided=GuidedRule)
+    return _HOOKS
+
+
+_HOOKS: types.SimpleNamespace | None = None
+
+
+def guided_composite():  # noqa: ANN201 - zennit Composite
+    """Guided Backpropagation at every activation (zennit's own composite covers ``nn.ReLU`` only; ReLU6, GELU
+    and SiLU networks need the same)."""
+    from zennit.composites import LayerMapComposite
+
+    return LayerMapComposite([(ACTIVATIONS, _hooks().Guided())])
 
 
 def lrp_composite(family: str):  # noqa: ANN201 - zennit Composite
     """zennit's layer-map composite with the rule table of the module docstring."""
     from zennit.composites import LayerMapComposite
     from zennit.layer import Sum
-    from zennit.rules import Norm, Pass, ZPlus
     from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
+    h = _hooks()
     norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
     pools = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, ResidualSum, Sum, AttentionMix)
     layer_map = [
-        (norms + ACTIVATIONS + (ConstantScale,), Pass()),
-        (pools, Norm()),
-        ((nn.Conv2d, nn.Linear), ZPlus(zero_params="bias")),
+        (norms + ACTIVATIONS + (ConstantScale,), h.Pass()),
+        (pools, h.Z()),
+        ((nn.Conv2d, nn.Linear), h.ZPlus()),
     ]
     # Only the residual canonizers: merging BatchNorm into convs would change the values read at conv outputs.
     canonizers = [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()] if family == "resnet" else []
@@ -234,7 +379,11 @@ class RelevanceOutput:
 class Relevance:
     """Relevance of ``layers`` for ``targets`` (one per batch item), by LRP or Guided Backpropagation.
 
-    Build once per run; call with a normalized image batch; ``close()`` (or a ``with`` block) removes the rules.
+    Built once per run: a private copy of the model with the rules registered. ``__call__`` runs one forward
+    (stopping at the target layer) and one relevance backward. With ``keep_graph=True`` the returned activations
+    stay attached to ``x``'s graph, so the caller can compute its loss from them and get the true gradient under
+    ``plain_gradients()``: the optimization then shares this forward instead of running its own (the rules are
+    only active inside the relevance backward). ``close()`` (or a ``with`` block) removes everything.
     """
 
     def __init__(
@@ -252,19 +401,14 @@ class Relevance:
         self.layers = list(layers)
         self.skip_tokens = skip_tokens
         self.model_name = model_name
-        self.module, self.family = prepare_copy(module)
-        self._handles: list[Any] = []
-        self._composite = None
-        if self.method == "lrp":
-            self._composite = lrp_composite(self.family)
-            self._composite.register(self.module)
-        else:
-            for sub in self.module.modules():
-                if isinstance(sub, ACTIVATIONS):
-                    self._handles.append(sub.register_full_backward_hook(_GuidedActivation.hook))
+        self._gate = _Gate()
+        self.module, self.family = prepare_copy(module, self._gate)
+        self._composite = lrp_composite(self.family) if self.method == "lrp" else guided_composite()
+        self._composite.register(self.module)
 
     def describe(self) -> dict[str, Any]:
-        rules = {"lrp": "z+ (no bias) conv/linear, pass norms/activations, z-rule pooling/sums/attention values",
+        rules = {"lrp": "z+ (no bias; z-rule where z+ is empty) conv/linear, pass norms/activations/layer scale, "
+                        "z-rule pooling/residual sums/attention values (q, k constant)",
                  "guided_backprop": "gradient with negative signals stopped at every activation"}
         return {"method": self.method, "family": self.family, "rules": rules[self.method]}
 
@@ -272,9 +416,6 @@ class Relevance:
         if self._composite is not None:
             self._composite.remove()
             self._composite = None
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
     def __enter__(self) -> Relevance:
         return self
@@ -282,10 +423,22 @@ class Relevance:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def __call__(self, x: torch.Tensor, targets: Sequence[ClassTarget | UnitTarget | DirectionTarget | int]) -> \
-            RelevanceOutput:
-        """``x``: (B, 3, H, W) normalized images; ``targets``: one per item (a class target as its resolved index
-        or ClassTarget with an int), all units/directions of one layer."""
+    @contextmanager
+    def plain_gradients(self) -> Iterator[None]:
+        """Within the block, backward passes through the copy compute true gradients (rules and gate off)."""
+        with self._composite.inactive():
+            yield
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        targets: Sequence[ClassTarget | UnitTarget | DirectionTarget | int],
+        keep_graph: bool = False,
+    ) -> RelevanceOutput:
+        """``x``: (B, 3, H, W) normalized images; ``targets``: one per item (class indices, or units/directions of
+        one layer). ``keep_graph``: ``x`` must require grad; activations come back attached to its graph."""
+        if self._composite is None:
+            raise VitalError("this Relevance was closed")
         if len(targets) != x.shape[0]:
             raise VitalError(f"{len(targets)} targets for a batch of {x.shape[0]}")
         layer = _target_layer(targets)
@@ -306,23 +459,28 @@ class Relevance:
             for name, mod in zip(names, mods, strict=True):
                 handles.append(mod.register_forward_hook(keep(name, stop=layer is not None)))
             with torch.enable_grad():
-                xin = x.detach().requires_grad_(True)
+                xin = x if keep_graph else x.detach().requires_grad_(True)
                 try:
                     logits = self.module(xin)
                 except _Stop:
                     logits = None
                 top = logits if layer is None else outs[layer]
+                top = top[0] if isinstance(top, (tuple, list)) else top
                 start, seed = _start(top, targets, self.method)
-                grads = torch.autograd.grad(top, [outs[n] for n in self.layers], grad_outputs=seed,
-                                            allow_unused=True)
+                self._gate.open = False
+                try:
+                    grads = torch.autograd.grad(top, [outs[n] for n in self.layers], grad_outputs=seed,
+                                                allow_unused=True, retain_graph=keep_graph)
+                finally:
+                    self._gate.open = True
         finally:
             for h in handles:
                 h.remove()
         acts, rel = {}, {}
         for name, g in zip(self.layers, grads, strict=True):
-            a = outs[name].detach()
+            a = outs[name] if keep_graph else outs[name].detach()
             acts[name] = as_channels_positions(a, self.skip_tokens)
-            rel[name] = as_channels_positions(torch.zeros_like(a) if g is None else g, self.skip_tokens)
+            rel[name] = as_channels_positions(torch.zeros_like(a) if g is None else g.detach(), self.skip_tokens)
         return RelevanceOutput(acts, rel, start.detach().flatten(1).sum(1))
 
 
@@ -336,9 +494,9 @@ def _target_layer(targets: Sequence[Any]) -> str | None:
 def _start(top: torch.Tensor, targets: Sequence[Any], method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Start relevance (LRP: the target's value laid out on the layer) and the backward seed for ``method``.
 
-    LRP starts from the value itself: a class logit, a channel's activation map, one neuron's activation, or the
-    direction at its best-matching position. Guided Backpropagation starts from the gradient of the same quantity
-    (one-hot, or the spatial mean's uniform weights)."""
+    LRP starts from the value itself: a class logit, a channel's activation map (its positive part: where the unit
+    fires), one neuron's (positive) activation, or the direction at its best-matching position. Guided
+    Backpropagation starts from the gradient of the same quantity (one-hot, or the spatial mean's uniform weights)."""
     top = top[0] if isinstance(top, (tuple, list)) else top
     act = top.detach()
     start = torch.zeros_like(act)
@@ -359,7 +517,7 @@ def _start(top: torch.Tensor, targets: Sequence[Any], method: str) -> tuple[torc
             sl = (slice(None), t.channel) if tokens else (t.channel,)
             if t.position is not None:
                 sl = (t.position[0], t.channel) if tokens else (t.channel, *t.position)
-            start[b][sl] = a[sl]
+            start[b][sl] = a[sl].clamp(min=0)  # where the unit fires: a signed map would start with cancellations
             ones = torch.ones_like(a[sl])
             seed[b][sl] = ones / ones.numel()
         elif isinstance(t, DirectionTarget):

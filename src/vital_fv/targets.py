@@ -111,7 +111,9 @@ class UnitTarget:
                              f"has {channels} channels (0..{channels - 1})")
         if self.position is not None:
             grid = act_shape[1:] if len(act_shape) == 3 else act_shape[:1]
-            if len(self.position) != len(grid) or not all(0 <= p < g for p, g in zip(self.position, grid)):
+            pairs = list(zip(self.position, grid, strict=False))
+            inside = len(self.position) == len(grid) and all(0 <= p < g for p, g in pairs)
+            if not inside:
                 where = "Y,X" if len(grid) == 2 else "TOKEN"
                 raise VitalError(f"unit {self.label()}: position {self.position} is outside layer {self.layer}'s "
                                  f"{'x'.join(map(str, grid))} grid: write @{where} within it")
