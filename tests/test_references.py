@@ -85,3 +85,87 @@ def test_pool_picks_the_images_the_model_rates_most_probable(tmp_path):
     refs = references.from_pool(tmp_path, spec, class_index=0, n=2, progress=False)
     assert [s.rsplit("/", 1)[-1] for s in refs.sources] == ["img1.png", "img3.png"]
     assert refs.info["pool_size"] == 5
+
+
+def _red_detector():
+    """Channel 0 fires on red (R - (G + B) / 2, rectified); channel 1 never fires."""
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].weight[0, :, 0, 0] = torch.tensor([1.0, -0.5, -0.5])
+        net[0].bias.copy_(torch.tensor([0.0, -1.0]))
+    return load_model(net, layers=["1"], preprocess=Preprocess(32, 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+                      class_names=[], name="red-detector")
+
+
+def _pattern_folder(folder, n=6):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        arr = rng.integers(90, 140, size=(48, 64, 3), dtype=np.uint8)  # grey noise
+        if i == 3:
+            arr[8:24, 40:56] = (230, 20, 20)  # the pattern, in one image only
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+
+
+def test_mining_ranks_the_image_with_the_pattern_first_with_its_box(tmp_path):
+    from vital_fv.targets import UnitTarget
+
+    (tmp_path / "imgs").mkdir()
+    _pattern_folder(tmp_path / "imgs")
+    spec = _red_detector()
+    result = references.mine(spec, UnitTarget("1", 0), tmp_path / "imgs", patch=16, stride=8, progress=False,
+                             cache_dir=tmp_path / "cache")
+    best = result.top(1)[0]
+    assert best["source"].endswith("img3.png")
+    x0, y0, x1, y1 = best["box"]
+    assert x0 <= 48 <= x1 and y0 <= 16 <= y1  # the box holds the red square's centre
+    refs = references.mined_references(result, k=4)
+    assert len(set(refs.sources)) == 4 and refs.fit == "stretch"
+    patch = refs.images[0].float()
+    assert patch[0].mean() > patch[1].mean() + 50  # the top patch is mostly red
+
+
+def test_mining_resumes_after_an_interruption_with_the_same_result(tmp_path, monkeypatch):
+    from vital_fv.targets import UnitTarget
+
+    (tmp_path / "imgs").mkdir()
+    _pattern_folder(tmp_path / "imgs")
+    spec = _red_detector()
+    unit = UnitTarget("1", 0)
+    clean = references.mine(spec, unit, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "c1")
+
+    real = references.read_image
+    calls = {"n": 0}
+
+    def flaky(path):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(references, "read_image", flaky)
+    with pytest.raises(references.MiningInterrupted, match="2 of 6"):
+        references.mine(spec, unit, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "c2")
+    monkeypatch.setattr(references, "read_image", real)
+    resumed = references.mine(spec, unit, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "c2")
+    assert resumed.cache == "resumed"
+    assert resumed.top(6) == clean.top(6)
+    again = references.mine(spec, unit, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "c2")
+    assert again.cache == "hit" and again.top(6) == clean.top(6)
+
+
+def test_mining_output_folder_round_trips_as_references(tmp_path):
+    from vital_fv.targets import UnitTarget
+
+    (tmp_path / "imgs").mkdir()
+    _pattern_folder(tmp_path / "imgs")
+    spec = _red_detector()
+    result = references.mine(spec, UnitTarget("1", 0), tmp_path / "imgs", patch=16, progress=False,
+                             cache_dir=tmp_path / "c")
+    refs = references.mined_references(result, k=3)
+    record = references.save_mining(result, refs, tmp_path / "out", use="patches")
+    assert (tmp_path / "out" / "contact_sheet.png").is_file() and record.is_file()
+    back = references.from_folder(tmp_path / "out")  # a mining folder is read through its record
+    assert back.count == 3 and back.fit == "stretch" and back.sources[0].endswith("001-img3.png")
+    with pytest.raises(VitalError, match="overwrite"):
+        references.save_mining(result, refs, tmp_path / "out", use="patches")

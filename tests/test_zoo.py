@@ -205,11 +205,18 @@ def test_unit_presets_take_the_preset_layers_below_the_unit():
     from vital_fv.zoo import unit_preset
 
     spec = load_model("resnet50", random_init=True)
-    up = unit_preset(spec, "layer4.2")
+    up = unit_preset(spec, "layer4.2", with_predecessor=False)  # the paper's rule (SPEC §4)
     assert up.layers == ("conv1", "layer1", "layer2", "layer3") and up.weights == (0.1, 1.0, 1.0, 1.0)
     assert up.tv == up.l2 == 3e-6
-    assert unit_preset(spec, "layer3.5").layers == ("conv1", "layer1", "layer2")  # layer3 contains the unit
+    assert unit_preset(spec, "layer3.5", with_predecessor=False).layers == ("conv1", "layer1", "layer2")
+    # default: the block just before the unit joins, in execution order
+    assert unit_preset(spec, "layer4.2").layers == ("conv1", "layer1", "layer2", "layer3", "layer4.1")
+    assert unit_preset(spec, "layer3.5").layers == ("conv1", "layer1", "layer2", "layer3.4")
+    assert unit_preset(spec, "layer4.0").layers == ("conv1", "layer1", "layer2", "layer3")  # first of its stage
     with pytest.raises(VitalError, match="no preset layer of resnet50 runs below 'conv1'"):
         unit_preset(spec, "conv1")
     lite = load_model("efficientnet_lite0")
-    assert unit_preset(lite, "blocks.5.2").layers == ("conv_stem", "blocks.1", "blocks.2", "blocks.4")
+    assert unit_preset(lite, "blocks.5.2").layers == ("conv_stem", "blocks.1", "blocks.2", "blocks.4", "blocks.5.1")
+    vit = load_model("vit_l_16", random_init=True)
+    layers = unit_preset(vit, "encoder.layers.encoder_layer_20").layers
+    assert layers[-1] == "encoder.layers.encoder_layer_19"

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import VitalError
+from .references import MiningInterrupted
 
 
 def _floats(text: str) -> list[float]:
@@ -45,10 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(v)
     what = v.add_mutually_exclusive_group(required=True)
     what.add_argument("--class", dest="cls", help="class index or name (e.g. 967 or espresso)")
-    what.add_argument("--unit", help="LAYER:CHANNEL[@Y,X] (fourier and maco; VITAL units come with relevance)")
+    what.add_argument("--unit", help="LAYER:CHANNEL or LAYER:CHANNEL@Y,X (a channel, or one neuron of it)")
     src = v.add_mutually_exclusive_group()
-    src.add_argument("--refs", nargs="+", help="reference folder, or image files (default: bundled photo)")
+    src.add_argument("--refs", nargs="+",
+                     help="reference folder (a `vital mine` folder for units), or image files (default: bundled)")
     src.add_argument("--pool", help="unlabelled folder: use the N images the model rates most probable")
+    src.add_argument("--images", help="units: mine the top --n-refs patches of this folder (cached), then visualize")
+    v.add_argument("--relevance", choices=["lrp", "guided-backprop", "none"],
+                   help="weight activations by their relevance for the target (default: lrp for units, none "
+                        "for classes)")
+    v.add_argument("--use", choices=["patches", "images"], default="patches",
+                   help="with --images: the mined patches (default) or their whole source images")
     v.add_argument("--n-refs", type=int, default=50, help="number of reference images (default 50)")
     v.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="make up missing references with random crops (default: on for bundled photos only)")
@@ -76,6 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--spectrum", help="maco: magnitude spectrum file from `vital spectrum` (default: the shipped one)")
     v.add_argument("--batch", type=int, help="number of images (seeds 0..N-1), e.g. 64 for deepinversion")
 
+    mi = sub.add_parser("mine", help="find the patches of a folder that most activate a unit (its references)")
+    model_args(mi)
+    mi.add_argument("--unit", required=True, help="LAYER:CHANNEL or LAYER:CHANNEL@Y,X")
+    mi.add_argument("--images", required=True, help="folder of images to scan (searched recursively)")
+    mi.add_argument("--k", type=int, default=50, help="number of patches, each from a different image (default 50)")
+    mi.add_argument("--patch", type=int, default=64, help="patch size in px at the model's input scale (default 64)")
+    mi.add_argument("--stride", type=int, help="patch stride in px (default half a patch)")
+    mi.add_argument("--use", choices=["patches", "images"], default="patches",
+                    help="references are the patches (default, as the paper) or their source images (as its code)")
+    mi.add_argument("--out", required=True, help="output folder: patches/, contact_sheet.png, mining.json")
+    mi.add_argument("--batch-size", type=int, default=32)
+    mi.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    mi.add_argument("--cache-dir", help="where scans are kept for resuming (default ~/.cache/vital-fv)")
+    mi.add_argument("--overwrite", action="store_true", help="replace an existing mining folder's record")
+    mi.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ph = sub.add_parser("photos", help="write the photos that ship with scikit-image/scikit-learn to a folder")
+    ph.add_argument("--out", required=True, help="output folder")
+    ph.add_argument("--overwrite", action="store_true")
+
     sp = sub.add_parser("spectrum", help="average magnitude spectrum of a folder of images (for --method maco)")
     sp.add_argument("folder", nargs="?", help="folder of natural images")
     sp.add_argument("--offline-photos", action="store_true", help="use the photos shipped with skimage/sklearn")
@@ -97,10 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
-        commands = {"visualize": cmd_visualize, "layers": cmd_layers, "classes": cmd_classes, "spectrum": cmd_spectrum}
+        commands = {"visualize": cmd_visualize, "layers": cmd_layers, "classes": cmd_classes,
+                    "spectrum": cmd_spectrum, "mine": cmd_mine, "photos": cmd_photos}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("interrupted before the optimization started: nothing was written", file=sys.stderr)
+        return 130
+    except MiningInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
         return 130
     except VitalError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -151,6 +183,54 @@ def cmd_classes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mine(args: argparse.Namespace, spec, unit, k: int, use: str):  # noqa: ANN001, ANN202
+    """Mine (or reuse a cached or partial scan), then the top-k references."""
+    from . import references as refs_mod
+    from .optimize import frozen_on, resolve_device
+
+    if k < 1:
+        raise VitalError("the number of references must be at least 1")
+    with frozen_on(spec.module, resolve_device(args.device)):
+        from .optimize import _check_units
+
+        _check_units(spec, [unit], spec.preprocess.input_size, resolve_device(args.device))
+        result = refs_mod.mine(spec, unit, args.images, patch=getattr(args, "patch", 64),
+                               stride=getattr(args, "stride", None), batch_size=getattr(args, "batch_size", 32),
+                               progress=not args.quiet, cache_dir=args.cache_dir)
+    print(f"mined {unit.label()} over {result.params['images']} images ({result.cache})", file=sys.stderr)
+    return result, refs_mod.mined_references(result, k=k, use=use)
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from . import references as refs_mod
+    from .result import refuse_overwrite
+    from .targets import UnitTarget
+
+    out = Path(args.out)
+    refuse_overwrite([out / refs_mod.MINING_RECORD, out / "contact_sheet.png"], args.overwrite)
+    spec = _load(args)
+    unit = UnitTarget.parse(args.unit)
+    result, refs = _mine(args, spec, unit, args.k, args.use)
+    record = refs_mod.save_mining(result, refs, out, args.use, overwrite=args.overwrite)
+    scores = refs.info["mining"]["scores"]
+    print(f"{record}: {refs.count} references ({args.use}) for {unit.label()}, scores {scores[0]:.3g} .. "
+          f"{scores[-1]:.3g}; contact sheet {out / 'contact_sheet.png'}")
+    return 0
+
+
+def cmd_photos(args: argparse.Namespace) -> int:
+    from . import references as refs_mod
+    from .result import atomic_write_bytes, ensure_writable_dir, png_bytes, refuse_overwrite
+
+    out = ensure_writable_dir(args.out)
+    names = [f"{name.split('.')[0]}.png" for _, name in refs_mod.OFFLINE_PHOTOS]
+    refuse_overwrite([out / n for n in names], args.overwrite)
+    for n, img in zip(names, refs_mod.offline_photos(), strict=True):
+        atomic_write_bytes(out / n, png_bytes(img.float() / 255))
+    print(f"{out}: {len(names)} photos ({', '.join(names)})")
+    return 0
+
+
 def cmd_spectrum(args: argparse.Namespace) -> int:
     import io
 
@@ -195,11 +275,11 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         from .targets import UnitTarget
 
         target = UnitTarget.parse(args.unit)
-        if args.method in ("vital", "deepinversion"):
-            raise VitalError(
-                "--unit works with --method fourier or maco for now: VITAL's unit visualizations need mined "
-                "references and relevance, which are not implemented yet; deepinversion inverts classes only"
-            )
+        if args.method == "deepinversion":
+            raise VitalError("deepinversion inverts classes only: use --method vital, fourier or maco for units")
+        if args.method == "vital" and not (args.refs or args.images):
+            raise VitalError("a VITAL unit visualization needs the unit's references: --images DIR (mines them) "
+                             "or --refs FOLDER from `vital mine`")
         index, cname, slug = -1, target.label(), target.slug()
     else:
         target = ClassTarget(args.cls)
@@ -218,8 +298,14 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
         _check(spec.module, args.layers, spec.name)
     if args.method != "vital":
+        if args.relevance not in (None, "none"):
+            raise VitalError("--relevance weights VITAL's matching; the baselines maximize activations without it")
         return _run_baseline(args, spec, target, index, cname, pngs)
-    if args.pool:
+    if args.images and not args.unit:
+        raise VitalError("--images mines references for a unit: give --unit, or --pool DIR for a class")
+    if args.images:
+        references = _mine(args, spec, target, args.n_refs, args.use)[1]
+    elif args.pool:
         references = refs_mod.from_pool(args.pool, spec, index, n=args.n_refs, progress=not args.quiet)
     elif args.refs:
         paths = [Path(r) for r in args.refs]
@@ -240,12 +326,15 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     layers = LayerPreset.user(args.layers, args.layer_weights, spec.preset, "user (--layers)") if args.layers else None
     cache = False if args.no_cache else (PrototypeCache(args.cache_dir) if args.cache_dir else True)
     jobs = [Job(target, references, seed) for seed in args.seeds]
-    print(f"visualizing {cname} ({index}) on {spec.name} from {references.count} references "
-          f"({references.describe()['label']}), preset {args.preset}, seeds {','.join(map(str, args.seeds))}",
-          file=sys.stderr)
+    relevance = "auto" if args.relevance is None else args.relevance
+    what = cname if index < 0 else f"{cname} ({index})"
+    print(f"visualizing {what} on {spec.name} from {references.count} references "
+          f"({references.describe()['label']}), preset {args.preset}, relevance "
+          f"{relevance if relevance != 'auto' else ('lrp' if args.unit else 'none')}, "
+          f"seeds {','.join(map(str, args.seeds))}", file=sys.stderr)
     return _run_and_save(args, lambda: visualize_batch(
         spec, jobs, preset=args.preset, steps=args.steps, lr=args.lr, layers=layers, size=args.size,
-        device=args.device, cache=cache, progress=not args.quiet,
+        device=args.device, cache=cache, progress=not args.quiet, relevance=relevance,
     ), pngs)
 
 

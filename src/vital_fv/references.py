@@ -43,6 +43,7 @@ class ReferenceSet:
     label: str = ""
     crop_scale: tuple[float, float] = (0.5, 1.0)
     info: dict[str, Any] = field(default_factory=dict)
+    fit: str = "crop"  # "crop": the model's resize + center crop; "stretch": straight to the input size (patches)
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -57,7 +58,10 @@ class ReferenceSet:
         return max(self.n, len(self.images)) if self.augment else len(self.images)
 
     def content_hash(self) -> str:
-        blob = json.dumps([self.hashes, self.count, self.augment, self.seed, list(self.crop_scale)]).encode()
+        parts = [self.hashes, self.count, self.augment, self.seed, list(self.crop_scale)]
+        if self.fit != "crop":
+            parts.append(self.fit)
+        blob = json.dumps(parts).encode()
         return hashlib.sha256(blob).hexdigest()
 
     def prepare(self, preprocess: Any) -> torch.Tensor:
@@ -69,6 +73,9 @@ class ReferenceSet:
         size = preprocess.input_size
         out = []
         for img in self.images:
+            if self.fit == "stretch":
+                out.append(F.resize(img, [size, size], interpolation=mode, antialias=True))
+                continue
             x = F.resize(img, [preprocess.resize_size], interpolation=mode, antialias=True)
             out.append(F.center_crop(x, [size, size]))
         extra = self.count - len(self.images)
@@ -98,6 +105,7 @@ class ReferenceSet:
             "augment_seed": self.seed,
             "crop_scale": list(self.crop_scale),
             "content_hash": self.content_hash(),
+            "fit": self.fit,
             **self.info,
         }
 
@@ -161,6 +169,8 @@ def from_folder(
 
     The authors draw N random images of the class; the seed makes the draw repeatable and is recorded.
     """
+    if (Path(folder) / MINING_RECORD).is_file():
+        return from_mining(folder)
     paths = list_images(folder)
     paths = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES] or paths
     if not paths:
@@ -310,3 +320,255 @@ def from_pool(
         label=f"pool:{folder}",
         info={"pool_scores": [round(t[0], 6) for t in top], "pool_size": len(scored)},
     )
+
+
+# --- mining references for a unit (SPEC §4) -------------------------------------------------------------------
+
+MINING_RECORD = "mining.json"
+
+
+@dataclass
+class MiningResult:
+    """The best patch of each scanned image for a unit, ranked; ``top(k)`` are the references."""
+
+    entries: list[dict[str, Any]]  # per image: source, sha256, score, box (x0, y0, x1, y1 in source pixels)
+    params: dict[str, Any]
+    key: str
+    cache: str = "miss"
+
+    def top(self, k: int) -> list[dict[str, Any]]:
+        return sorted(self.entries, key=lambda e: -e["score"])[:k]
+
+
+def _unit_scores(act: torch.Tensor, unit: Any) -> torch.Tensor:
+    """(B,) unit values of a batch of layer outputs: channel mean, or the neuron (conv maps or tokens)."""
+    if isinstance(act, (tuple, list)):
+        act = act[0]
+    if act.dim() == 4:
+        return act[:, unit.channel, unit.position[0], unit.position[1]] if unit.position else \
+            act[:, unit.channel].flatten(1).mean(1)
+    if act.dim() == 3:
+        return act[:, unit.position[0], unit.channel] if unit.position else act[:, :, unit.channel].mean(1)
+    raise VitalError(f"unit {unit.label()}: cannot score a layer output of shape {tuple(act.shape)}")
+
+
+def _patch_boxes(h: int, w: int, patch: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Patch boxes (x0, y0, x1, y1) covering an h x w image, the last row/column flush with the border."""
+    def starts(n: int) -> list[int]:
+        if n <= patch:
+            return [0]
+        s = list(range(0, n - patch + 1, stride))
+        return s if s[-1] == n - patch else [*s, n - patch]
+
+    return [(x, y, x + patch, y + patch) for y in starts(h) for x in starts(w)]
+
+
+def mining_key(model: Any, unit: Any, hashes: Sequence[str], patch: int, stride: int) -> str:
+    parts = {"model": model.name, "weights": model.weights_id, "unit": unit.label(), "files": sorted(hashes),
+             "patch": patch, "stride": stride, "preprocess": model.preprocess.as_dict()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def mine(
+    model: Any,
+    unit: Any,
+    folder: str | os.PathLike[str],
+    patch: int = 64,
+    stride: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> MiningResult:
+    """Score every patch of every image in ``folder`` by ``unit`` and keep each image's best patch.
+
+    Images are scaled so their short side is the model's input size; patches of ``patch`` px (at that scale),
+    every ``stride`` px (default half a patch), are each resized to the input size and scored by the unit's
+    spatially averaged activation (or the neuron's value). The scan is saved as it goes, keyed by (model, unit,
+    folder content, patch, stride), so an interrupted scan resumes where it stopped and a finished one is reused.
+    """
+    from torch.nn import functional as F
+    from tqdm.auto import tqdm
+
+    from .features import capture
+    from .matching import default_cache_dir
+
+    stride = stride or max(1, patch // 2)
+    if patch < 8 or stride < 1:
+        raise VitalError("--patch must be at least 8 px and --stride at least 1 px")
+    paths = [p for p in list_images(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not paths:
+        raise VitalError(f"image folder {folder} holds no image files (JPEG/PNG/...)")
+    hashes = {}
+    for p in paths:
+        hashes[p] = hashlib.sha256(p.read_bytes()).hexdigest()
+    key = mining_key(model, unit, list(hashes.values()), patch, stride)
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    state_path = root / "mining" / f"{key}.json"
+    state: dict[str, Any] = {"complete": False, "entries": {}}
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = {"complete": False, "entries": {}}
+    params = {"model": model.name, "unit": unit.label(), "folder": str(folder), "patch": patch, "stride": stride,
+              "images": len(paths), "input_size": model.preprocess.input_size}
+    done = state["entries"]
+    if state.get("complete") and all(h in done for h in hashes.values()):
+        return MiningResult(list(done.values()), params, key, cache="hit")
+    resumed = len(done)
+
+    size = model.preprocess.input_size
+    device = next(iter(model.module.parameters())).device
+    mode = model.preprocess.interpolation
+    todo = [p for p in paths if hashes[p] not in done]
+    bar = tqdm(todo, desc=f"mining {unit.label()}", disable=not progress, unit="img", initial=0)
+    try:
+        with capture(model.module, [unit.layer], model.name) as feats:
+            for p in bar:
+                try:
+                    img, _ = read_image(p)
+                except VitalError as exc:
+                    warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
+                    done[hashes[p]] = {"source": str(p), "sha256": hashes[p], "score": float("-inf"), "box": None}
+                    continue
+                h, w = img.shape[-2:]
+                scale = size / min(h, w)
+                sh, sw = max(size, round(h * scale)), max(size, round(w * scale))
+                x = F.interpolate(img[None].float() / 255, size=(sh, sw), mode=mode, antialias=True,
+                                  align_corners=False if mode in ("bilinear", "bicubic") else None)
+                boxes = _patch_boxes(sh, sw, patch, stride)
+                best = (float("-inf"), None)
+                for i in range(0, len(boxes), batch_size):
+                    chunk = boxes[i : i + batch_size]
+                    crops = torch.cat([x[..., y0:y1, x0:x1] for x0, y0, x1, y1 in chunk])
+                    crops = F.interpolate(crops, size=(size, size), mode=mode,
+                                          align_corners=False if mode in ("bilinear", "bicubic") else None)
+                    model.module(model.preprocess.normalize(crops.clamp(0, 1)).to(device))
+                    scores = _unit_scores(feats[unit.layer], unit).float().cpu()
+                    j = int(scores.argmax())
+                    if float(scores[j]) > best[0]:
+                        best = (float(scores[j]), chunk[j])
+                bx = [round(v / scale) for v in best[1]]
+                done[hashes[p]] = {"source": str(p), "sha256": hashes[p], "score": best[0],
+                                   "box": [bx[0], bx[1], min(w, bx[2]), min(h, bx[3])]}
+                _write_json_atomic(state_path, {"complete": False, "entries": done, "params": params})
+    except KeyboardInterrupt:
+        _write_json_atomic(state_path, {"complete": False, "entries": done, "params": params})
+        raise MiningInterrupted(
+            f"mining interrupted after {len(done)} of {len(paths)} images; the scan is saved — run the same "
+            "command again to resume"
+        ) from None
+    finally:
+        bar.close()
+    _write_json_atomic(state_path, {"complete": True, "entries": done, "params": params})
+    result = MiningResult([e for e in done.values() if e["box"] is not None], params, key,
+                          cache="resumed" if resumed else "miss")
+    return result
+
+
+class MiningInterrupted(VitalError):
+    """Ctrl-C during a scan: what was scanned is saved and the next run resumes."""
+
+
+def _crop(img: torch.Tensor, box: Sequence[int]) -> torch.Tensor:
+    x0, y0, x1, y1 = box
+    return img[:, y0:y1, x0:x1].contiguous()
+
+
+def mined_references(result: MiningResult, k: int = 50, use: str = "patches") -> ReferenceSet:
+    """The top-``k`` patches (from distinct images) as references, or their full source images (``use="images"``,
+    as the authors' code does)."""
+    if use not in ("patches", "images"):
+        raise VitalError(f"unknown reference kind '{use}': choose patches or images")
+    top = result.top(k)
+    if not top:
+        raise VitalError("mining found no readable image")
+    if len(top) < k:
+        warnings.warn(f"only {len(top)} distinct images were scanned: using {len(top)} references, not {k}",
+                      stacklevel=2)
+    images, sources, hashes = [], [], []
+    for e in top:
+        img, h = read_image(e["source"])
+        if h != e["sha256"]:
+            raise VitalError(f"{e['source']} changed since it was mined: mine again")
+        images.append(_crop(img, e["box"]) if use == "patches" else img)
+        sources.append(e["source"])
+        hashes.append(h if use == "images" else hashlib.sha256(images[-1].numpy().tobytes()).hexdigest())
+    return ReferenceSet(images, sources, hashes, n=len(images), label=f"mined:{result.params['unit']}",
+                        fit="stretch" if use == "patches" else "crop",
+                        info={"mining": {**result.params, "k": k, "use": use, "key": result.key,
+                                         "scores": [round(e["score"], 6) for e in top],
+                                         "boxes": [e["box"] for e in top]}})
+
+
+def contact_sheet(images: Sequence[torch.Tensor], captions: Sequence[str], tile: int = 112, cols: int = 10) -> \
+        Image.Image:
+    """A grid of images (uint8 3 x H x W), each resized to ``tile`` px with its caption underneath."""
+    from PIL import ImageDraw
+
+    cols = max(1, min(cols, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    pad = 14
+    sheet = Image.new("RGB", (cols * tile, rows * (tile + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (img, cap) in enumerate(zip(images, captions, strict=True)):
+        im = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((tile, tile), Image.BILINEAR)
+        x, y = (i % cols) * tile, (i // cols) * (tile + pad)
+        sheet.paste(im, (x, y))
+        draw.text((x + 2, y + tile + 1), cap[: tile // 6], fill="black")
+    return sheet
+
+
+def save_mining(result: MiningResult, refs: ReferenceSet, out: str | os.PathLike[str], use: str,
+                overwrite: bool = False) -> Path:
+    """Write the patches, a contact sheet with scores, and ``mining.json`` (source and box of each) to ``out``."""
+    from .result import atomic_write_bytes, png_bytes, refuse_overwrite
+
+    out = Path(out)
+    record_path = out / MINING_RECORD
+    refuse_overwrite([record_path, out / "contact_sheet.png"], overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    info = refs.info["mining"]
+    entries = []
+    patches = []
+    for rank, (src, score, box) in enumerate(zip(refs.sources, info["scores"], info["boxes"], strict=True), 1):
+        img, _ = read_image(src)
+        crop = _crop(img, box)
+        patches.append(crop)
+        name = f"patches/{rank:03d}-{''.join(c if c.isalnum() else '-' for c in Path(src).stem)[:40]}.png"
+        atomic_write_bytes(out / name, png_bytes(crop.float() / 255))
+        entries.append({"rank": rank, "file": name, "source": src, "box": box, "score": score})
+    sheet = contact_sheet(patches, [f"#{e['rank']} {e['score']:.3g}" for e in entries])
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    atomic_write_bytes(out / "contact_sheet.png", buf.getvalue())
+    from . import __version__
+
+    _write_json_atomic(record_path, {"vital_fv": __version__, **result.params, "k": info["k"], "use": use,
+                                     "cache_key": result.key, "references": entries})
+    return record_path
+
+
+def from_mining(folder: str | os.PathLike[str]) -> ReferenceSet:
+    """References from a ``vital mine`` output folder: its patches, or their source images if mined with
+    ``--use images``."""
+    folder = Path(folder)
+    try:
+        rec = json.loads((folder / MINING_RECORD).read_text())
+    except (OSError, ValueError) as exc:
+        raise VitalError(f"cannot read {folder / MINING_RECORD}: {exc}") from None
+    use = rec.get("use", "patches")
+    files = [folder / e["file"] if use == "patches" else Path(e["source"]) for e in rec["references"]]
+    refs = from_files(files)
+    refs.fit = "stretch" if use == "patches" else "crop"
+    refs.label = f"mined:{rec.get('unit')} ({folder})"
+    refs.info = {"mining": {k: rec.get(k) for k in ("model", "unit", "patch", "stride", "k", "use", "cache_key")}}
+    return refs

@@ -11,8 +11,8 @@ LRP rules (zennit hooks, one table for every family):
 - BatchNorm, LayerNorm, elementwise activations (ReLU, ReLU6, GELU, SiLU...), ConvNeXt's layer scale: pass-through.
   For the norms this is AttnLRP's treatment of the normalization scale as a constant; for GELU it is AttnLRP's
   identity rule.
-- Average pooling, residual sums, attention's value mixing: the z-rule (relevance split in proportion to each
-  input's contribution).
+- Average pooling and attention's value mixing: the z-rule (relevance split in proportion to each input's
+  contribution); residual sums: the same with |contributions| (see ``SumRule``).
 zennit has canonizers for torchvision ResNets (its residual-sum canonizer is used) but not for the functional
 residual adds of timm EfficientNets, DenseNet's functional ReLU/pooling, ConvNeXt's in-place add and layer scale or
 torchvision's fused ``nn.MultiheadAttention``; those are rewritten here, per instance, on the copy. Attention
@@ -272,10 +272,22 @@ def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes a
             return r
 
     class ZRule(RuleHook):
-        """z-rule for parameter-free linear maps (pooling, residual sums, attention's value mixing)."""
+        """z-rule for parameter-free linear maps (pooling, attention's value mixing)."""
 
         def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             return _z_rule(module, x, r)
+
+    class SumRule(RuleHook):
+        """Residual sums (inputs stacked on the last axis): relevance split by each term's |contribution|.
+
+        The signed z-rule gives both terms huge relevance of opposite signs wherever a signed residual stream
+        (EfficientNet, ConvNeXt, ViT) nearly cancels its branch; relevance is used here as a min-max normalized
+        weight, which such sign flips make meaningless. The |z| split conserves exactly and keeps the sign of the
+        relevance it splits (on ReLU networks' non-negative streams it is the z-rule)."""
+
+        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            a = x.abs()
+            return a / (a.sum(-1, keepdim=True) + 1e-12) * r.unsqueeze(-1)
 
     class ZPlusRule(RuleHook):
         """z+ with biases out for conv/linear; for kernels without a positive weight, the z-rule.
@@ -329,7 +341,7 @@ def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes a
                 (g,) = torch.autograd.grad(module.forward(xi), xi, r)
             return g.clamp(min=0)
 
-    _HOOKS = types.SimpleNamespace(Pass=PassRule, Z=ZRule, ZPlus=ZPlusRule, Guided=GuidedRule)
+    _HOOKS = types.SimpleNamespace(Pass=PassRule, Z=ZRule, Sum=SumRule, ZPlus=ZPlusRule, Guided=GuidedRule)
     return _HOOKS
 
 
@@ -352,10 +364,10 @@ def lrp_composite(family: str):  # noqa: ANN201 - zennit Composite
 
     h = _hooks()
     norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-    pools = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, ResidualSum, Sum, AttentionMix)
     layer_map = [
         (norms + ACTIVATIONS + (ConstantScale,), h.Pass()),
-        (pools, h.Z()),
+        ((ResidualSum, Sum), h.Sum()),
+        ((nn.AvgPool2d, nn.AdaptiveAvgPool2d, AttentionMix), h.Z()),
         ((nn.Conv2d, nn.Linear), h.ZPlus()),
     ]
     # Only the residual canonizers: merging BatchNorm into convs would change the values read at conv outputs.
@@ -408,7 +420,7 @@ class Relevance:
 
     def describe(self) -> dict[str, Any]:
         rules = {"lrp": "z+ (no bias; z-rule where z+ is empty) conv/linear, pass norms/activations/layer scale, "
-                        "z-rule pooling/residual sums/attention values (q, k constant)",
+                        "z-rule pooling/attention values (q, k constant), |z| split of residual sums",
                  "guided_backprop": "gradient with negative signals stopped at every activation"}
         return {"method": self.method, "family": self.family, "rules": rules[self.method]}
 

@@ -204,22 +204,45 @@ def imagenet_class_names() -> list[str]:
     return list(getattr(tvm, _IMAGENET_WEIGHTS_ENUM).IMAGENET1K_V1.meta["categories"])
 
 
-def unit_preset(spec: ModelSpec, unit_layer: str) -> LayerPreset:
-    """The preset for a unit (channel or neuron) of ``unit_layer``: the model's preset layers below it."""
+def predecessor(module: nn.Module, layer: str) -> str | None:
+    """The sibling block that runs just before ``layer`` in its container (``blocks.5.1`` for ``blocks.5.2``,
+    ``layer4.1`` for ``layer4.2``), or None for the first block of a container."""
+    parent, _, child = layer.rpartition(".")
+    container = dict(module.named_modules()).get(parent) if parent else module
+    if container is None:
+        return None
+    names = [n for n, _ in container.named_children()]
+    i = names.index(child) if child in names else -1
+    return f"{parent}.{names[i - 1]}" if parent and i > 0 else (names[i - 1] if i > 0 else None)
+
+
+def unit_preset(spec: ModelSpec, unit_layer: str, with_predecessor: bool = True) -> LayerPreset:
+    """The preset for a unit (channel or neuron) of ``unit_layer``: the model's preset layers below it (the
+    paper's rule), plus, by default, the block just before the unit in its stage.
+
+    The paper's rule alone leaves whole blocks between the last matched layer and the unit (ResNet50 layer4.2:
+    matched up to layer3; Lite0 blocks.5.2: up to blocks.4), and the unit is then loosely constrained: on Lite0
+    units the images often did not activate the unit at all (benchmarks/README.md compares both rules).
+    """
     from .features import layers_below
 
     if spec.preset is None:
         raise VitalError(f"model {spec.name} has no layer preset to take the layers below {unit_layer} from: "
                          "give --layers")
-    below = layers_below(spec.module, unit_layer, spec.preset.layers, spec.preprocess.input_size, spec.name)
+    candidates = list(spec.preset.layers)
+    before = predecessor(spec.module, unit_layer) if with_predecessor else None
+    if before and before not in candidates:
+        candidates.append(before)
+    below = layers_below(spec.module, unit_layer, candidates, spec.preprocess.input_size, spec.name)
     if not below:
         raise VitalError(
             f"no preset layer of {spec.name} runs below '{unit_layer}' (preset: {', '.join(spec.preset.layers)}): "
             "give --layers with layers before the unit"
         )
     weights = (UNIT_RULE["first_weight"],) + (UNIT_RULE["weight"],) * (len(below) - 1)
+    rule = "paper's unit rule" + (f" + predecessor {before}" if before in below else "")
     return LayerPreset(tuple(below), weights, tv=UNIT_RULE["tv"], l2=UNIT_RULE["l2"],
-                       source=f"unit rule below {unit_layer} (from {spec.preset.source})")
+                       source=f"{rule}: layers below {unit_layer} (from {spec.preset.source})")
 
 
 def imagenet_synonyms() -> list[list[str]]:
