@@ -152,4 +152,45 @@ def test_unit_targets_on_the_cli(capsys, tmp_path):
                  "--quiet"]) == 0
     assert (out / "efficientnet_lite0-blocks-5-2-17-fourier-s0.png").exists()
     assert main(["visualize", "--unit", "blocks.5.2:17", "--out", str(out)]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert "needs the unit's references: --images DIR" in capsys.readouterr().err
+    assert main(["visualize", "--unit", "blocks.5.2:17", "--method", "maco", "--relevance", "lrp",
+                 "--out", str(out)]) == 2
+    assert "weights VITAL's matching" in capsys.readouterr().err
+
+
+def test_mine_rejects_a_channel_out_of_range_before_scanning(capsys, tmp_path):
+    assert main(["photos", "--out", str(tmp_path / "p")]) == 0
+    assert main(["mine", "--unit", "blocks.5.2:999", "--images", str(tmp_path / "p"), "--out",
+                 str(tmp_path / "m")]) == 2
+    assert "channel 999 is out of range" in capsys.readouterr().err
+    assert main(["mine", "--unit", "blocks.5.2:1@99,0", "--images", str(tmp_path / "p"), "--out",
+                 str(tmp_path / "m")]) == 2
+    assert "outside layer blocks.5.2's 7x7 grid" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mine_then_visualize_a_unit_end_to_end(capsys, tmp_path):
+    """The README's unit commands on real Lite0 and a few bundled photos: mine, then VITAL with LRP."""
+    photos = tmp_path / "photos"
+    assert main(["photos", "--out", str(photos)]) == 0
+    for p in sorted(photos.iterdir())[4:]:
+        p.unlink()  # four photos keep the scan short
+    refs = tmp_path / "refs"
+    assert main(["mine", "--unit", "blocks.5.2:17", "--images", str(photos), "--k", "3", "--stride", "48",
+                 "--out", str(refs), "--quiet"]) == 0
+    record = json.loads((refs / "mining.json").read_text())
+    assert len(record["references"]) == 3 and len({r["source"] for r in record["references"]}) == 3
+    assert (refs / "contact_sheet.png").is_file()
+    scores = [r["score"] for r in record["references"]]
+    assert scores == sorted(scores, reverse=True)
+    out = tmp_path / "out"
+    assert main(["visualize", "--unit", "blocks.5.2:17", "--refs", str(refs), "--steps", "5", "--out", str(out),
+                 "--quiet"]) == 0
+    rec = json.loads((out / "efficientnet_lite0-blocks-5-2-17-s0.json").read_text())
+    assert rec["relevance"]["method"] == "lrp" and rec["references"]["fit"] == "stretch"
+    assert (out / "efficientnet_lite0-blocks-5-2-17-s0.rgba.png").is_file()
+    # --images mines through the cache (the scan above is reused) and visualizes in one command
+    assert main(["visualize", "--unit", "blocks.5.2:17", "--images", str(photos), "--n-refs", "3",
+                 "--relevance", "guided-backprop", "--steps", "3", "--out", str(out), "--name", "gb",
+                 "--quiet"]) == 0
+    assert json.loads((out / "gb.json").read_text())["relevance"]["method"] == "guided_backprop"

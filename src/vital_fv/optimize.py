@@ -132,7 +132,7 @@ def visualize(
     ``relevance="lrp" | "guided_backprop" | None``. A Ctrl-C stops early and returns the current image with
     ``record["status"] == "interrupted"``.
     """
-    if not isinstance(target, ClassTarget):
+    if not isinstance(target, (ClassTarget, UnitTarget, DirectionTarget)):
         target = ClassTarget(target)
     if not isinstance(references, ReferenceSet):
         references = from_folder(references)

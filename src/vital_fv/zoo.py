@@ -205,15 +205,16 @@ def imagenet_class_names() -> list[str]:
 
 
 def predecessor(module: nn.Module, layer: str) -> str | None:
-    """The sibling block that runs just before ``layer`` in its container (``blocks.5.1`` for ``blocks.5.2``,
-    ``layer4.1`` for ``layer4.2``), or None for the first block of a container."""
+    """The sibling block that runs just before ``layer`` in its stage (``blocks.5.1`` for ``blocks.5.2``,
+    ``layer4.1`` for ``layer4.2``); None for the first block of a stage and for top-level modules (in a flat
+    model the sibling would be the unit's own pre-activation)."""
     parent, _, child = layer.rpartition(".")
-    container = dict(module.named_modules()).get(parent) if parent else module
+    container = dict(module.named_modules()).get(parent) if parent else None
     if container is None:
         return None
     names = [n for n, _ in container.named_children()]
     i = names.index(child) if child in names else -1
-    return f"{parent}.{names[i - 1]}" if parent and i > 0 else (names[i - 1] if i > 0 else None)
+    return f"{parent}.{names[i - 1]}" if i > 0 else None
 
 
 def unit_preset(spec: ModelSpec, unit_layer: str, with_predecessor: bool = True) -> LayerPreset:
