@@ -169,3 +169,20 @@ def test_mining_output_folder_round_trips_as_references(tmp_path):
     assert back.count == 3 and back.fit == "stretch" and back.sources[0].endswith("001-img3.png")
     with pytest.raises(VitalError, match="overwrite"):
         references.save_mining(result, refs, tmp_path / "out", use="patches")
+
+
+def test_mining_several_units_in_one_scan_equals_one_at_a_time(tmp_path):
+    from vital_fv.targets import UnitTarget
+
+    (tmp_path / "imgs").mkdir()
+    _pattern_folder(tmp_path / "imgs")
+    spec = _red_detector()
+    with torch.no_grad():
+        spec.module[0].bias[1] = 0.0
+        spec.module[0].weight[1, :, 0, 0] = torch.tensor([-0.5, 1.0, -0.5])  # a green detector
+    units = [UnitTarget("1", 0), UnitTarget("1", 1), UnitTarget("1", 0, (3, 3))]
+    many = references.mine_many(spec, units, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "a")
+    for u, got in zip(units, many, strict=True):
+        one = references.mine(spec, u, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "b")
+        assert got.top(6) == one.top(6) and got.params["unit"] == u.label()
+    assert many[0].top(1)[0]["source"].endswith("img3.png")

@@ -6,6 +6,7 @@ crop) when the set is used, so one set serves any model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -376,7 +377,6 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-@torch.no_grad()
 def mine(
     model: Any,
     unit: Any,
@@ -394,84 +394,109 @@ def mine(
     spatially averaged activation (or the neuron's value). The scan is saved as it goes, keyed by (model, unit,
     folder content, patch, stride), so an interrupted scan resumes where it stopped and a finished one is reused.
     """
+    return mine_many(model, [unit], folder, patch, stride, batch_size, progress, cache_dir)[0]
+
+
+@torch.no_grad()
+def mine_many(
+    model: Any,
+    units: Sequence[Any],
+    folder: str | os.PathLike[str],
+    patch: int = 64,
+    stride: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> list[MiningResult]:
+    """``mine`` for several units of one layer in a single scan (one forward per patch batch for all)."""
     from torch.nn import functional as F
     from tqdm.auto import tqdm
 
     from .features import capture
     from .matching import default_cache_dir
 
+    if not units or len({u.layer for u in units}) != 1:
+        raise VitalError("mine units of one layer at a time")
+    layer = units[0].layer
     stride = stride or max(1, patch // 2)
     if patch < 8 or stride < 1:
         raise VitalError("--patch must be at least 8 px and --stride at least 1 px")
     paths = [p for p in list_images(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise VitalError(f"image folder {folder} holds no image files (JPEG/PNG/...)")
-    hashes = {}
-    for p in paths:
-        hashes[p] = hashlib.sha256(p.read_bytes()).hexdigest()
-    key = mining_key(model, unit, list(hashes.values()), patch, stride)
+    hashes = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    state_path = root / "mining" / f"{key}.json"
-    state: dict[str, Any] = {"complete": False, "entries": {}}
-    if state_path.is_file():
-        try:
-            state = json.loads(state_path.read_text())
-        except (OSError, ValueError):
-            state = {"complete": False, "entries": {}}
-    params = {"model": model.name, "unit": unit.label(), "folder": str(folder), "patch": patch, "stride": stride,
-              "images": len(paths), "input_size": model.preprocess.input_size}
-    done = state["entries"]
-    if state.get("complete") and all(h in done for h in hashes.values()):
-        return MiningResult(list(done.values()), params, key, cache="hit")
-    resumed = len(done)
+    keys = [mining_key(model, u, list(hashes.values()), patch, stride) for u in units]
+    states = []
+    for key in keys:
+        state: dict[str, Any] = {"complete": False, "entries": {}}
+        path = root / "mining" / f"{key}.json"
+        if path.is_file():
+            with contextlib.suppress(OSError, ValueError):  # a damaged scan is redone
+                state = json.loads(path.read_text())
+        states.append(state)
+    params = [{"model": model.name, "unit": u.label(), "folder": str(folder), "patch": patch, "stride": stride,
+               "images": len(paths), "input_size": model.preprocess.input_size} for u in units]
+    resumed = [len(st["entries"]) > 0 and not st.get("complete") for st in states]
+    todo = [p for p in paths if any(hashes[p] not in st["entries"] for st in states)]
+
+    def save(complete: bool) -> None:
+        for key, st, par in zip(keys, states, params, strict=True):
+            _write_json_atomic(root / "mining" / f"{key}.json",
+                               {"complete": complete, "entries": st["entries"], "params": par})
 
     size = model.preprocess.input_size
     device = next(iter(model.module.parameters())).device
     mode = model.preprocess.interpolation
-    todo = [p for p in paths if hashes[p] not in done]
-    bar = tqdm(todo, desc=f"mining {unit.label()}", disable=not progress, unit="img", initial=0)
+    corners = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    label = units[0].label() if len(units) == 1 else f"{len(units)} units of {layer}"
+    bar = tqdm(todo, desc=f"mining {label}", disable=not progress, unit="img")
     try:
-        with capture(model.module, [unit.layer], model.name) as feats:
+        with capture(model.module, [layer], model.name) as feats:
             for p in bar:
                 try:
                     img, _ = read_image(p)
                 except VitalError as exc:
                     warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
-                    done[hashes[p]] = {"source": str(p), "sha256": hashes[p], "score": float("-inf"), "box": None}
+                    for st in states:
+                        st["entries"][hashes[p]] = {"source": str(p), "sha256": hashes[p], "score": None,
+                                                    "box": None}
                     continue
                 h, w = img.shape[-2:]
                 scale = size / min(h, w)
                 sh, sw = max(size, round(h * scale)), max(size, round(w * scale))
-                x = F.interpolate(img[None].float() / 255, size=(sh, sw), mode=mode, antialias=True,
-                                  align_corners=False if mode in ("bilinear", "bicubic") else None)
+                x = F.interpolate(img[None].float() / 255, size=(sh, sw), mode=mode, antialias=True, **corners)
                 boxes = _patch_boxes(sh, sw, patch, stride)
-                best = (float("-inf"), None)
+                scores = []
                 for i in range(0, len(boxes), batch_size):
                     chunk = boxes[i : i + batch_size]
                     crops = torch.cat([x[..., y0:y1, x0:x1] for x0, y0, x1, y1 in chunk])
-                    crops = F.interpolate(crops, size=(size, size), mode=mode,
-                                          align_corners=False if mode in ("bilinear", "bicubic") else None)
+                    crops = F.interpolate(crops, size=(size, size), mode=mode, **corners)
                     model.module(model.preprocess.normalize(crops.clamp(0, 1)).to(device))
-                    scores = _unit_scores(feats[unit.layer], unit).float().cpu()
-                    j = int(scores.argmax())
-                    if float(scores[j]) > best[0]:
-                        best = (float(scores[j]), chunk[j])
-                bx = [round(v / scale) for v in best[1]]
-                done[hashes[p]] = {"source": str(p), "sha256": hashes[p], "score": best[0],
-                                   "box": [bx[0], bx[1], min(w, bx[2]), min(h, bx[3])]}
-                _write_json_atomic(state_path, {"complete": False, "entries": done, "params": params})
+                    scores.append(torch.stack([_unit_scores(feats[layer], u).float().cpu() for u in units], 1))
+                per_unit = torch.cat(scores)  # (patches, units)
+                best = per_unit.argmax(0)
+                for k, st in enumerate(states):
+                    j = int(best[k])
+                    bx = [round(v / scale) for v in boxes[j]]
+                    st["entries"][hashes[p]] = {"source": str(p), "sha256": hashes[p],
+                                                "score": float(per_unit[j, k]),
+                                                "box": [bx[0], bx[1], min(w, bx[2]), min(h, bx[3])]}
+                save(complete=False)
     except KeyboardInterrupt:
-        _write_json_atomic(state_path, {"complete": False, "entries": done, "params": params})
+        save(complete=False)
+        n = min(len(st["entries"]) for st in states)
         raise MiningInterrupted(
-            f"mining interrupted after {len(done)} of {len(paths)} images; the scan is saved — run the same "
-            "command again to resume"
+            f"mining interrupted after {n} of {len(paths)} images; the scan is saved — run the same command "
+            "again to resume"
         ) from None
     finally:
         bar.close()
-    _write_json_atomic(state_path, {"complete": True, "entries": done, "params": params})
-    result = MiningResult([e for e in done.values() if e["box"] is not None], params, key,
-                          cache="resumed" if resumed else "miss")
-    return result
+    save(complete=True)
+    cache = "hit" if not todo else None
+    return [MiningResult([e for e in st["entries"].values() if e["box"] is not None], par, key,
+                         cache=cache or ("resumed" if res else "miss"))
+            for st, par, key, res in zip(states, params, keys, resumed, strict=True)]
 
 
 class MiningInterrupted(VitalError):
