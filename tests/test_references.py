@@ -186,3 +186,19 @@ def test_mining_several_units_in_one_scan_equals_one_at_a_time(tmp_path):
         one = references.mine(spec, u, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "b")
         assert got.top(6) == one.top(6) and got.params["unit"] == u.label()
     assert many[0].top(1)[0]["source"].endswith("img3.png")
+
+
+def test_a_cached_scan_points_at_the_current_folders_files(tmp_path):
+    import shutil
+
+    from vital_fv.targets import UnitTarget
+
+    (tmp_path / "imgs").mkdir()
+    _pattern_folder(tmp_path / "imgs")
+    spec = _red_detector()
+    references.mine(spec, UnitTarget("1", 0), tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "c")
+    shutil.move(tmp_path / "imgs", tmp_path / "moved")
+    again = references.mine(spec, UnitTarget("1", 0), tmp_path / "moved", patch=16, progress=False,
+                            cache_dir=tmp_path / "c")
+    assert again.cache == "hit" and again.top(1)[0]["source"] == str(tmp_path / "moved" / "img3.png")
+    assert references.mined_references(again, k=2).count == 2

@@ -492,6 +492,11 @@ def mine_many(
         ) from None
     finally:
         bar.close()
+    # Files are identified by content: a scan cached from the same images elsewhere points at this folder's files.
+    where = {h: str(p) for p, h in hashes.items()}
+    for st in states:
+        for h, e in st["entries"].items():
+            e["source"] = where.get(h, e["source"])
     save(complete=True)
     cache = "hit" if not todo else None
     return [MiningResult([e for e in st["entries"].values() if e["box"] is not None], par, key,
