@@ -11,6 +11,7 @@
     baseline). Random-init images' activation is shown for scale.
 
     python benchmarks/bench_units.py --units 20 --out benchmarks/results/cpu_units.md     # ~40 min on this CPU
+    python benchmarks/bench_units.py --only speed --out benchmarks/results/cpu_units_speed.md   # ~3 min
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main() -> int:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--steps", type=int, help="override steps (smoke tests only)")
     ap.add_argument("--speed-steps", type=int, default=40)
+    ap.add_argument("--only", choices=["speed", "quality"], help="run one part")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -104,13 +106,18 @@ def main() -> int:
              f"references = controls = top-{args.k} mined patches of the {len(list(photos.iterdir()))} bundled "
              f"photos (64 px, stride 32); preset {args.preset}, seed 0", ""]
 
-    lines += ["Speed (batch 1, quick preset; ratio = VITAL step / plain forward+backward of the whole model):", "",
-              "| target | relevance | ms/step | plain f+b ms | ratio |", "|---|---|---|---|---|"]
-    print("\n".join(lines), flush=True)
-    with frozen_on(spec.module, device):
-        speed_refs = references.mined_references(references.mine(spec, UnitTarget(args.layer, 17), photos,
-                                                                 progress=False), k=args.k)
-    lines += speed(spec, device, speed_refs, args.speed_steps)
+    if args.only != "quality":
+        lines += ["Speed (batch 1, quick preset; ratio = VITAL step / plain forward+backward of the whole model):",
+                  "", "| target | relevance | ms/step | plain f+b ms | ratio |", "|---|---|---|---|---|"]
+        print("\n".join(lines), flush=True)
+        with frozen_on(spec.module, device):
+            speed_refs = references.mined_references(references.mine(spec, UnitTarget(args.layer, 17), photos,
+                                                                     progress=False), k=args.k)
+        lines += speed(spec, device, speed_refs, args.speed_steps)
+    if args.only == "speed":
+        if args.out:
+            Path(args.out).write_text("\n".join(lines) + "\n")
+        return 0
 
     with frozen_on(spec.module, device):
         controls = [unit_values(spec, [u] * r.count, r.prepare(spec.preprocess)) for u, r in zip(units, refs,

@@ -195,3 +195,33 @@ def test_class_and_direction_targets_with_relevance(tiny_spec, refs_a):
     d = visualize(tiny_spec, DirectionTarget("act2", torch.rand(16), "concept"), refs_a, steps=3, progress=False)
     assert d.record["target"]["kind"] == "direction" and d.record["relevance"]["method"] == "lrp"
     assert not any(m._forward_hooks for m in tiny_spec.module.modules())
+
+
+def test_relevance_units_run_on_every_zoo_family():
+    """A neuron with LRP, two steps, on random-weight members of the five families (the paper's, downsized where
+    the architecture allows): the relevance copy is built, the loop runs, the record is complete."""
+    import torchvision.models as tvm
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from vital_fv.targets import UnitTarget
+    from vital_fv.zoo import Preprocess, load_model
+
+    torch.manual_seed(0)
+    pre = Preprocess(64, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    vit = VisionTransformer(image_size=64, patch_size=16, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64)
+    cases = [
+        (tvm.resnet50(), ["conv1", "layer1", "layer2", "layer3"], UnitTarget("layer3.5", 100, (2, 2))),
+        (tvm.densenet121(), ["features.conv0", "features.denseblock1"], UnitTarget("features.denseblock2", 7)),
+        (tvm.convnext_tiny(), ["features.0", "features.1"], UnitTarget("features.3.2", 5)),
+        (vit, ["encoder.layers.encoder_layer_0"], UnitTarget("encoder.layers.encoder_layer_2", 3)),
+    ]
+    refs = references.from_tensor(torch.rand(2, 3, 64, 64))
+    for module, layers, unit in cases:
+        spec = load_model(module, layers=layers, preprocess=pre, class_names=[], name=type(module).__name__)
+        if isinstance(module, VisionTransformer):
+            spec.fixed_size = True
+        r = visualize(spec, unit, refs, steps=2, progress=False, cache=False)
+        rec = r.record
+        assert rec["relevance"]["method"] == "lrp" and rec["steps_done"] == 2, type(module).__name__
+        assert rec["relevance"]["family"] in ("resnet", "densenet", "convnext", "vit")
+        assert all(abs(c - 1) < 0.05 for c in rec["relevance"]["conservation"].values()), rec["relevance"]

@@ -262,7 +262,7 @@ def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes a
         with torch.enable_grad():
             z = module.forward(xi)
         zd = z.detach()
-        (g,) = torch.autograd.grad(z, xi, r / zd.add_(torch.where(zd >= 0, 1e-6, -1e-6)))
+        (g,) = torch.autograd.grad(z, xi, r / zd.add_(torch.copysign(_EPS.to(zd), zd)))
         return x * g
 
     class PassRule(RuleHook):
@@ -303,6 +303,8 @@ def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes a
         def __init__(self) -> None:
             super().__init__()
             self.twins: dict[str, nn.Module] | None = None
+            self.signed = False  # whether this module's input was ever seen with negative values
+            self.calls = 0
 
         def _build(self, module: nn.Module) -> None:
             w = module.weight.detach()
@@ -322,8 +324,13 @@ def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes a
         def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             if self.twins is None:
                 self._build(module)
-            if bool(x.amin() >= 0):
-                return _z_rule(self.twins["mixed"], x, r)
+            # An input's sign is structural (after a ReLU it is never negative; a residual stream always has
+            # negatives): checked on the first calls, then every 64th, since the check costs a pass over x.
+            self.calls += 1
+            if not self.signed and (self.calls <= 4 or self.calls % 64 == 0):
+                self.signed = bool(x.amin() < 0)
+            if not self.signed:
+                return _z_rule(self.twins["mixed"], x, r)  # conserves even if a negative slipped in
             ins = [x.clamp(min=0).requires_grad_(True), x.clamp(max=0).requires_grad_(True)]
             with torch.enable_grad():
                 outs = [self.twins["pos"].forward(ins[0]), self.twins["neg"].forward(ins[1])]
@@ -346,6 +353,7 @@ def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes a
 
 
 _HOOKS: types.SimpleNamespace | None = None
+_EPS = torch.tensor(1e-6)  # the z-rule's stabilizer, signed like the denominator
 
 
 def guided_composite():  # noqa: ANN201 - zennit Composite
