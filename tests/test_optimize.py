@@ -198,11 +198,12 @@ def test_class_and_direction_targets_with_relevance(tiny_spec, refs_a):
 
 
 def test_relevance_units_run_on_every_zoo_family():
-    """A neuron with LRP, two steps, on random-weight members of the five families (the paper's, downsized where
+    """A unit with LRP, two steps, on random-weight members of the five families (the paper's, downsized where
     the architecture allows): the relevance copy is built, the loop runs, the record is complete."""
     import torchvision.models as tvm
     from torchvision.models.vision_transformer import VisionTransformer
 
+    from vital_fv.features import capture
     from vital_fv.targets import UnitTarget
     from vital_fv.zoo import Preprocess, load_model
 
@@ -210,14 +211,19 @@ def test_relevance_units_run_on_every_zoo_family():
     pre = Preprocess(64, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     vit = VisionTransformer(image_size=64, patch_size=16, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64)
     cases = [
-        (tvm.resnet50(), ["conv1", "layer1", "layer2", "layer3"], UnitTarget("layer3.5", 100, (2, 2))),
-        (tvm.densenet121(), ["features.conv0", "features.denseblock1"], UnitTarget("features.denseblock2", 7)),
-        (tvm.convnext_tiny(), ["features.0", "features.1"], UnitTarget("features.3.2", 5)),
-        (vit, ["encoder.layers.encoder_layer_0"], UnitTarget("encoder.layers.encoder_layer_2", 3)),
+        (tvm.resnet50(), ["conv1", "layer1", "layer2", "layer3"], "layer3.5"),
+        (tvm.densenet121(), ["features.conv0", "features.denseblock1"], "features.denseblock2"),
+        (tvm.convnext_tiny(), ["features.0", "features.1"], "features.3.2"),
+        (vit, ["encoder.layers.encoder_layer_0"], "encoder.layers.encoder_layer_2"),
     ]
     refs = references.from_tensor(torch.rand(2, 3, 64, 64))
-    for module, layers, unit in cases:
+    for module, layers, layer in cases:
         spec = load_model(module, layers=layers, preprocess=pre, class_names=[], name=type(module).__name__)
+        with torch.no_grad(), capture(module.eval(), [layer]) as feats:  # a channel that fires on the references
+            module(pre.normalize(refs.prepare(pre)))
+            acts = feats[layer].clamp(min=0)
+            per_channel = acts.sum((0, 1)) if acts.dim() == 3 else acts.sum((0, 2, 3))  # tokens: (B, T, D)
+            unit = UnitTarget(layer, int(per_channel.argmax()))
         if isinstance(module, VisionTransformer):
             spec.fixed_size = True
         r = visualize(spec, unit, refs, steps=2, progress=False, cache=False)
