@@ -231,3 +231,26 @@ def test_relevance_units_run_on_every_zoo_family():
         assert rec["relevance"]["method"] == "lrp" and rec["steps_done"] == 2, type(module).__name__
         assert rec["relevance"]["family"] in ("resnet", "densenet", "convnext", "vit")
         assert all(abs(c - 1) < 0.05 for c in rec["relevance"]["conservation"].values()), rec["relevance"]
+
+
+@pytest.mark.slow
+def test_lite0_unit_visualization_activates_the_unit_like_its_references(lite0, tmp_path):
+    """Real weights, bundled photos: VITAL + LRP for blocks.5.2:17 lifts the unit far above the optimizer's own
+    random start and into the range of its top mined references."""
+    from vital_fv.cli import main as cli
+    from vital_fv.features import capture
+    from vital_fv.params import init_pixels, item_generators
+    from vital_fv.targets import UnitTarget
+
+    assert cli(["photos", "--out", str(tmp_path / "photos")]) == 0
+    unit = UnitTarget("blocks.5.2", 17)
+    refs = references.mined_references(references.mine(lite0, unit, tmp_path / "photos", progress=False), k=10)
+    r = visualize(lite0, unit, refs, preset="quick", seed=0, progress=False)
+    value = r.record["target"]["value"]
+    with torch.no_grad(), capture(lite0.module, [unit.layer]) as feats:
+        lite0.module(lite0.preprocess.normalize(refs.prepare(lite0.preprocess)))
+        ref_values = [float(unit.value(a)) for a in feats[unit.layer]]
+        lite0.module(init_pixels(item_generators(range(8)), 224, torch.device("cpu")))
+        start_values = [float(unit.value(a)) for a in feats[unit.layer]]
+    assert value > max(start_values) + 0.75, (value, start_values)
+    assert min(ref_values) <= value <= max(ref_values), (value, ref_values)
