@@ -1,0 +1,205 @@
+"""The paper's metrics (SPEC §7): accuracy of a model on visualizations, Fréchet distance and KID on penultimate
+features, CLIP zero-shot, and CoSy's AUC / MAD for units.
+
+The Fréchet distance is computed exactly from an eigendecomposition instead of ``scipy.linalg.sqrtm``:
+tr(sqrt(S1 S2)) = sum(sqrt(eig(sqrt(S1) S2 sqrt(S1)))), where both matrices are symmetric positive semi-definite,
+so ``eigh`` applies and small samples (rank-deficient covariances) stay finite. (pytorch-fid also relies on a
+``disp`` argument that SciPy's current release removed.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import VitalError
+
+
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets x (n, d) and y (m, d)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise VitalError(f"feature sets must be (n, d) with the same d, got {x.shape} and {y.shape}")
+    if len(x) < 2 or len(y) < 2:
+        raise VitalError("the Fréchet distance needs at least two items on each side")
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    r1 = _psd_sqrt(s1)
+    eig = np.linalg.eigvalsh(r1 @ s2 @ r1)
+    tr_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+def kid(x: np.ndarray, y: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> float:
+    """Kernel Inception Distance: the unbiased MMD² with the cubic polynomial kernel (x·y / d + 1)³, averaged over
+    random subsets (all items when there are fewer than ``subset_size``)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n = min(len(x), len(y), subset_size)
+    if n < 2:
+        raise VitalError("KID needs at least two items on each side")
+    rng = np.random.default_rng(seed)
+    d = x.shape[1]
+    vals = []
+    for _ in range(subsets if n < min(len(x), len(y)) else 1):
+        a = x[rng.choice(len(x), n, replace=False)] if len(x) > n else x
+        b = y[rng.choice(len(y), n, replace=False)] if len(y) > n else y
+        vals.append(_mmd2_unbiased(a, b, d))
+    return float(np.mean(vals))
+
+
+def _mmd2_unbiased(a: np.ndarray, b: np.ndarray, d: int) -> float:
+    kaa = (a @ a.T / d + 1) ** 3
+    kbb = (b @ b.T / d + 1) ** 3
+    kab = (a @ b.T / d + 1) ** 3
+    n, m = len(a), len(b)
+    return float((kaa.sum() - np.trace(kaa)) / (n * (n - 1)) + (kbb.sum() - np.trace(kbb)) / (m * (m - 1))
+                 - 2 * kab.mean())
+
+
+def bootstrap_ci(
+    stat: Callable[[np.ndarray, np.ndarray], float],
+    x: np.ndarray,
+    y: np.ndarray,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(x, y)``, resampling both sets with replacement."""
+    rng = np.random.default_rng(seed)
+    vals = [stat(x[rng.integers(0, len(x), len(x))], y[rng.integers(0, len(y), len(y))]) for _ in range(n_boot)]
+    lo, hi = np.percentile(vals, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def cosy_auc(fv: Sequence[float], controls: Sequence[float]) -> float:
+    """CoSy AUC: ROC-AUC separating visualizations (label 1) from the unit's top natural images (label 0) by the
+    unit's activation; 0.5 = indistinguishable, above = the visualizations activate it more."""
+    from sklearn.metrics import roc_auc_score
+
+    if not fv or not controls:
+        raise VitalError("AUC needs visualizations and controls")
+    return float(roc_auc_score([1] * len(fv) + [0] * len(controls), [*fv, *controls]))
+
+
+def cosy_mad(fv: Sequence[float], controls: Sequence[float]) -> float:
+    """CoSy MAD: (mean act(FV) - mean act(controls)) / std(controls)."""
+    c = np.asarray(controls, np.float64)
+    sd = c.std()
+    if len(c) < 2 or sd == 0:
+        raise VitalError("MAD needs at least two controls with different activations")
+    return float((np.mean(fv) - c.mean()) / sd)
+
+
+def topk_hits(logits: torch.Tensor, labels: Sequence[int], k: int) -> list[bool]:
+    """Whether each item's label is among its top-k logits."""
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices.cpu()
+    return [int(lab) in row.tolist() for lab, row in zip(labels, top, strict=True)]
+
+
+def classifier_head(module: nn.Module) -> nn.Module:
+    """The classifier's last Linear layer, whose input is the penultimate representation."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise VitalError("the model has no Linear layer to read penultimate features from")
+    return linears[-1]
+
+
+@torch.no_grad()
+def logits_and_features(spec: Any, images01: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits and penultimate features (the classifier head's input) of images in [0, 1] at any size: each is
+    resized to the model's input size first."""
+    from torch.nn import functional as F
+
+    module = spec.module
+    device = next(module.parameters()).device
+    head = classifier_head(module)
+    store: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda _m, inp: store.append(inp[0].flatten(1).float().cpu()))
+    size = spec.preprocess.input_size
+    logits = []
+    try:
+        for i in range(0, len(images01), batch_size):
+            x = images01[i : i + batch_size].float()
+            if x.shape[-1] != size or x.shape[-2] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            logits.append(module(spec.preprocess.normalize(x.clamp(0, 1)).to(device)).float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(logits), torch.cat(store).numpy()
+
+
+class ClipZeroShot:
+    """CLIP zero-shot classification (the paper's transfer metric): per class, the text embeddings of the prompt
+    templates are normalized, averaged and normalized again; an image's class scores are cosine similarities.
+
+    ``model`` is an open_clip model (``encode_image``/``encode_text``), ``tokenizer`` its tokenizer; templates and
+    class names default to those that ship with open_clip (80 ImageNet templates, ImageNet class names).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, image_size: int = 224,
+                 mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073),
+                 std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711),
+                 class_names: Sequence[str] | None = None, templates: Sequence[Callable[[str], str]] | None = None,
+                 batch_size: int = 100) -> None:
+        import open_clip
+
+        self.model = model.eval()
+        self.image_size = image_size
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.class_names = list(class_names or open_clip.IMAGENET_CLASSNAMES)
+        templates = list(templates or open_clip.OPENAI_IMAGENET_TEMPLATES)
+        device = next(model.parameters()).device
+        weights = []
+        with torch.no_grad():
+            for name in self.class_names:
+                tokens = tokenizer([t(name) for t in templates]).to(device)
+                emb = []
+                for i in range(0, len(tokens), batch_size):
+                    emb.append(model.encode_text(tokens[i : i + batch_size]).float())
+                e = torch.cat(emb)
+                e = e / e.norm(dim=-1, keepdim=True)
+                e = e.mean(0)
+                weights.append(e / e.norm())
+        self.text = torch.stack(weights)  # (classes, dim)
+
+    @torch.no_grad()
+    def logits(self, images01: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        from torch.nn import functional as F
+
+        device = self.text.device
+        out = []
+        for i in range(0, len(images01), batch_size):
+            x = images01[i : i + batch_size].float()
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
+                              align_corners=False).clamp(0, 1)
+            x = ((x - self.mean) / self.std).to(device)
+            e = self.model.encode_image(x).float()
+            out.append((e / e.norm(dim=-1, keepdim=True)) @ self.text.t())
+        return torch.cat(out).cpu()
+
+
+def load_clip(checkpoint: str, arch: str = "ViT-B-32", device: str | torch.device = "cpu",
+              class_names: Sequence[str] | None = None) -> ClipZeroShot:
+    """A CLIP judge from a user's open_clip checkpoint file (nothing is downloaded); ImageNet classes by default."""
+    from pathlib import Path
+
+    try:
+        import open_clip
+    except ImportError:
+        raise VitalError("CLIP needs open_clip: pip install open_clip_torch") from None
+    if not Path(checkpoint).is_file():
+        raise VitalError(f"CLIP checkpoint {checkpoint} not found: give the path of an open_clip {arch} file")
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(checkpoint), device=device)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return ClipZeroShot(model, open_clip.get_tokenizer(arch), image_size=int(size), class_names=class_names)
