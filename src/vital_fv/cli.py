@@ -100,6 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--overwrite", action="store_true", help="replace an existing mining folder's record")
     mi.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    ev = sub.add_parser("evaluate", help="score a folder of results: the paper's Table 1 (accuracy, FD/KID, CLIP, "
+                                         "unit AUC/MAD)")
+    ev.add_argument("results", help="folder of results (NAME.png + NAME.json), searched recursively")
+    ev.add_argument("--out", default="report", help="report folder (default report/)")
+    ev.add_argument("--real", help="real images, one sub-folder per class (default: bundled photos)")
+    ev.add_argument("--judge", default="efficientnet_lite2", help="zoo model not used in the optimization, or none")
+    ev.add_argument("--fid-model", default="efficientnet_lite0",
+                    help="zoo model whose penultimate features give FD and KID, or none")
+    ev.add_argument("--clip-checkpoint", help="open_clip checkpoint file for CLIP zero-shot (top-1/top-5)")
+    ev.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture of the checkpoint")
+    ev.add_argument("--controls", help="for units: a `vital mine` folder, or a folder of them (AUC / MAD)")
+    ev.add_argument("--per-class", type=int, default=50, help="real images per class (default 50)")
+    ev.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the FD interval")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--no-plots", action="store_true")
+    ev.add_argument("--overwrite", action="store_true")
+
     ph = sub.add_parser("photos", help="write the photos that ship with scikit-image/scikit-learn to a folder")
     ph.add_argument("--out", required=True, help="output folder")
     ph.add_argument("--overwrite", action="store_true")
@@ -126,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         commands = {"visualize": cmd_visualize, "layers": cmd_layers, "classes": cmd_classes,
-                    "spectrum": cmd_spectrum, "mine": cmd_mine, "photos": cmd_photos}
+                    "spectrum": cmd_spectrum, "mine": cmd_mine, "photos": cmd_photos, "evaluate": cmd_evaluate}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("interrupted before the optimization started: nothing was written", file=sys.stderr)
@@ -215,6 +232,22 @@ def cmd_mine(args: argparse.Namespace) -> int:
     scores = refs.info["mining"]["scores"]
     print(f"{record}: {refs.count} references ({args.use}) for {unit.label()}, scores {scores[0]:.3g} .. "
           f"{scores[-1]:.3g}; contact sheet {out / 'contact_sheet.png'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    none = ("none", "")
+    rows = evaluate(args.results, args.out, real=args.real,
+                    judge=None if (args.judge or "").lower() in none else args.judge,
+                    fid_model=None if (args.fid_model or "").lower() in none else args.fid_model,
+                    clip_checkpoint=args.clip_checkpoint, clip_arch=args.clip_arch, controls=args.controls,
+                    n_boot=args.n_boot, per_class=args.per_class, device=args.device, overwrite=args.overwrite,
+                    plots=not args.no_plots)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    print(f"{len(rows)} rows; report in {args.out}/ (table.md, table.csv, items.csv"
+          f"{'' if args.no_plots else ', per_class.png, tsne.png'})")
     return 0
 
 

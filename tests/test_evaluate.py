@@ -1,0 +1,46 @@
+import csv
+import json
+
+import pytest
+
+from vital_fv.cli import main
+
+
+@pytest.fixture(scope="module")
+def results_folder(tmp_path_factory):
+    """A few quick Lite0 results of two methods and two classes, plus a corrupt record and an orphan record."""
+    out = tmp_path_factory.mktemp("results")
+    for cls in ("espresso", "tripod"):
+        assert main(["visualize", "--class", cls, "--steps", "2", "--n-refs", "3", "--out", str(out), "--quiet"]) == 0
+        assert main(["visualize", "--class", cls, "--method", "fourier", "--steps", "2", "--out", str(out),
+                     "--quiet"]) == 0
+    (out / "broken.json").write_text('{"vital_fv": "0.1", "method": ')
+    orphan = json.loads(next(out.glob("*espresso-s0.json")).read_text())
+    (out / "orphan.json").write_text(json.dumps(orphan))  # no orphan.png
+    return out
+
+
+def test_evaluate_names_bad_files_and_scores_the_rest(results_folder, tmp_path, capsys):
+    report = tmp_path / "report"
+    with pytest.warns(UserWarning) as caught:
+        assert main(["evaluate", str(results_folder), "--out", str(report), "--per-class", "6", "--n-boot", "10"]) == 0
+    messages = " ".join(str(w.message) for w in caught)
+    assert "broken.json" in messages and "orphan.json" in messages
+    table = (report / "table.md").read_text()
+    assert "| efficientnet_lite0 | fourier | 2 |" in table and "| efficientnet_lite0 | vital | 2 |" in table
+    rows = list(csv.DictReader((report / "table.csv").read_text().splitlines()))
+    assert {r["method"] for r in rows} == {"vital", "fourier"}
+    for r in rows:
+        assert 0 <= float(r["model_top1"]) <= 100 and 0 <= float(r["judge_top5"]) <= 100
+        assert float(r["fd"]) > 0 and float(r["fd_real"]) >= 0 and r["kid"] != ""
+    items = list(csv.DictReader((report / "items.csv").read_text().splitlines()))
+    assert len(items) == 4 and all(i["judge_top1"] in ("True", "False") for i in items)
+    assert (report / "per_class.png").stat().st_size > 0 and (report / "tsne.png").stat().st_size > 0
+    assert "efficientnet_lite0" in capsys.readouterr().out
+    assert main(["evaluate", str(results_folder), "--out", str(report)]) == 2  # refuses to overwrite
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_evaluate_an_empty_folder_is_an_error(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "no result records" in capsys.readouterr().err
