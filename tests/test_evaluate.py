@@ -27,7 +27,8 @@ def test_evaluate_names_bad_files_and_scores_the_rest(results_folder, tmp_path, 
     messages = " ".join(str(w.message) for w in caught)
     assert "broken.json" in messages and "orphan.json" in messages
     table = (report / "table.md").read_text()
-    assert "| efficientnet_lite0 | fourier | 2 |" in table and "| efficientnet_lite0 | vital | 2 |" in table
+    assert "| efficientnet_lite0 | fourier | classes | 2 |" in table
+    assert "| efficientnet_lite0 | vital | classes | 2 |" in table
     rows = list(csv.DictReader((report / "table.csv").read_text().splitlines()))
     assert {r["method"] for r in rows} == {"vital", "fourier"}
     for r in rows:

@@ -119,14 +119,21 @@ def real_images(real: str | os.PathLike[str] | None, spec: Any, wanted: dict[int
 class Evaluator:
     """Loads each model once and scores items; see ``evaluate``."""
 
-    def __init__(self, judge: str | None, fid_model: str | None, device: str = "auto",
-                 clip_checkpoint: str | None = None, clip_arch: str = "ViT-B-32") -> None:
+    def __init__(self, device: str = "auto", clip_checkpoint: str | None = None, clip_arch: str = "ViT-B-32",
+                 models: dict[str, Any] | None = None) -> None:
         from .optimize import resolve_device
 
         self.device = resolve_device(device)
         self._models: dict[str, Any] = {}
-        self.judge_name, self.fid_name = judge, fid_model
+        for spec in (models or {}).values():
+            self.add(spec)
         self.clip = metrics.load_clip(clip_checkpoint, clip_arch, self.device) if clip_checkpoint else None
+
+    def add(self, spec: Any) -> str:
+        """Register a ``ModelSpec`` (models outside the zoo, e.g. trained in a benchmark) under its name."""
+        spec.module.eval().requires_grad_(False).to(self.device)
+        self._models[spec.name] = spec
+        return spec.name
 
     def model(self, name: str, record_model: dict[str, Any] | None = None) -> Any:
         from .zoo import load_model
@@ -146,8 +153,8 @@ def evaluate(
     results: str | os.PathLike[str],
     out: str | os.PathLike[str],
     real: str | os.PathLike[str] | None = None,
-    judge: str | None = "efficientnet_lite2",
-    fid_model: str | None = "efficientnet_lite0",
+    judge: Any = "efficientnet_lite2",
+    fid_model: Any = "efficientnet_lite0",
     clip_checkpoint: str | None = None,
     clip_arch: str = "ViT-B-32",
     controls: str | os.PathLike[str] | None = None,
@@ -156,15 +163,21 @@ def evaluate(
     device: str = "auto",
     overwrite: bool = False,
     plots: bool = True,
+    models: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score a results folder and write the report; returns the table rows."""
+    """Score a results folder and write the report; returns the table rows.
+
+    ``judge`` and ``fid_model`` are zoo names or ``ModelSpec`` objects; ``models`` maps the model names in the
+    records to ``ModelSpec`` objects for models the zoo cannot load by name."""
     from .result import atomic_write_bytes, ensure_writable_dir, refuse_overwrite
 
     out_dir = ensure_writable_dir(out)
     outputs = [out_dir / n for n in ("table.md", "table.csv", "items.csv", "per_class.png", "tsne.png")]
     refuse_overwrite(outputs, overwrite)
     items = load_results(results)
-    ev = Evaluator(judge, fid_model, device, clip_checkpoint, clip_arch)
+    ev = Evaluator(device, clip_checkpoint, clip_arch, models)
+    judge = ev.add(judge) if judge is not None and not isinstance(judge, str) else judge
+    fid_model = ev.add(fid_model) if fid_model is not None and not isinstance(fid_model, str) else fid_model
     class_items = [it for it in items if it.kind == "class"]
     unit_items = [it for it in items if it.kind == "unit"]
     rows: list[dict[str, Any]] = []
@@ -212,14 +225,14 @@ def evaluate(
     unit_scores = _unit_scores(ev, unit_items, controls) if unit_items else {}
 
     for (model_name, method), group in sorted(groups.items()):
-        row: dict[str, Any] = {"model": model_name, "method": method, "items": len(group)}
+        row: dict[str, Any] = {"model": model_name, "method": method, "targets": "classes", "items": len(group)}
         for key in ("model_top1", "judge_top1", "judge_top5", "clip_top1", "clip_top5"):
             vals = [it.scores[key] for it in group if key in it.scores]
             row[key] = round(100 * float(np.mean(vals)), 2) if vals else None
         _frechet_row(row, group, real_feats, n_boot)
         rows.append(row)
     for (model_name, method), vals in sorted(unit_scores.items()):
-        rows.append({"model": model_name, "method": method, "items": len(vals["auc"]),
+        rows.append({"model": model_name, "method": method, "targets": "units", "items": len(vals["auc"]),
                      "auc": round(float(np.mean(vals["auc"])), 3), "mad": round(float(np.mean(vals["mad"])), 3)})
 
     _write_tables(rows, items, out_dir, atomic_write_bytes)
@@ -295,7 +308,7 @@ def _unit_scores(ev: Evaluator, unit_items: list[Item], controls: str | os.PathL
     return out
 
 
-COLUMNS = [("model", "model"), ("method", "method"), ("items", "n"), ("model_top1", "model top-1 %"),
+COLUMNS = [("model", "model"), ("method", "method"), ("targets", "targets"), ("items", "n"), ("model_top1", "model top-1 %"),
            ("judge_top1", "judge top-1 %"), ("judge_top5", "judge top-5 %"), ("fd", "FD"), ("fd_ci", "FD 95% CI"),
            ("fd_real", "FD real-vs-real"), ("kid", "KID"), ("kid_real", "KID real-vs-real"),
            ("clip_top1", "CLIP top-1 %"), ("clip_top5", "CLIP top-5 %"), ("auc", "unit AUC"), ("mad", "unit MAD")]
