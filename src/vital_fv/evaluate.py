@@ -308,7 +308,8 @@ def _unit_scores(ev: Evaluator, unit_items: list[Item], controls: str | os.PathL
     return out
 
 
-COLUMNS = [("model", "model"), ("method", "method"), ("targets", "targets"), ("items", "n"), ("model_top1", "model top-1 %"),
+COLUMNS = [("model", "model"), ("method", "method"), ("targets", "targets"), ("items", "n"),
+           ("model_top1", "model top-1 %"),
            ("judge_top1", "judge top-1 %"), ("judge_top5", "judge top-5 %"), ("fd", "FD"), ("fd_ci", "FD 95% CI"),
            ("fd_real", "FD real-vs-real"), ("kid", "KID"), ("kid_real", "KID real-vs-real"),
            ("clip_top1", "CLIP top-1 %"), ("clip_top5", "CLIP top-5 %"), ("auc", "unit AUC"), ("mad", "unit MAD")]
