@@ -3,6 +3,11 @@ Lite0's own top-1 on each method's images, and EfficientNet-Lite2's top-1/top-5 
 sees) — the comparison of the paper's Table 1 on models and data that run here.
 
     python benchmarks/bench_methods.py --seeds 0 --out benchmarks/results/cpu_methods.md        # ~15 min on this CPU
+
+With ``--save DIR`` every image is kept with its record, for `vital evaluate` (the Table 1 setting 1):
+
+    python benchmarks/bench_methods.py --seeds 0,1,2 --save /tmp/vital-imagenet
+    vital evaluate /tmp/vital-imagenet --judge efficientnet_lite2 --fid-model efficientnet_lite0 --out report/
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, help="override steps (smoke tests only)")
     ap.add_argument("--out")
+    ap.add_argument("--save", help="folder to keep every image and record in (for vital evaluate)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -59,6 +65,9 @@ def main() -> int:
                                    progress=False)
             wall += time.perf_counter() - t
             steps = res[0].record["steps_done"]
+            if args.save:
+                for job, r in zip(jobs, res, strict=True):
+                    r.save(Path(args.save) / method / f"{cname}-s{job.seed}.png", overwrite=True)
             tally.add(torch.stack([r.image for r in res]), index)
         lines.append(f"| {method} | {steps} | {tally.n} | {tally.cells()} | {wall / tally.n:.1f} |")
         print(lines[-1], flush=True)
