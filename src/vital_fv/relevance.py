@@ -306,20 +306,25 @@ def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes a
             self.signed = False  # whether this module's input was ever seen with negative values
             self.calls = 0
 
+        @staticmethod
+        def _twin(module: nn.Module, weight: torch.Tensor) -> nn.Module:
+            twin = copy.copy(module)  # shallow: its own parameter dict and no hooks
+            twin._parameters = dict(module._parameters)
+            twin._forward_hooks = type(module._forward_hooks)()
+            twin._forward_pre_hooks = type(module._forward_pre_hooks)()
+            twin._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
+            if twin._parameters.get("bias") is not None:
+                twin._parameters["bias"] = None
+            return twin
+
         def _build(self, module: nn.Module) -> None:
+            # Built on first use and shared where equal, so a ViT-L copy does not triple its weights.
             w = module.weight.detach()
+            pos = w.clamp(min=0)
             no_pos = (w.flatten(1) > 0).sum(1) == 0
-            mixed = torch.where(no_pos.view(-1, *([1] * (w.dim() - 1))), w, w.clamp(min=0))
-            self.twins = {}
-            for key, weight in (("pos", w.clamp(min=0)), ("neg", w.clamp(max=0)), ("mixed", mixed)):
-                twin = copy.copy(module)  # shallow: its own parameter dict and no hooks
-                twin._parameters = dict(module._parameters)
-                twin._forward_hooks = type(module._forward_hooks)()
-                twin._forward_pre_hooks = type(module._forward_pre_hooks)()
-                twin._parameters["weight"] = nn.Parameter(weight.clone(), requires_grad=False)
-                if twin._parameters.get("bias") is not None:
-                    twin._parameters["bias"] = None
-                self.twins[key] = twin
+            self.twins = {"pos": self._twin(module, pos)}
+            self.twins["mixed"] = self.twins["pos"] if not bool(no_pos.any()) else self._twin(
+                module, torch.where(no_pos.view(-1, *([1] * (w.dim() - 1))), w, pos))
 
         def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             if self.twins is None:
@@ -331,6 +336,8 @@ def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes a
                 self.signed = bool(x.amin() < 0)
             if not self.signed:
                 return _z_rule(self.twins["mixed"], x, r)  # conserves even if a negative slipped in
+            if "neg" not in self.twins:
+                self.twins["neg"] = self._twin(module, module.weight.detach().clamp(max=0))
             ins = [x.clamp(min=0).requires_grad_(True), x.clamp(max=0).requires_grad_(True)]
             with torch.enable_grad():
                 outs = [self.twins["pos"].forward(ins[0]), self.twins["neg"].forward(ins[1])]
