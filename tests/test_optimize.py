@@ -155,6 +155,7 @@ def test_unit_with_lrp_lowers_the_weighted_loss_and_records_relevance(tiny_spec,
     rec = r.record
     assert rec["target"]["kind"] == "unit" and rec["target"]["channel"] == 3 and "value" in rec["target"]
     assert rec["layers"]["layers"] == ["act1"]  # the layers below the unit
+    assert rec["optimizer"]["jitter"] == 4  # 30 px at 224 px, scaled to the 32 px input
     assert rec["relevance"]["method"] == "lrp" and rec["relevance"]["references_used"] == refs_a.count
     curve = rec["loss"]["act1"]
     assert curve[-1] < 0.6 * curve[0]

@@ -163,6 +163,11 @@ def visualize_batch(
     if not jobs:
         raise VitalError("nothing to visualize: give at least one target")
     opt_preset = _optim_preset(preset, steps, lr)
+    size = size or model.preprocess.input_size
+    if size < 224 and opt_preset.jitter:
+        # The authors' 30 px of roll jitter is for 224 px images; on small inputs (32 px Fashion-MNIST models) it
+        # would roll the whole image around. Below 224 px it scales with the image.
+        opt_preset = replace(opt_preset, jitter=max(1, round(opt_preset.jitter * size / 224)))
     units = [j.target for j in jobs if not isinstance(j.target, ClassTarget)]
     if units and len(units) != len(jobs):
         raise VitalError("one batch holds either class targets or unit/direction targets, not both")
@@ -176,7 +181,6 @@ def visualize_batch(
             f"`vital layers --model {model.name}` lists them"
         )
     resolve_layers(model.module, layer_preset.layers, model.name)
-    size = size or model.preprocess.input_size
     if model.fixed_size and size != model.preprocess.input_size:
         raise VitalError(
             f"{model.name} takes exactly {model.preprocess.input_size}x{model.preprocess.input_size} inputs "
