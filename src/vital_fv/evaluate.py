@@ -73,9 +73,13 @@ def load_results(folder: str | os.PathLike[str]) -> list[Item]:
     return items
 
 
-def _stack(images: list[torch.Tensor], size: int = 224) -> torch.Tensor:
+def _stack(images: list[torch.Tensor], size: int | None = None) -> torch.Tensor:
+    """One batch; images keep their size when they share it (each model then resizes once, to its own input)."""
     from torch.nn import functional as F
 
+    if size is None and len({tuple(i.shape) for i in images}) == 1:
+        return torch.stack(images)
+    size = size or max(i.shape[-1] for i in images)
     return torch.stack([F.interpolate(i[None], size=(size, size), mode="bilinear", antialias=True,
                                       align_corners=False)[0] for i in images])
 
