@@ -371,10 +371,9 @@ def mining_key(model: Any, unit: Any, hashes: Sequence[str], patch: int, stride:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    from .result import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 def mine(

@@ -430,6 +430,7 @@ class Relevance:
         self.model_name = model_name
         self._gate = _Gate()
         self.module, self.family = prepare_copy(module, self._gate)
+        self._resolved: tuple[list[str], list[nn.Module]] = ([], [])
         self._composite = lrp_composite(self.family) if self.method == "lrp" else guided_composite()
         self._composite.register(self.module)
 
@@ -470,7 +471,9 @@ class Relevance:
             raise VitalError(f"{len(targets)} targets for a batch of {x.shape[0]}")
         layer = _target_layer(targets)
         names = list(dict.fromkeys(self.layers + ([layer] if layer else [])))
-        mods = resolve_layers(self.module, names, self.model_name)
+        if names != self._resolved[0]:  # resolved once per layer set, not on every optimization step
+            self._resolved = (names, resolve_layers(self.module, names, self.model_name))
+        mods = self._resolved[1]
         outs: dict[str, torch.Tensor] = {}
         handles = []
 
