@@ -194,3 +194,13 @@ def test_mine_then_visualize_a_unit_end_to_end(capsys, tmp_path):
                  "--relevance", "guided-backprop", "--steps", "3", "--out", str(out), "--name", "gb",
                  "--quiet"]) == 0
     assert json.loads((out / "gb.json").read_text())["relevance"]["method"] == "guided_backprop"
+
+
+def test_unit_input_errors_are_specific(capsys, tmp_path):
+    assert main(["visualize", "--class", "espresso", "--images", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--images mines references for a unit" in capsys.readouterr().err
+    assert main(["mine", "--unit", "blocks.5.2:1", "--images", str(tmp_path), "--patch", "4", "--out",
+                 str(tmp_path / "m")]) == 2
+    assert "--patch must be at least 8 px" in capsys.readouterr().err
+    assert main(["mine", "--unit", "blocks.5.2", "--images", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert "write LAYER:CHANNEL" in capsys.readouterr().err
