@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
+    def scan_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+        sp.add_argument("--cache-dir", help="where image scans are kept for resuming (default ~/.cache/vital-fv)")
+        sp.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name (default {DEFAULT_MODEL})")
         sp.add_argument("--weights", help="state dict or checkpoint file (torchvision models)")
@@ -47,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     what = v.add_mutually_exclusive_group(required=True)
     what.add_argument("--class", dest="cls", help="class index or name (e.g. 967 or espresso)")
     what.add_argument("--unit", help="LAYER:CHANNEL or LAYER:CHANNEL@Y,X (a channel, or one neuron of it)")
+    what.add_argument("--concept", help="FILE:INDEX, a concept from `vital concepts` (concepts.safetensors:3)")
     src = v.add_mutually_exclusive_group()
     src.add_argument("--refs", nargs="+",
                      help="reference folder (a `vital mine` folder for units), or image files (default: bundled)")
     src.add_argument("--pool", help="unlabelled folder: use the N images the model rates most probable")
-    src.add_argument("--images", help="units: mine the top --n-refs patches of this folder (cached), then visualize")
+    src.add_argument("--images", help="units: mine the top --n-refs patches of this folder (cached), then visualize; "
+                                      "concepts: its --n-refs crops that express the concept most")
     v.add_argument("--relevance", choices=["lrp", "guided-backprop", "none"],
                    help="weight activations by their relevance for the target (default: lrp for units, none "
                         "for classes)")
@@ -95,10 +103,59 @@ def build_parser() -> argparse.ArgumentParser:
                     help="references are the patches (default, as the paper) or their source images (as its code)")
     mi.add_argument("--out", required=True, help="output folder: patches/, contact_sheet.png, mining.json")
     mi.add_argument("--batch-size", type=int, default=32)
-    mi.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    mi.add_argument("--cache-dir", help="where scans are kept for resuming (default ~/.cache/vital-fv)")
-    mi.add_argument("--overwrite", action="store_true", help="replace an existing mining folder's record")
-    mi.add_argument("--quiet", action="store_true", help="no progress bar")
+    scan_args(mi)
+
+    co = sub.add_parser("concepts", help="CRAFT concepts of a class: NMF directions at the last hidden layer, ranked "
+                                         "by Sobol importance, with their top crops")
+    model_args(co)
+    co.add_argument("--class", dest="cls", required=True, help="class index or name")
+    co.add_argument("--images", required=True, help="folder of the class's images (searched recursively)")
+    co.add_argument("--n-concepts", type=int, default=10, help="number of concepts (default 10)")
+    co.add_argument("--layer", help="layer to factorize (default: the last hidden layer, e.g. bn2 on Lite0)")
+    co.add_argument("--patch", type=int, default=64, help="crop size in px at the model's input scale (default 64)")
+    co.add_argument("--stride", type=int, help="crop stride in px (default: the crop size, as CRAFT)")
+    co.add_argument("--top", type=int, default=10, help="top crops kept per concept (default 10)")
+    co.add_argument("--nb-design", type=int, default=32, help="Sobol design size (a power of 2, default 32)")
+    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--out", required=True, help="output folder: concepts.safetensors, concepts.json, "
+                                                 "contact_sheet.png, crops/")
+    scan_args(co)
+
+    def vital_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--preset", default="paper", choices=list(OPTIM_PRESETS), help="optimization preset")
+        sp.add_argument("--steps", type=int, help="override the preset's step count")
+        sp.add_argument("--lr", type=float, help="override the preset's learning rate")
+        sp.add_argument("--seed", type=int, default=0, help="seed of the visualizations and of k-means (default 0)")
+        sp.add_argument("--relevance", choices=["lrp", "guided-backprop", "none"], default="lrp",
+                        help="relevance weighting of the unit visualizations (default lrp)")
+        sp.add_argument("--patch", type=int, default=64, help="patch size in px at the model's input scale")
+        scan_args(sp)
+
+    ds = sub.add_parser("disentangle", help="polysemantic unit: cluster its top patches, one VITAL image per cluster")
+    model_args(ds)
+    ds.add_argument("--unit", required=True, help="LAYER:CHANNEL")
+    ds.add_argument("--images", required=True, help="folder of images to take the unit's top patches from")
+    ds.add_argument("--clusters", type=int, default=3, help="number of meanings (k-means clusters, default 3)")
+    ds.add_argument("--patches", type=int, default=1000, help="top patches to cluster (default 1000, as the paper)")
+    ds.add_argument("--per-image", type=int, help="at most this many patches from one image (default: no limit)")
+    ds.add_argument("--cluster-layer", help="cluster the patches' activations at this layer (default: the unit's)")
+    ds.add_argument("--stride", type=int, help="patch stride in px (default half a patch)")
+    ds.add_argument("--n-refs", type=int, default=50, help="references per cluster: its top patches (default 50)")
+    ds.add_argument("--out", required=True, help="output folder: cluster-C.png, cluster-C-patches.png, overview.png, "
+                                                 "disentangle.json")
+    vital_args(ds)
+
+    ci = sub.add_parser("circuit", help="a class's top channels of the last hidden layer by LRP relevance, "
+                                        "visualized, in one figure")
+    model_args(ci)
+    ci.add_argument("--class", dest="cls", required=True, help="class index or name")
+    ci.add_argument("--images", required=True, help="folder of the class's images (relevance is summed over them)")
+    ci.add_argument("--mine", help="folder to mine the channels' references from (default: --images)")
+    ci.add_argument("--top", type=int, default=3, help="number of channels (default 3, as the paper)")
+    ci.add_argument("--layer", help="layer whose channels are ranked (default: the last hidden layer)")
+    ci.add_argument("--n-refs", type=int, default=50, help="references per channel (default 50)")
+    ci.add_argument("--out", required=True, help="output folder: unit-C.png per channel, circuit.png, circuit.json")
+    vital_args(ci)
 
     ev = sub.add_parser("evaluate", help="score a folder of results: the paper's Table 1 (accuracy, FD/KID, CLIP, "
                                          "unit AUC/MAD)")
@@ -143,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         commands = {"visualize": cmd_visualize, "layers": cmd_layers, "classes": cmd_classes,
-                    "spectrum": cmd_spectrum, "mine": cmd_mine, "photos": cmd_photos, "evaluate": cmd_evaluate}
+                    "spectrum": cmd_spectrum, "mine": cmd_mine, "photos": cmd_photos, "evaluate": cmd_evaluate,
+                    "concepts": cmd_concepts, "disentangle": cmd_disentangle, "circuit": cmd_circuit}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("interrupted before the optimization started: nothing was written", file=sys.stderr)
@@ -235,6 +293,111 @@ def cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_concepts(args: argparse.Namespace) -> int:
+    from .concepts import CONCEPTS_FILE, CONCEPTS_RECORD, extract_concepts, save_concepts
+    from .optimize import frozen_on, resolve_device
+    from .result import refuse_overwrite
+    from .targets import ClassTarget
+
+    out = Path(args.out)
+    refuse_overwrite([out / CONCEPTS_FILE, out / CONCEPTS_RECORD], args.overwrite)
+    spec = _load(args)
+    index, name = ClassTarget(args.cls).resolve(spec.class_names, spec.class_synonyms)
+    with frozen_on(spec.module, resolve_device(args.device)):
+        concepts = extract_concepts(spec, index, args.images, n_concepts=args.n_concepts, layer=args.layer,
+                                    patch=args.patch, stride=args.stride, top=args.top, nb_design=args.nb_design,
+                                    seed=args.seed, progress=not args.quiet, cache_dir=args.cache_dir,
+                                    class_name=name)
+    path = save_concepts(concepts, out, overwrite=args.overwrite)
+    p = concepts.params
+    print(f"{path}: {p['n_concepts']} concepts of {name} ({index}) at {p['layer']} from {p['crops']} crops of "
+          f"{p['image_count']} images (NMF error {p['nmf']['relative_error']:.2f}, head {p['head']})")
+    for i, imp in enumerate(concepts.importance.tolist()):
+        print(f"  concept {i}: importance {imp:.3f}")
+    print(f"contact sheet {out / 'contact_sheet.png'}; visualize one: vital visualize --model {spec.name} "
+          f"--concept {path}:0")
+    return 0
+
+
+def _vital_options(args: argparse.Namespace) -> dict:
+    return {"preset": args.preset, "steps": args.steps, "lr": args.lr, "device": args.device,
+            "relevance": None if args.relevance == "none" else args.relevance.replace("-", "_")}
+
+
+def cmd_disentangle(args: argparse.Namespace) -> int:
+    from .optimize import frozen_on, resolve_device
+    from .polysemantic import RECORD, disentangle, save_disentangled, visualize_clusters
+    from .result import ensure_writable_dir, refuse_overwrite
+    from .targets import UnitTarget
+
+    out = ensure_writable_dir(args.out)
+    refuse_overwrite([out / RECORD, out / "overview.png"], args.overwrite)
+    spec = _load(args)
+    unit = UnitTarget.parse(args.unit)
+    with frozen_on(spec.module, resolve_device(args.device)):
+        dis = disentangle(spec, unit, args.images, clusters=args.clusters, patches=args.patches,
+                          per_image=args.per_image, cluster_layer=args.cluster_layer, patch=args.patch,
+                          stride=args.stride, seed=args.seed, progress=not args.quiet, cache_dir=args.cache_dir)
+    sizes = [len(dis.members(c)) for c in range(dis.n_clusters)]
+    print(f"{unit.label()}: {dis.params['patches']} top patches of {dis.params['image_count']} images in "
+          f"{dis.n_clusters} clusters of {', '.join(map(str, sizes))}; visualizing each", file=sys.stderr)
+    results = _vital_or_save(args, lambda: visualize_clusters(spec, dis, top=args.n_refs, seed=args.seed,
+                                                              progress=not args.quiet, **_vital_options(args)),
+                             [out / f"cluster-{c}.png" for c in range(dis.n_clusters)])
+    record = save_disentangled(dis, results, out, top=args.n_refs, overwrite=args.overwrite)
+    for c, r in enumerate(results):
+        print(f"{out / f'cluster-{c}.png'}  [{r.status}] {sizes[c]} patches, unit value "
+              f"{r.record['target'].get('value'):.3g}; patches {out / f'cluster-{c}-patches.png'}")
+    print(f"{record}; side by side: {out / 'overview.png'}")
+    return 130 if any(r.status == "interrupted" for r in results) else 0
+
+
+def cmd_circuit(args: argparse.Namespace) -> int:
+    from .circuits import RECORD, build_circuit, rank_channels, save_circuit
+    from .optimize import frozen_on, resolve_device
+    from .result import ensure_writable_dir, refuse_overwrite
+    from .targets import ClassTarget
+
+    out = ensure_writable_dir(args.out)
+    refuse_overwrite([out / RECORD, out / "circuit.png"], args.overwrite)
+    spec = _load(args)
+    index, name = ClassTarget(args.cls).resolve(spec.class_names, spec.class_synonyms)
+    with frozen_on(spec.module, resolve_device(args.device)):
+        ranking = rank_channels(spec, index, args.images, layer=args.layer, progress=not args.quiet,
+                                cache_dir=args.cache_dir)
+    shares = ranking.shares()
+    top = ranking.order()[: args.top]
+    print(f"{name} ({index}): top channels of {ranking.layer} over {ranking.params['image_count']} images: "
+          + ", ".join(f"#{c} {100 * shares[c]:.1f}%" for c in top), file=sys.stderr)
+    holder: dict = {}
+
+    def run():  # noqa: ANN202
+        holder["circuit"] = build_circuit(spec, ranking, args.mine or args.images, top=args.top, n_refs=args.n_refs,
+                                          seed=args.seed, progress=not args.quiet, cache_dir=args.cache_dir,
+                                          **_vital_options(args))
+        return holder["circuit"].results
+
+    results = _vital_or_save(args, run, [out / f"unit-{c}.png" for c in top])
+    record = save_circuit(holder["circuit"], out, overwrite=args.overwrite)
+    for c, r in zip(top, results, strict=True):
+        print(f"{out / f'unit-{c}.png'}  [{r.status}] channel {c}: share {100 * shares[c]:.1f}%, unit value "
+              f"{r.record['target'].get('value'):.3g}")
+    print(f"{record}; figure: {out / 'circuit.png'}")
+    return 130 if any(r.status == "interrupted" for r in results) else 0
+
+
+def _vital_or_save(args: argparse.Namespace, run, pngs: list[Path]) -> list:  # noqa: ANN001
+    """Run the visualizations; after a non-finite loss keep the last finite images and stop with an error."""
+    from .optimize import NonFiniteLossError
+
+    try:
+        return run()
+    except NonFiniteLossError as exc:
+        for r, png in zip(exc.results, pngs, strict=True):
+            r.save(png, overwrite=True)
+        raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
@@ -314,6 +477,14 @@ def cmd_visualize(args: argparse.Namespace) -> int:
             raise VitalError("a VITAL unit visualization needs the unit's references: --images DIR (mines them) "
                              "or --refs FOLDER from `vital mine`")
         index, cname, slug = -1, target.label(), target.slug()
+    elif args.concept:
+        from .concepts import load_concept
+
+        concept = load_concept(args.concept)
+        target = concept.target
+        if args.method != "vital":
+            raise VitalError("--concept is visualized with VITAL (a direction has no activation to maximize here)")
+        index, cname, slug = -1, target.label(), target.slug()
     else:
         target = ClassTarget(args.cls)
         index, cname = target.resolve(spec.class_names, spec.class_synonyms)
@@ -334,9 +505,25 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         if args.relevance not in (None, "none"):
             raise VitalError("--relevance weights VITAL's matching; the baselines maximize activations without it")
         return _run_baseline(args, spec, target, index, cname, pngs)
-    if args.images and not args.unit:
-        raise VitalError("--images mines references for a unit: give --unit, or --pool DIR for a class")
-    if args.images:
+    if args.images and not (args.unit or args.concept):
+        raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or --pool "
+                         "DIR for a class")
+    if args.concept and args.pool:
+        raise VitalError("--pool ranks images by a class: for a concept give --images DIR or --refs")
+    if args.concept and not args.refs:
+        from .concepts import concept_references_from
+        from .optimize import frozen_on, resolve_device
+
+        if args.images:
+            with frozen_on(spec.module, resolve_device(args.device)):
+                references = concept_references_from(spec, concept, args.images, k=args.n_refs,
+                                                     progress=not args.quiet, cache_dir=args.cache_dir)
+        else:
+            if spec.name != concept.record["model"]:
+                raise VitalError(f"the concepts were extracted on {concept.record['model']}, not {spec.name}: "
+                                 f"use --model {concept.record['model']}")
+            references = concept.references()
+    elif args.images:
         references = _mine(args, spec, target, args.n_refs, args.use)[1]
     elif args.pool:
         references = refs_mod.from_pool(args.pool, spec, index, n=args.n_refs, progress=not args.quiet)
@@ -363,7 +550,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     what = cname if index < 0 else f"{cname} ({index})"
     print(f"visualizing {what} on {spec.name} from {references.count} references "
           f"({references.describe()['label']}), preset {args.preset}, relevance "
-          f"{relevance if relevance != 'auto' else ('lrp' if args.unit else 'none')}, "
+          f"{relevance if relevance != 'auto' else ('lrp' if args.unit or args.concept else 'none')}, "
           f"seeds {','.join(map(str, args.seeds))}", file=sys.stderr)
     return _run_and_save(args, lambda: visualize_batch(
         spec, jobs, preset=args.preset, steps=args.steps, lr=args.lr, layers=layers, size=args.size,

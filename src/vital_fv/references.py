@@ -13,7 +13,7 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,6 +364,31 @@ def _patch_boxes(h: int, w: int, patch: int, stride: int) -> list[tuple[int, int
     return [(x, y, x + patch, y + patch) for y in starts(h) for x in starts(w)]
 
 
+def image_patches(
+    img: torch.Tensor, preprocess: Any, patch: int, stride: int, batch_size: int = 32
+) -> Iterator[tuple[list[list[int]], torch.Tensor]]:
+    """Cut a uint8 image into patches as mining and concept extraction see them: the image scaled so its short side
+    is the model's input size, ``patch`` px squares every ``stride`` px, each resized to the input size.
+
+    Yields (boxes in source pixels [x0, y0, x1, y1], (n, 3, S, S) patches in [0, 1]) per batch."""
+    from torch.nn import functional as F
+
+    size = preprocess.input_size
+    mode = preprocess.interpolation
+    corners = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    h, w = img.shape[-2:]
+    scale = size / min(h, w)
+    sh, sw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(img[None].float() / 255, size=(sh, sw), mode=mode, antialias=True, **corners)
+    boxes = _patch_boxes(sh, sw, patch, stride)
+    for i in range(0, len(boxes), batch_size):
+        chunk = boxes[i : i + batch_size]
+        crops = torch.cat([x[..., y0:y1, x0:x1] for x0, y0, x1, y1 in chunk])
+        crops = F.interpolate(crops, size=(size, size), mode=mode, **corners).clamp(0, 1)
+        src = [[round(v / scale) for v in b] for b in chunk]
+        yield [[b[0], b[1], min(w, b[2]), min(h, b[3])] for b in src], crops
+
+
 def mining_key(model: Any, unit: Any, hashes: Sequence[str], patch: int, stride: int) -> str:
     parts = {"model": model.name, "weights": model.weights_id, "unit": unit.label(), "files": sorted(hashes),
              "patch": patch, "stride": stride, "preprocess": model.preprocess.as_dict()}
@@ -408,7 +433,6 @@ def mine_many(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> list[MiningResult]:
     """``mine`` for several units of one layer in a single scan (one forward per patch batch for all)."""
-    from torch.nn import functional as F
     from tqdm.auto import tqdm
 
     from .features import capture
@@ -444,10 +468,7 @@ def mine_many(
             _write_json_atomic(root / "mining" / f"{key}.json",
                                {"complete": complete, "entries": st["entries"], "params": par})
 
-    size = model.preprocess.input_size
     device = next(iter(model.module.parameters())).device
-    mode = model.preprocess.interpolation
-    corners = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     label = units[0].label() if len(units) == 1 else f"{len(units)} units of {layer}"
     bar = tqdm(todo, desc=f"mining {label}", disable=not progress, unit="img")
     try:
@@ -461,26 +482,18 @@ def mine_many(
                         st["entries"][hashes[p]] = {"source": str(p), "sha256": hashes[p], "score": None,
                                                     "box": None}
                     continue
-                h, w = img.shape[-2:]
-                scale = size / min(h, w)
-                sh, sw = max(size, round(h * scale)), max(size, round(w * scale))
-                x = F.interpolate(img[None].float() / 255, size=(sh, sw), mode=mode, antialias=True, **corners)
-                boxes = _patch_boxes(sh, sw, patch, stride)
                 scores = []
-                for i in range(0, len(boxes), batch_size):
-                    chunk = boxes[i : i + batch_size]
-                    crops = torch.cat([x[..., y0:y1, x0:x1] for x0, y0, x1, y1 in chunk])
-                    crops = F.interpolate(crops, size=(size, size), mode=mode, **corners)
-                    model.module(model.preprocess.normalize(crops.clamp(0, 1)).to(device))
+                boxes = []
+                for chunk, crops in image_patches(img, model.preprocess, patch, stride, batch_size):
+                    model.module(model.preprocess.normalize(crops).to(device))
                     scores.append(torch.stack([_unit_scores(feats[layer], u).float().cpu() for u in units], 1))
+                    boxes += chunk
                 per_unit = torch.cat(scores)  # (patches, units)
                 best = per_unit.argmax(0)
                 for k, st in enumerate(states):
                     j = int(best[k])
-                    bx = [round(v / scale) for v in boxes[j]]
                     st["entries"][hashes[p]] = {"source": str(p), "sha256": hashes[p],
-                                                "score": float(per_unit[j, k]),
-                                                "box": [bx[0], bx[1], min(w, bx[2]), min(h, bx[3])]}
+                                                "score": float(per_unit[j, k]), "box": boxes[j]}
                 save(complete=False)
     except KeyboardInterrupt:
         save(complete=False)
@@ -601,3 +614,144 @@ def from_mining(folder: str | os.PathLike[str]) -> ReferenceSet:
     refs.label = f"mined:{rec.get('unit')} ({folder})"
     refs.info = {"mining": {k: rec.get(k) for k in ("model", "unit", "patch", "stride", "k", "use", "cache_key")}}
     return refs
+
+
+# --- patch scans: every patch's layer activations (concepts, polysemantic units) ----------------------------------
+
+
+@dataclass
+class PatchScan:
+    """Every patch of a folder's images with its spatially averaged activations at some layers.
+
+    ``entries[i]`` = {"source", "sha256", "box"}; ``acts[layer][i]`` is patch i's (C,) mean activation vector."""
+
+    entries: list[dict[str, Any]]
+    acts: dict[str, torch.Tensor]
+    params: dict[str, Any]
+    cache: str = "miss"
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def images(self) -> int:
+        return len({e["sha256"] for e in self.entries})
+
+    def crops(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The patches (uint8, at source resolution) of ``indices``, each source read once and checked."""
+        loaded: dict[str, torch.Tensor] = {}
+        out = []
+        for i in indices:
+            e = self.entries[i]
+            if e["sha256"] not in loaded:
+                img, h = read_image(e["source"])
+                if h != e["sha256"]:
+                    raise VitalError(f"{e['source']} changed since it was scanned: scan again")
+                loaded[e["sha256"]] = img
+            out.append(_crop(loaded[e["sha256"]], e["box"]))
+        return out
+
+    def references(self, indices: Sequence[int], label: str, info: dict[str, Any] | None = None) -> ReferenceSet:
+        """The patches of ``indices`` as a reference set (stretched to the model input, as mined patches)."""
+        crops = self.crops(indices)
+        hashes = [hashlib.sha256(c.numpy().tobytes()).hexdigest() for c in crops]
+        return ReferenceSet(crops, [self.entries[i]["source"] for i in indices], hashes, n=len(crops), label=label,
+                            fit="stretch", info={"patches": {"boxes": [self.entries[i]["box"] for i in indices],
+                                                             **(info or {})}})
+
+
+def scan_patches(
+    model: Any,
+    layers: Sequence[str],
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    patch: int = 64,
+    stride: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> PatchScan:
+    """Cut every image (a folder, searched recursively, or files) into patches as ``mine`` does and keep each patch's
+    spatially averaged activations at ``layers``.
+
+    Each image's result is cached on its own (keyed by model, layers, patch, stride and the image's content), so an
+    interrupted scan resumes where it stopped, and a second command over the same images does no forward pass.
+    """
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from .features import as_channels_positions, capture
+    from .matching import default_cache_dir
+
+    stride = stride or patch
+    if patch < 8 or stride < 1:
+        raise VitalError("--patch must be at least 8 px and --stride at least 1 px")
+    if isinstance(images, (str, os.PathLike)):
+        paths = [p for p in list_images(images) if p.suffix.lower() in IMAGE_SUFFIXES]
+        where = str(images)
+    else:
+        paths = [Path(p) for p in images]
+        where = f"{len(paths)} files"
+    if not paths:
+        raise VitalError(f"image folder {where} holds no image files (JPEG/PNG/...)")
+    layers = list(layers)
+    parts = {"model": model.name, "weights": model.weights_id, "layers": layers, "patch": patch, "stride": stride,
+             "preprocess": model.preprocess.as_dict(), "skip_tokens": model.skip_tokens}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    root = (Path(cache_dir) if cache_dir else default_cache_dir()) / "patches" / key
+    device = next(iter(model.module.parameters())).device
+    entries: list[dict[str, Any]] = []
+    acts: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    seen: set[str] = set()
+    computed = 0
+    bar = tqdm(paths, desc=f"scanning patches ({', '.join(layers)})", disable=not progress, unit="img")
+    try:
+        with torch.no_grad(), capture(model.module, layers, model.name) as feats:
+            for p in bar:
+                data = p.read_bytes()
+                sha = hashlib.sha256(data).hexdigest()
+                if sha in seen:
+                    continue  # the same picture twice would count its patches twice
+                seen.add(sha)
+                file = root / f"{sha}.safetensors"
+                stored = None
+                if file.is_file():
+                    with contextlib.suppress(Exception):  # a damaged entry is recomputed
+                        stored = load_file(str(file))
+                if stored is None or any(f"act/{n}" not in stored for n in layers):
+                    try:
+                        img, _ = read_image(p)
+                    except VitalError as exc:
+                        warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
+                        continue
+                    stored = {f"act/{n}": [] for n in layers}
+                    boxes = []
+                    for chunk, crops in image_patches(img, model.preprocess, patch, stride, batch_size):
+                        model.module(model.preprocess.normalize(crops).to(device))
+                        for n in layers:
+                            stored[f"act/{n}"].append(
+                                as_channels_positions(feats[n], model.skip_tokens).float().mean(-1).cpu())
+                        boxes += chunk
+                    stored = {k: torch.cat(v) for k, v in stored.items()}
+                    stored["boxes"] = torch.tensor(boxes, dtype=torch.int64)
+                    root.mkdir(parents=True, exist_ok=True)
+                    tmp = file.with_suffix(f".tmp{os.getpid()}")
+                    save_file(stored, str(tmp), metadata={"description": json.dumps(parts, sort_keys=True)})
+                    os.replace(tmp, file)
+                    computed += 1
+                for box in stored["boxes"].tolist():
+                    entries.append({"source": str(p), "sha256": sha, "box": box})
+                for n in layers:
+                    acts[n].append(stored[f"act/{n}"])
+    except KeyboardInterrupt:
+        raise MiningInterrupted(
+            f"scan interrupted after {len(seen)} of {len(paths)} images; each scanned image is saved — run the same "
+            "command again to resume"
+        ) from None
+    finally:
+        bar.close()
+    if not entries:
+        raise VitalError(f"no readable image in {where}")
+    params = {"model": model.name, "layers": layers, "images": where, "image_count": len(seen), "patch": patch,
+              "stride": stride, "input_size": model.preprocess.input_size, "patches": len(entries), "cache_key": key}
+    cache = "hit" if computed == 0 else ("miss" if computed == len(seen) else "resumed")
+    return PatchScan(entries, {n: torch.cat(v) for n, v in acts.items()}, params, cache)

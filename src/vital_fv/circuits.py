@@ -1,0 +1,252 @@
+"""Small circuits (the paper's §4.1.2, Fig. 4): the channels of the last hidden layer that carry a class's decision.
+
+Channels are ranked by their LRP relevance for the class logit, summed over the class's images (positions and
+images); the top k are visualized as units (references mined from a folder) and drawn with the class in one figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import VitalError
+from .references import IMAGE_SUFFIXES, MiningInterrupted, list_images, read_image
+from .result import Result, atomic_write_bytes, refuse_overwrite
+from .targets import UnitTarget
+
+RECORD = "circuit.json"
+
+
+@dataclass
+class Ranking:
+    """Per channel of ``layer``: LRP relevance for the class logit summed over images (``totals``) and per image."""
+
+    layer: str
+    class_index: int
+    totals: np.ndarray  # (C,)
+    per_image: dict[str, list[float]]  # sha256 -> (C,) relevance
+    sources: dict[str, str]  # sha256 -> file
+    logit_sum: float  # summed start relevance (the class logits): the totals add up to it when relevance is conserved
+    params: dict[str, Any]
+
+    def order(self) -> list[int]:
+        return [int(c) for c in np.argsort(-self.totals, kind="stable")]
+
+    def shares(self) -> np.ndarray:
+        """Each channel's part of the positive relevance reaching the layer."""
+        pos = self.totals.clip(min=0).sum()
+        return self.totals / pos if pos > 0 else np.zeros_like(self.totals)
+
+
+def rank_channels(
+    spec: Any,
+    class_index: int,
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    layer: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Ranking:
+    """Sum, over ``images`` (each with the model's own resize and center crop) and over positions, the LRP relevance
+    of every channel of ``layer`` (default: the last hidden layer) for the class logit.
+
+    Each image's relevance vector is saved as the scan goes (keyed by model, layer, class and image content): an
+    interrupted ranking resumes, and a repeated one is read back."""
+    from tqdm.auto import tqdm
+
+    from .concepts import last_hidden_layer
+    from .matching import default_cache_dir
+    from .references import ReferenceSet
+    from .relevance import Relevance
+
+    if spec.class_names and not 0 <= class_index < len(spec.class_names):
+        raise VitalError(f"class index {class_index} is out of range: the model has {len(spec.class_names)} classes")
+    layer = layer or last_hidden_layer(spec)
+    if isinstance(images, (str, os.PathLike)):
+        paths = [p for p in list_images(images) if p.suffix.lower() in IMAGE_SUFFIXES]
+        where = str(images)
+    else:
+        paths = [Path(p) for p in images]
+        where = f"{len(paths)} files"
+    if not paths:
+        raise VitalError(f"image folder {where} holds no image files (JPEG/PNG/...)")
+    parts = {"model": spec.name, "weights": spec.weights_id, "layer": layer, "class": class_index,
+             "preprocess": spec.preprocess.as_dict(), "rules": "lrp"}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    state_path = (Path(cache_dir) if cache_dir else default_cache_dir()) / "circuits" / f"{key}.json"
+    state: dict[str, Any] = {"relevance": {}, "logit": {}}
+    if state_path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(state_path.read_text())
+    hashes = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    todo = [p for p in dict.fromkeys(paths) if hashes[p] not in state["relevance"]]
+    cached = len(hashes) - len(todo)
+
+    def save() -> None:
+        atomic_write_bytes(state_path, json.dumps(state).encode())
+
+    device = next(spec.module.parameters()).device
+    bar = tqdm(total=len(todo), desc=f"relevance of {layer} for class {class_index}", disable=not progress,
+               unit="img")
+    try:
+        if todo:
+            with Relevance(spec.module, [layer], "lrp", spec.skip_tokens, spec.name) as rel_model:
+                for i in range(0, len(todo), batch_size):
+                    chunk, imgs = [], []
+                    for p in todo[i : i + batch_size]:
+                        try:
+                            imgs.append(read_image(p)[0])
+                            chunk.append(p)
+                        except VitalError as exc:
+                            import warnings
+
+                            warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
+                    if not chunk:
+                        continue
+                    refs = ReferenceSet(imgs, [str(p) for p in chunk], [hashes[p] for p in chunk], n=len(chunk))
+                    x = spec.preprocess.normalize(refs.prepare(spec.preprocess)).to(device)
+                    out = rel_model(x, [class_index] * len(chunk))
+                    per = out.rel[layer].sum(-1).double().cpu()
+                    for b, p in enumerate(chunk):
+                        state["relevance"][hashes[p]] = per[b].tolist()
+                        state["logit"][hashes[p]] = float(out.start[b])
+                    save()
+                    bar.update(len(chunk))
+    except KeyboardInterrupt:
+        save()
+        raise MiningInterrupted(
+            f"ranking interrupted after {len(state['relevance'])} of {len(hashes)} images; it is saved — run the "
+            "same command again to resume") from None
+    finally:
+        bar.close()
+    mine = {h for h in hashes.values() if h in state["relevance"]}
+    if not mine:
+        raise VitalError(f"no readable image in {where}")
+    per_image = {h: state["relevance"][h] for h in mine}
+    totals = np.sum([per_image[h] for h in sorted(mine)], axis=0)
+    params = {"model": spec.name, "weights": spec.weights_id, "class_index": class_index,
+              "class_name": spec.class_names[class_index] if spec.class_names else str(class_index), "layer": layer,
+              "images": where, "image_count": len(mine), "relevance": "lrp", "cache": "hit" if not todo else
+              ("resumed" if cached else "miss"), "cache_key": key}
+    sources = {h: str(p) for p, h in hashes.items() if h in mine}
+    return Ranking(layer, class_index, totals, per_image, sources,
+                   float(sum(state["logit"][h] for h in mine)), params)
+
+
+@dataclass
+class Circuit:
+    """The top channels of a ranking with their visualizations and mined references."""
+
+    ranking: Ranking
+    channels: list[int]
+    results: list[Result]
+    references: list[Any]  # ReferenceSet per channel (mined patches)
+
+
+def build_circuit(
+    spec: Any, ranking: Ranking, mine_images: str | os.PathLike[str], top: int = 3, n_refs: int = 50,
+    seed: int = 0, progress: bool = True, cache_dir: str | os.PathLike[str] | None = None, **options: Any,
+) -> Circuit:
+    """Visualize the ``top`` channels of ``ranking`` as units: references mined from ``mine_images`` (one scan for
+    all of them), VITAL with LRP in one batch (``options`` go to ``visualize_batch``)."""
+    from .optimize import Job, visualize_batch
+    from .references import mine_many, mined_references
+
+    if top < 1:
+        raise VitalError("--top must be at least 1")
+    channels = ranking.order()[:top]
+    units = [UnitTarget(ranking.layer, c) for c in channels]
+    mined = mine_many(spec, units, mine_images, progress=progress, cache_dir=cache_dir)
+    refs = [mined_references(m, k=n_refs) for m in mined]
+    jobs = [Job(u, r, seed) for u, r in zip(units, refs, strict=True)]
+    results = visualize_batch(spec, jobs, progress=progress, **options)
+    shares = ranking.shares()
+    for c, res in zip(channels, results, strict=True):
+        res.record["circuit"] = {"class_index": ranking.class_index, "class_name": ranking.params["class_name"],
+                                 "relevance": round(float(ranking.totals[c]), 6), "share": round(float(shares[c]), 6),
+                                 "rank": channels.index(c) + 1}
+    return Circuit(ranking, channels, results, refs)
+
+
+def save_circuit(circuit: Circuit, out: str | os.PathLike[str], patches: int = 3, overwrite: bool = False) -> Path:
+    """``unit-C.png`` (+ record, transparency) per channel, ``circuit.png`` (the paper's Fig. 4 style) and
+    ``circuit.json``."""
+    from . import __version__
+
+    out = Path(out)
+    refuse_overwrite([out / RECORD, out / "circuit.png"], overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    rk = circuit.ranking
+    shares = rk.shares()
+    units = []
+    for c, res, refs in zip(circuit.channels, circuit.results, circuit.references, strict=True):
+        res.save(out / f"unit-{c}.png", overwrite=True)
+        units.append({"channel": c, "relevance": round(float(rk.totals[c]), 6), "share": round(float(shares[c]), 6),
+                      "image": f"unit-{c}.png", "unit_value": res.record["target"].get("value"),
+                      "status": res.status, "references": refs.describe()["sources"],
+                      "boxes": refs.info["mining"]["boxes"]})
+    atomic_write_bytes(out / "circuit.png", figure(circuit, patches))
+    ranking = [{"channel": c, "relevance": round(float(rk.totals[c]), 6), "share": round(float(shares[c]), 6)}
+               for c in rk.order()[:20]]
+    record = {"vital_fv": __version__, **rk.params, "top": len(circuit.channels), "logit_sum": round(rk.logit_sum, 6),
+              "relevance_sum": round(float(rk.totals.sum()), 6), "ranking_top20": ranking, "units": units}
+    atomic_write_bytes(out / RECORD, json.dumps(record, indent=1).encode())
+    return out / RECORD
+
+
+def figure(circuit: Circuit, patches: int = 3) -> bytes:
+    """The paper's Fig. 4 layout: each unit's VITAL image and top patches on the left, the class on the right,
+    arrows labelled with channel id and relevance share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch
+
+    from .references import _crop
+
+    rk = circuit.ranking
+    k = len(circuit.channels)
+    cols = 1 + patches
+    fig = plt.figure(figsize=(1.6 * cols + 3.2, 1.7 * k + 0.6))
+    row_h = 1 / (k + 0.35)
+    tile_w = 1.6 / fig.get_figwidth()
+    shares = rk.shares()
+    for i, (c, res, refs) in enumerate(zip(circuit.channels, circuit.results, circuit.references, strict=True)):
+        y0 = 1 - (i + 1) * row_h
+        tiles = [res.image.permute(1, 2, 0).clamp(0, 1).numpy()]
+        for src, box in list(zip(refs.sources, refs.info["mining"]["boxes"], strict=True))[:patches]:
+            tiles.append(_crop(read_image(src)[0], box).permute(1, 2, 0).numpy())
+        for j, tile in enumerate(tiles):
+            ax = fig.add_axes((0.01 + j * tile_w, y0 + 0.08 * row_h, tile_w * 0.94, row_h * 0.84))
+            ax.imshow(tile)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("VITAL" if j == 0 else f"top patch {j}", fontsize=8)
+        start = (0.01 + len(tiles) * tile_w, y0 + row_h / 2)
+        end = (0.80, 0.5)
+        fig.add_artist(FancyArrowPatch(start, end, transform=fig.transFigure, arrowstyle="-|>", mutation_scale=12,
+                                       lw=1 + 4 * max(0.0, float(shares[c])), color="#444"))
+        mid = (start[0] + (end[0] - start[0]) * 0.35, start[1] + (end[1] - start[1]) * 0.35)
+        fig.text(*mid, f"#{c}  {100 * shares[c]:.0f}%", fontsize=9, ha="center", va="bottom",
+                 bbox={"boxstyle": "round", "fc": "white", "ec": "#999"})
+    name = rk.params["class_name"]
+    fig.text(0.895, 0.5, f"{name}\n(class {rk.class_index})", ha="center", va="center", fontsize=11,
+             bbox={"boxstyle": "round,pad=0.6", "fc": "#eef", "ec": "#336"})
+    fig.suptitle(f"{rk.params['model']}: top {k} channels of {rk.layer} for '{name}' (LRP relevance, "
+                 f"{rk.params['image_count']} images)", fontsize=9, y=0.995)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
