@@ -204,3 +204,59 @@ def test_unit_input_errors_are_specific(capsys, tmp_path):
     assert "--patch must be at least 8 px" in capsys.readouterr().err
     assert main(["mine", "--unit", "blocks.5.2", "--images", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
     assert "write LAYER:CHANNEL" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_concepts_disentangle_and_circuit_end_to_end(capsys, tmp_path):
+    """The README's mechanistic-interpretability commands on real Lite0 with bundled photos (few steps)."""
+    photos = tmp_path / "photos"
+    assert main(["photos", "--out", str(photos)]) == 0
+    espresso = tmp_path / "espresso"
+    espresso.mkdir()
+    (photos / "coffee.png").rename(espresso / "coffee.png")
+    for p in sorted(photos.iterdir())[4:]:
+        p.unlink()  # four other photos keep the scans short
+    conc = tmp_path / "concepts"
+    assert main(["concepts", "--class", "espresso", "--images", str(espresso), "--n-concepts", "3", "--stride", "32",
+                 "--out", str(conc), "--quiet"]) == 0
+    rec = json.loads((conc / "concepts.json").read_text())
+    assert rec["layer"] == "bn2" and len(rec["concepts"]) == 3 and rec["class_index"] == 967
+    imps = [c["importance"] for c in rec["concepts"]]
+    assert imps == sorted(imps, reverse=True)
+    out = tmp_path / "out"
+    assert main(["visualize", "--concept", f"{conc / 'concepts.safetensors'}:0", "--steps", "3", "--out", str(out),
+                 "--name", "c0", "--quiet"]) == 0
+    r = json.loads((out / "c0.json").read_text())
+    assert r["target"]["kind"] == "direction" and r["relevance"]["method"] == "lrp"
+    assert r["references"]["count"] == 10
+    assert main(["visualize", "--concept", f"{conc}:1", "--images", str(espresso), "--n-refs", "5", "--steps", "3",
+                 "--out", str(out), "--name", "c1", "--quiet"]) == 0
+    assert json.loads((out / "c1.json").read_text())["references"]["count"] == 5
+
+    poly = tmp_path / "poly"
+    assert main(["disentangle", "--unit", "blocks.5.2:17", "--images", str(photos), "--clusters", "2", "--stride",
+                 "48", "--steps", "3", "--n-refs", "5", "--out", str(poly), "--quiet"]) == 0
+    d = json.loads((poly / "disentangle.json").read_text())
+    assert [c["cluster"] for c in d["results"]] == [0, 1] and (poly / "overview.png").is_file()
+
+    circ = tmp_path / "circuit"
+    assert main(["circuit", "--class", "espresso", "--images", str(espresso), "--mine", str(photos), "--top", "2",
+                 "--steps", "3", "--n-refs", "3", "--out", str(circ), "--quiet"]) == 0
+    c = json.loads((circ / "circuit.json").read_text())
+    assert c["layer"] == "bn2" and len(c["units"]) == 2 and (circ / "circuit.png").is_file()
+    assert c["units"][0]["relevance"] >= c["units"][1]["relevance"]
+    # existing results are kept without --overwrite
+    assert main(["circuit", "--class", "espresso", "--images", str(espresso), "--out", str(circ), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_concept_input_errors_are_specific(capsys, tmp_path):
+    assert main(["visualize", "--concept", str(tmp_path / "none.safetensors") + ":0", "--out", str(tmp_path)]) == 2
+    assert "cannot read concepts file" in capsys.readouterr().err
+    assert main(["visualize", "--concept", "x.safetensors", "--out", str(tmp_path)]) == 2
+    assert "write FILE:INDEX" in capsys.readouterr().err
+    assert main(["concepts", "--class", "espresso", "--images", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    assert main(["disentangle", "--unit", "blocks.5.2:1", "--images", str(tmp_path), "--clusters", "1", "--out",
+                 str(tmp_path / "d")]) == 2
+    assert "--clusters must be at least 2" in capsys.readouterr().err

@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ph = sub.add_parser("photos", help="write the photos that ship with scikit-image/scikit-learn to a folder")
     ph.add_argument("--out", required=True, help="output folder")
+    ph.add_argument("--only", type=_names, help="comma-separated photo names, e.g. coffee (default: all)")
     ph.add_argument("--overwrite", action="store_true")
 
     sp = sub.add_parser("spectrum", help="average magnitude spectrum of a folder of images (for --method maco)")
@@ -418,11 +419,24 @@ def cmd_photos(args: argparse.Namespace) -> int:
     from . import references as refs_mod
     from .result import atomic_write_bytes, ensure_writable_dir, png_bytes, refuse_overwrite
 
-    out = ensure_writable_dir(args.out)
     names = [f"{name.split('.')[0]}.png" for _, name in refs_mod.OFFLINE_PHOTOS]
-    refuse_overwrite([out / n for n in names], args.overwrite)
+    keep = set(names)
+    if args.only:
+        from .errors import close_matches
+
+        keep = {f"{n.removesuffix('.png')}.png" for n in args.only}
+        unknown = sorted(keep - set(names))
+        if unknown:
+            near = close_matches(unknown[0].removesuffix(".png"), [n.removesuffix(".png") for n in names])
+            raise VitalError(f"no bundled photo '{unknown[0].removesuffix('.png')}'"
+                             + (f" (did you mean {', '.join(near)}?)" if near else "")
+                             + f"; there are: {', '.join(n.removesuffix('.png') for n in names)}")
+    out = ensure_writable_dir(args.out)
+    refuse_overwrite([out / n for n in names if n in keep], args.overwrite)
     for n, img in zip(names, refs_mod.offline_photos(), strict=True):
-        atomic_write_bytes(out / n, png_bytes(img.float() / 255))
+        if n in keep:
+            atomic_write_bytes(out / n, png_bytes(img.float() / 255))
+    names = [n for n in names if n in keep]
     print(f"{out}: {len(names)} photos ({', '.join(names)})")
     return 0
 

@@ -253,7 +253,7 @@ def extract_concepts(
     concept's ``top`` crops. The patch scan is cached per image (an interrupted run resumes)."""
     if n_concepts < 1:
         raise VitalError("--n-concepts must be at least 1")
-    if not 0 <= class_index < len(spec.class_names or range(10**9)):
+    if class_index < 0 or (spec.class_names and class_index >= len(spec.class_names)):
         raise VitalError(f"class index {class_index} is out of range: the model has {len(spec.class_names)} classes")
     layer = layer or last_hidden_layer(spec)
     resolve_layers(spec.module, [layer], spec.name)
@@ -315,12 +315,16 @@ def save_concepts(concepts: Concepts, out: str | os.PathLike[str], overwrite: bo
                      "top_crops": items})
         sheet_rows.append((f"concept {i}  importance {float(concepts.importance[i]):.3f}", crops))
     record = {"vital_fv": __version__, **concepts.params, "concepts": rows}
+    sources = list(dict.fromkeys(e["source"] for e in concepts.scan.entries))
+    where = {src: k for k, src in enumerate(sources)}
+    # Every crop's coefficients with its box and image (an index into the record's "crop_sources").
     atomic_write_bytes(out / CONCEPTS_FILE, st_save(
         {"directions": concepts.directions.contiguous(), "importance": concepts.importance.contiguous(),
          "coefficients": concepts.coefficients.contiguous(),
-         "boxes": torch.tensor([e["box"] for e in concepts.scan.entries], dtype=torch.int64)},
-        metadata={"record": json.dumps(record)}))
-    atomic_write_bytes(out / CONCEPTS_RECORD, json.dumps(record, indent=1).encode())
+         "crop_boxes": torch.tensor([e["box"] for e in concepts.scan.entries], dtype=torch.int64),
+         "crop_image": torch.tensor([where[e["source"]] for e in concepts.scan.entries], dtype=torch.int64)},
+        metadata={"record": json.dumps({**record, "crop_sources": sources})}))
+    atomic_write_bytes(out / CONCEPTS_RECORD, json.dumps({**record, "crop_sources": sources}, indent=1).encode())
     buf = io.BytesIO()
     labelled_sheet(sheet_rows).save(buf, format="PNG")
     atomic_write_bytes(out / "contact_sheet.png", buf.getvalue())

@@ -217,6 +217,21 @@ def predecessor(module: nn.Module, layer: str) -> str | None:
     return f"{parent}.{names[i - 1]}" if i > 0 else None
 
 
+def preceding_stage(module: nn.Module, layer: str) -> str | None:
+    """For a top-level layer after the stages (EfficientNet's ``conv_head``/``bn2``), the nearest top-level module
+    before it that holds parametrized blocks (``blocks``); None for nested layers and when there is none."""
+    if "." in layer:
+        return None
+    names = [n for n, _ in module.named_children()]
+    if layer not in names:
+        return None
+    children = dict(module.named_children())
+    for name in reversed(names[: names.index(layer)]):
+        if any(any(True for _ in c.parameters()) for c in children[name].children()):
+            return name
+    return None
+
+
 def unit_preset(spec: ModelSpec, unit_layer: str, with_predecessor: bool = True) -> LayerPreset:
     """The preset for a unit (channel or neuron) of ``unit_layer``: the model's preset layers below it (the
     paper's rule), plus, by default, the block just before the unit in its stage.
@@ -231,7 +246,11 @@ def unit_preset(spec: ModelSpec, unit_layer: str, with_predecessor: bool = True)
         raise VitalError(f"model {spec.name} has no layer preset to take the layers below {unit_layer} from: "
                          "give --layers")
     candidates = list(spec.preset.layers)
-    before = predecessor(spec.module, unit_layer) if with_predecessor else None
+    before = None
+    if with_predecessor:
+        # Without the block just before the unit, the top matched layer can sit a whole stage below it (Lite0 bn2:
+        # blocks.4, with blocks.5-6 free), and concept directions at bn2 reached cosine 0.23 instead of 0.53.
+        before = predecessor(spec.module, unit_layer) or preceding_stage(spec.module, unit_layer)
     if before and before not in candidates:
         candidates.append(before)
     below = layers_below(spec.module, unit_layer, candidates, spec.preprocess.input_size, spec.name)
