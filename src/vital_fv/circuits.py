@@ -217,12 +217,15 @@ def figure(circuit: Circuit, patches: int = 3) -> bytes:
     rk = circuit.ranking
     k = len(circuit.channels)
     cols = 1 + patches
-    fig = plt.figure(figsize=(1.6 * cols + 3.2, 1.7 * k + 0.6))
-    row_h = 1 / (k + 0.35)
+    height = 1.7 * k + 0.8
+    fig = plt.figure(figsize=(1.6 * cols + 3.2, height))
+    top_margin = 0.75 / height  # room for the title and the column titles
+    row_h = (1 - top_margin - 0.02) / k
     tile_w = 1.6 / fig.get_figwidth()
     shares = rk.shares()
+    centre = 0.02 + (1 - top_margin - 0.02) / 2
     for i, (c, res, refs) in enumerate(zip(circuit.channels, circuit.results, circuit.references, strict=True)):
-        y0 = 1 - (i + 1) * row_h
+        y0 = 1 - top_margin - (i + 1) * row_h
         tiles = [res.image.permute(1, 2, 0).clamp(0, 1).numpy()]
         for src, box in list(zip(refs.sources, refs.info["mining"]["boxes"], strict=True))[:patches]:
             tiles.append(_crop(read_image(src)[0], box).permute(1, 2, 0).numpy())
@@ -234,17 +237,17 @@ def figure(circuit: Circuit, patches: int = 3) -> bytes:
             if i == 0:
                 ax.set_title("VITAL" if j == 0 else f"top patch {j}", fontsize=8)
         start = (0.01 + len(tiles) * tile_w, y0 + row_h / 2)
-        end = (0.80, 0.5)
+        end = (0.80, centre)
         fig.add_artist(FancyArrowPatch(start, end, transform=fig.transFigure, arrowstyle="-|>", mutation_scale=12,
                                        lw=1 + 4 * max(0.0, float(shares[c])), color="#444"))
         mid = (start[0] + (end[0] - start[0]) * 0.35, start[1] + (end[1] - start[1]) * 0.35)
-        fig.text(*mid, f"#{c}  {100 * shares[c]:.0f}%", fontsize=9, ha="center", va="bottom",
+        fig.text(*mid, f"#{c}  {100 * shares[c]:.1f}%", fontsize=9, ha="center", va="bottom",
                  bbox={"boxstyle": "round", "fc": "white", "ec": "#999"})
     name = rk.params["class_name"]
-    fig.text(0.895, 0.5, f"{name}\n(class {rk.class_index})", ha="center", va="center", fontsize=11,
+    fig.text(0.895, centre, f"{name}\n(class {rk.class_index})", ha="center", va="center", fontsize=11,
              bbox={"boxstyle": "round,pad=0.6", "fc": "#eef", "ec": "#336"})
     fig.suptitle(f"{rk.params['model']}: top {k} channels of {rk.layer} for '{name}' (LRP relevance, "
-                 f"{rk.params['image_count']} images)", fontsize=9, y=0.995)
+                 f"{rk.params['image_count']} images)", fontsize=9, y=1 - 0.12 / height, va="top")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

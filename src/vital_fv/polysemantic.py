@@ -165,32 +165,37 @@ def save_disentangled(
     return out / RECORD
 
 
-def overview(dis: Disentangled, results: Sequence[Result], patches: int = 4) -> bytes:
-    """A matplotlib figure, one column per cluster: its VITAL image above its top patches."""
+def overview(dis: Disentangled, results: Sequence[Result], patches: int = 5) -> bytes:
+    """A matplotlib figure, one row per cluster: its VITAL image, the transparency rendering, its top patches."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     k = len(results)
-    fig, axes = plt.subplots(1 + patches, k, figsize=(2.4 * k, 2.4 * (1 + patches) * 0.62),
-                             gridspec_kw={"height_ratios": [2.2] + [1] * patches}, squeeze=False)
+    cols = 2 + patches
+    fig, axes = plt.subplots(k, cols, figsize=(1.5 * cols, 1.65 * k + 0.4), squeeze=False)
     for c, res in enumerate(results):
         members = dis.members(c)
-        ax = axes[0][c]
-        ax.imshow(res.image.permute(1, 2, 0).clamp(0, 1).numpy())
-        ax.set_title(f"cluster {c}: {len(members)} patches", fontsize=9)
-        for j, crop in enumerate(dis.scan.crops(members[:patches])):
-            axes[1 + j][c].imshow(crop.permute(1, 2, 0).numpy())
-        for row in axes:
-            row[c].set_xticks([])
-            row[c].set_yticks([])
-            for s in row[c].spines.values():
+        tiles = [res.image.permute(1, 2, 0).clamp(0, 1).numpy()]
+        alpha = res.transparency()
+        if alpha is not None:
+            rgb = res.image.clamp(0, 1)
+            tiles.append((rgb * alpha + (1 - alpha)).permute(1, 2, 0).numpy())  # over white
+        else:
+            tiles.append(None)
+        tiles += [crop.permute(1, 2, 0).numpy() for crop in dis.scan.crops(members[:patches])]
+        for j, ax in enumerate(axes[c]):
+            if j < len(tiles) and tiles[j] is not None:
+                ax.imshow(tiles[j])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
                 s.set_visible(False)
-    axes[0][0].set_ylabel("VITAL", fontsize=9)
-    if patches:
-        axes[1][0].set_ylabel("top patches", fontsize=9)
-    fig.suptitle(f"{dis.params['model']} {dis.unit.label()}: {k} meanings", fontsize=10)
+        axes[c][0].set_ylabel(f"cluster {c}\n{len(members)} patches", fontsize=8)
+    for j, title in enumerate(["VITAL", "transparency"] + [f"patch {i + 1}" for i in range(patches)]):
+        axes[0][j].set_title(title, fontsize=8)
+    fig.suptitle(f"{dis.params['model']} {dis.unit.label()}: {k} meanings", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
