@@ -260,3 +260,10 @@ def test_concept_input_errors_are_specific(capsys, tmp_path):
     assert main(["disentangle", "--unit", "blocks.5.2:1", "--images", str(tmp_path), "--clusters", "1", "--out",
                  str(tmp_path / "d")]) == 2
     assert "--clusters must be at least 2" in capsys.readouterr().err
+
+
+def test_photos_only_writes_the_named_photos_and_suggests_for_typos(capsys, tmp_path):
+    assert main(["photos", "--only", "coffee", "--out", str(tmp_path / "e")]) == 0
+    assert [p.name for p in (tmp_path / "e").iterdir()] == ["coffee.png"]
+    assert main(["photos", "--only", "coffe", "--out", str(tmp_path / "f")]) == 2
+    assert "did you mean coffee" in capsys.readouterr().err

@@ -202,3 +202,32 @@ def test_a_cached_scan_points_at_the_current_folders_files(tmp_path):
                             cache_dir=tmp_path / "c")
     assert again.cache == "hit" and again.top(1)[0]["source"] == str(tmp_path / "moved" / "img3.png")
     assert references.mined_references(again, k=2).count == 2
+
+
+def test_patch_scan_keeps_each_patch_and_resumes_after_an_interruption(tmp_path, monkeypatch):
+    (tmp_path / "imgs").mkdir()
+    _pattern_folder(tmp_path / "imgs", n=4)
+    spec = _red_detector()
+    calls = {"n": 0}
+    real = references.read_image
+
+    def flaky(path):  # noqa: ANN001
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(references, "read_image", flaky)
+    with pytest.raises(references.MiningInterrupted, match="run the same command again"):
+        references.scan_patches(spec, ["1"], tmp_path / "imgs", patch=16, stride=8, progress=False)
+    monkeypatch.setattr(references, "read_image", real)
+    scan = references.scan_patches(spec, ["1"], tmp_path / "imgs", patch=16, stride=8, progress=False)
+    assert scan.cache == "resumed" and scan.images == 4
+    assert scan.acts["1"].shape == (len(scan), 2)
+    # the red square's patches score highest on channel 0, and their boxes hold it
+    best = int(scan.acts["1"][:, 0].argmax())
+    assert scan.entries[best]["source"].endswith("img3.png")
+    crop = scan.crops([best])[0].float()
+    assert crop[0].mean() > crop[1].mean() + 50
+    again = references.scan_patches(spec, ["1"], tmp_path / "imgs", patch=16, stride=8, progress=False)
+    assert again.cache == "hit" and torch.equal(again.acts["1"], scan.acts["1"])
