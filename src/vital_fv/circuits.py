@@ -246,8 +246,9 @@ def figure(circuit: Circuit, patches: int = 3) -> bytes:
     name = rk.params["class_name"]
     fig.text(0.895, centre, f"{name}\n(class {rk.class_index})", ha="center", va="center", fontsize=11,
              bbox={"boxstyle": "round,pad=0.6", "fc": "#eef", "ec": "#336"})
-    fig.suptitle(f"{rk.params['model']}: top {k} channels of {rk.layer} for '{name}' (LRP relevance, "
-                 f"{rk.params['image_count']} images)", fontsize=9, y=1 - 0.12 / height, va="top")
+    n = rk.params["image_count"]
+    fig.suptitle(f"{rk.params['model']}: top {k} channels of {rk.layer} for '{name}' (LRP relevance, {n} "
+                 f"image{'s' if n != 1 else ''})", fontsize=9, y=1 - 0.12 / height, va="top")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
