@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--stride", type=int, help="crop stride in px (default: the crop size, as CRAFT)")
     co.add_argument("--top", type=int, default=10, help="top crops kept per concept (default 10)")
     co.add_argument("--nb-design", type=int, default=32, help="Sobol design size (a power of 2, default 32)")
+    co.add_argument("--sobol-images", type=int, default=100,
+                    help="images the importance is averaged over (a seeded sample; 0 = all; default 100)")
     co.add_argument("--seed", type=int, default=0)
     co.add_argument("--out", required=True, help="output folder: concepts.safetensors, concepts.json, "
                                                  "contact_sheet.png, crops/")
@@ -307,7 +309,8 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     with frozen_on(spec.module, resolve_device(args.device)):
         concepts = extract_concepts(spec, index, args.images, n_concepts=args.n_concepts, layer=args.layer,
                                     patch=args.patch, stride=args.stride, top=args.top, nb_design=args.nb_design,
-                                    seed=args.seed, progress=not args.quiet, cache_dir=args.cache_dir,
+                                    sobol_images=args.sobol_images or None, seed=args.seed,
+                                    progress=not args.quiet, cache_dir=args.cache_dir,
                                     class_name=name)
     path = save_concepts(concepts, out, overwrite=args.overwrite)
     p = concepts.params

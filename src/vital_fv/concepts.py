@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,12 +201,13 @@ def _positions(a: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], 
 
 @torch.no_grad()
 def concept_importance(
-    spec: Any, layer: str, directions: np.ndarray, class_index: int, images: torch.Tensor, nb_design: int = 32,
-    seed: int = 0, batch_size: int = 64,
+    spec: Any, layer: str, directions: np.ndarray, class_index: int, images: Sequence[str | os.PathLike[str]],
+    nb_design: int = 32, seed: int = 0, batch_size: int = 64,
 ) -> tuple[np.ndarray, str]:
     """Total Sobol index of each concept for the class logit (CRAFT): each position of an image's layer output is
     written in concept coefficients, the coefficients are masked by the quasi-Monte-Carlo design, the masked
-    reconstruction goes through the rest of the model, and the indices are averaged over the images."""
+    reconstruction goes through the rest of the model, and the indices are averaged over the images (image
+    files, each with the model's resize and center crop, read one at a time)."""
     device = next(spec.module.parameters()).device
     r = directions.shape[0]
     masks, nb = sobol_masks(r, nb_design, seed)
@@ -213,8 +215,8 @@ def concept_importance(
     w = torch.as_tensor(directions, dtype=torch.float32, device=device)
     totals = []
     kind = ""
-    for x in images:
-        x = x[None].to(device)
+    for file in images:
+        x = spec.preprocess.normalize(from_files([file]).prepare(spec.preprocess)).to(device)
         head = head_from(spec, layer, x)
         kind = head.kind
         with capture(spec.module, [layer], spec.name) as feats:
@@ -246,11 +248,13 @@ def extract_concepts(
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     class_name: str | None = None,
+    sobol_images: int | None = 100,
 ) -> Concepts:
     """CRAFT for one class: crops of ``images`` (the class's pictures; ``patch`` px, non-overlapping by default, as
     CRAFT), their positive activations at ``layer`` (default: the last hidden layer) averaged over positions,
-    NMF into ``n_concepts`` directions, Sobol total indices for the class logit on the whole images, and each
-    concept's ``top`` crops. The patch scan is cached per image (an interrupted run resumes)."""
+    NMF into ``n_concepts`` directions, Sobol total indices for the class logit on the whole images (a seeded
+    sample of ``sobol_images`` of them; None for all), and each concept's ``top`` crops. The patch scan is cached
+    per image (an interrupted run resumes)."""
     if n_concepts < 1:
         raise VitalError("--n-concepts must be at least 1")
     if class_index < 0 or (spec.class_names and class_index >= len(spec.class_names)):
@@ -268,9 +272,10 @@ def extract_concepts(
     if not (acts.sum(1) > 0).any():
         raise VitalError(f"layer {layer} is never positive on these crops: choose another --layer")
     u, w = nmf(acts, n_concepts, seed)
-    refs = from_files(sorted({e["source"] for e in scan.entries}))
-    full = spec.preprocess.normalize(refs.prepare(spec.preprocess))
-    importance, head_kind = concept_importance(spec, layer, w, class_index, full, nb_design, seed)
+    files = sorted({e["source"] for e in scan.entries})
+    if sobol_images and len(files) > sobol_images:  # a seeded sample bounds the cost on large class folders
+        files = sorted(random.Random(seed).sample(files, sobol_images))
+    importance, head_kind = concept_importance(spec, layer, w, class_index, files, nb_design, seed)
     order = np.argsort(-importance, kind="stable")
     u, w, importance = u[:, order], w[order], importance[order]
     tops = [list(map(int, np.argsort(-u[:, i], kind="stable")[:top])) for i in range(n_concepts)]
@@ -278,7 +283,8 @@ def extract_concepts(
         "model": spec.name, "weights": spec.weights_id, "class_index": class_index,
         "class_name": class_name or (spec.class_names[class_index] if spec.class_names else str(class_index)),
         "layer": layer, "n_concepts": n_concepts, "patch": patch, "stride": stride or patch, "top": top,
-        "nb_design": nb_design, "seed": seed, "images": scan.params["images"], "image_count": scan.images,
+        "nb_design": nb_design, "sobol_images": len(files), "seed": seed, "images": scan.params["images"],
+        "image_count": scan.images,
         "crops": len(scan), "head": head_kind, "scan_cache": scan.cache,
         "nmf": {"init": "nndsvda", "relative_error": float(np.linalg.norm(acts - u @ w) / np.linalg.norm(acts))},
     }
