@@ -110,3 +110,26 @@ def test_bad_class_and_empty_folder_get_clear_errors(tiny_spec, tmp_path):
         K.rank_channels(tiny_spec, 9, photos(tmp_path / "imgs"), progress=False)
     with pytest.raises(VitalError, match="no image files"):
         K.rank_channels(tiny_spec, 0, tmp_path / "empty", progress=False)
+
+
+def test_ablation_of_the_top_channels_matches_their_contributions(tiny_spec, tmp_path):
+    """On a pooled linear head, zeroing channels lowers the logit by exactly their pooled contributions."""
+    from vital_fv.references import from_folder
+
+    with torch.no_grad():  # a class the images drive (positive logits), with some negative weights
+        tiny_spec.module.fc.weight[2] = torch.linspace(-0.3, 1, 16)
+        tiny_spec.module.fc.bias[2] = 0
+    folder = photos(tmp_path / "imgs")
+    rk = K.rank_channels(tiny_spec, 2, folder, progress=False)
+    assert rk.logit_sum > 0
+    top = rk.order()[:3]
+    abl = K.ablation(tiny_spec, rk, top, n_random=5)
+    refs = from_folder(folder, n=100)
+    m = tiny_spec.module
+    with torch.no_grad():
+        x = tiny_spec.preprocess.normalize(refs.prepare(tiny_spec.preprocess))
+        pooled = m.act2(m.conv2(m.act1(m.conv1(x)))).mean((2, 3))
+        expected = float((pooled[:, top] * m.fc.weight[2, top]).sum(1).mean())
+    assert abl["drop_top"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert abl["images"] == 5 and len(abl["channels"]) == 3 and abl["random_draws"] == 5
+    assert abl["drop_top"] >= abl["drop_random_mean"]  # the most relevant channels carry more than random ones

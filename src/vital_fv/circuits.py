@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .errors import VitalError
 from .references import IMAGE_SUFFIXES, MiningInterrupted, list_images, read_image
@@ -138,8 +139,61 @@ def rank_channels(
               "images": where, "image_count": len(mine), "relevance": "lrp", "cache": "hit" if not todo else
               ("resumed" if cached else "miss"), "cache_key": key}
     sources = {h: str(p) for p, h in hashes.items() if h in mine}
-    return Ranking(layer, class_index, totals, per_image, sources,
-                   float(sum(state["logit"][h] for h in mine)), params)
+    logit_sum = float(sum(state["logit"][h] for h in mine))
+    if logit_sum <= 0:
+        import warnings
+
+        warnings.warn(f"the class logit is not positive on these images (sum {logit_sum:.3g}): the ranking "
+                      "spreads a negative decision; give images of the class", stacklevel=2)
+    return Ranking(layer, class_index, totals, per_image, sources, logit_sum, params)
+
+
+@torch.no_grad()
+def ablation(spec: Any, ranking: Ranking, channels: Sequence[int], n_random: int = 20, seed: int = 0,
+             batch_size: int = 32) -> dict[str, Any]:
+    """How much of the class logit the channels carry: the mean logit drop over the ranked images when the
+    channels are zeroed at the ranking's layer, beside the drop for as many channels drawn at random."""
+    import random
+
+    from .features import capture, resolve_layers
+    from .references import from_files
+
+    (mod,) = resolve_layers(spec.module, [ranking.layer], spec.name)
+    device = next(spec.module.parameters()).device
+    files = [ranking.sources[h] for h in sorted(ranking.sources)]
+    with capture(spec.module, [ranking.layer], spec.name) as feats:
+        spec.module(torch.zeros(1, 3, spec.preprocess.input_size, spec.preprocess.input_size, device=device))
+        out = feats[ranking.layer][0] if isinstance(feats[ranking.layer], (tuple, list)) else feats[ranking.layer]
+    width = out.shape[1] if out.dim() == 4 else out.shape[-1]
+    rng = random.Random(seed)
+    draws = [rng.sample(range(width), len(channels)) for _ in range(n_random)]
+
+    def logits(zeroed: Sequence[int] | None) -> torch.Tensor:
+        def hook(_m: Any, _i: Any, o: torch.Tensor) -> torch.Tensor:
+            o = o.clone()
+            if o.dim() == 4:
+                o[:, list(zeroed)] = 0
+            else:
+                o[..., list(zeroed)] = 0
+            return o
+
+        h = mod.register_forward_hook(hook) if zeroed is not None else None
+        try:
+            vals = []
+            for i in range(0, len(files), batch_size):
+                x = from_files(files[i : i + batch_size]).prepare(spec.preprocess)
+                vals.append(spec.module(spec.preprocess.normalize(x).to(device))[:, ranking.class_index].cpu())
+            return torch.cat(vals)
+        finally:
+            if h is not None:
+                h.remove()
+
+    base = logits(None)
+    top = float((base - logits(channels)).mean())
+    rand = np.array([float((base - logits(d)).mean()) for d in draws])
+    return {"channels": list(map(int, channels)), "images": len(files), "logit_mean": round(float(base.mean()), 6),
+            "drop_top": round(top, 6), "drop_random_mean": round(float(rand.mean()), 6),
+            "drop_random_std": round(float(rand.std()), 6), "random_draws": n_random, "seed": seed}
 
 
 @dataclass
@@ -150,6 +204,7 @@ class Circuit:
     channels: list[int]
     results: list[Result]
     references: list[Any]  # ReferenceSet per channel (mined patches)
+    ablation: dict[str, Any] | None = None
 
 
 def build_circuit(
@@ -174,7 +229,7 @@ def build_circuit(
         res.record["circuit"] = {"class_index": ranking.class_index, "class_name": ranking.params["class_name"],
                                  "relevance": round(float(ranking.totals[c]), 6), "share": round(float(shares[c]), 6),
                                  "rank": channels.index(c) + 1}
-    return Circuit(ranking, channels, results, refs)
+    return Circuit(ranking, channels, results, refs, ablation(spec, ranking, channels, seed=seed))
 
 
 def save_circuit(circuit: Circuit, out: str | os.PathLike[str], patches: int = 3, overwrite: bool = False) -> Path:
@@ -198,7 +253,8 @@ def save_circuit(circuit: Circuit, out: str | os.PathLike[str], patches: int = 3
     ranking = [{"channel": c, "relevance": round(float(rk.totals[c]), 6), "share": round(float(shares[c]), 6)}
                for c in rk.order()[:20]]
     record = {"vital_fv": __version__, **rk.params, "top": len(circuit.channels), "logit_sum": round(rk.logit_sum, 6),
-              "relevance_sum": round(float(rk.totals.sum()), 6), "ranking_top20": ranking, "units": units}
+              "relevance_sum": round(float(rk.totals.sum()), 6), "ranking_top20": ranking, "units": units,
+              "ablation": circuit.ablation}
     atomic_write_bytes(out / RECORD, json.dumps(record, indent=1).encode())
     return out / RECORD
 

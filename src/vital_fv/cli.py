@@ -386,6 +386,10 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     for c, r in zip(top, results, strict=True):
         print(f"{out / f'unit-{c}.png'}  [{r.status}] channel {c}: share {100 * shares[c]:.1f}%, unit value "
               f"{r.record['target'].get('value'):.3g}")
+    abl = holder["circuit"].ablation
+    print(f"zeroing these {len(top)} channels lowers the {name} logit by {abl['drop_top']:.3g} on average (mean "
+          f"logit {abl['logit_mean']:.3g}; {len(top)} random channels: {abl['drop_random_mean']:.3g} ± "
+          f"{abl['drop_random_std']:.2g})")
     print(f"{record}; figure: {out / 'circuit.png'}")
     return 130 if any(r.status == "interrupted" for r in results) else 0
 
