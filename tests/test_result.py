@@ -27,3 +27,16 @@ def test_unwritable_output_folder_is_reported(tmp_path):
     blocker.write_text("x")
     with pytest.raises(VitalError, match="not writable"):
         ensure_writable_dir(blocker / "sub")
+
+
+def test_on_white_blends_the_image_over_white_through_its_transparency():
+    import torch
+
+    from vital_fv.result import Result
+
+    img = torch.zeros(3, 4, 4)
+    alpha = torch.zeros(3, 4, 4)
+    alpha[:, 0, 0] = 1.0  # one pixel carries all the gradient
+    out = Result(img, {}, alpha=alpha, alpha_percentile=100).on_white()
+    assert out[:, 0, 0].tolist() == [0.0, 0.0, 0.0] and bool((out[:, 1:, :] == 1).all())
+    assert torch.equal(Result(img, {}).on_white(), img)

@@ -282,7 +282,7 @@ def figure(circuit: Circuit, patches: int = 3) -> bytes:
     centre = 0.02 + (1 - top_margin - 0.02) / 2
     for i, (c, res, refs) in enumerate(zip(circuit.channels, circuit.results, circuit.references, strict=True)):
         y0 = 1 - top_margin - (i + 1) * row_h
-        tiles = [res.image.permute(1, 2, 0).clamp(0, 1).numpy()]
+        tiles = [res.on_white().permute(1, 2, 0).numpy()]  # the transparency rendering, as the method shows units
         for src, box in list(zip(refs.sources, refs.info["mining"]["boxes"], strict=True))[:patches]:
             tiles.append(_crop(read_image(src)[0], box).permute(1, 2, 0).numpy())
         for j, tile in enumerate(tiles):
@@ -291,7 +291,7 @@ def figure(circuit: Circuit, patches: int = 3) -> bytes:
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title("VITAL" if j == 0 else f"top patch {j}", fontsize=8)
+                ax.set_title("VITAL (transparency)" if j == 0 else f"top patch {j}", fontsize=8)
         start = (0.01 + len(tiles) * tile_w, y0 + row_h / 2)
         end = (0.80, centre)
         fig.add_artist(FancyArrowPatch(start, end, transform=fig.transFigure, arrowstyle="-|>", mutation_scale=12,

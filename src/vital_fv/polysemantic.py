@@ -177,13 +177,8 @@ def overview(dis: Disentangled, results: Sequence[Result], patches: int = 5) -> 
     fig, axes = plt.subplots(k, cols, figsize=(1.5 * cols, 1.65 * k + 0.4), squeeze=False)
     for c, res in enumerate(results):
         members = dis.members(c)
-        tiles = [res.image.permute(1, 2, 0).clamp(0, 1).numpy()]
-        alpha = res.transparency()
-        if alpha is not None:
-            rgb = res.image.clamp(0, 1)
-            tiles.append((rgb * alpha + (1 - alpha)).permute(1, 2, 0).numpy())  # over white
-        else:
-            tiles.append(None)
+        tiles = [res.image.permute(1, 2, 0).clamp(0, 1).numpy(),
+                 res.on_white().permute(1, 2, 0).numpy() if res.alpha is not None else None]
         tiles += [crop.permute(1, 2, 0).numpy() for crop in dis.scan.crops(members[:patches])]
         for j, ax in enumerate(axes[c]):
             if j < len(tiles) and tiles[j] is not None:

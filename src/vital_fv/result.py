@@ -110,6 +110,12 @@ class Result:
         a = a.clamp(max=float(torch.quantile(a.flatten(), q)))
         return a / a.max().clamp(min=1e-12)
 
+    def on_white(self) -> torch.Tensor:
+        """(3, H, W) the image over white through its transparency (the image itself when it has none)."""
+        alpha = self.transparency()
+        img = self.image.detach().clamp(0, 1).cpu()
+        return img if alpha is None else img * alpha.cpu() + (1 - alpha.cpu())
+
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> tuple[Path, Path]:
         """Write ``path`` (PNG) and the record beside it (same name, .json), atomically; with a gradient map also
         NAME.rgba.png (transparency) and NAME.alpha.npy (the raw map)."""
