@@ -209,7 +209,8 @@ class Circuit:
 
 def build_circuit(
     spec: Any, ranking: Ranking, mine_images: str | os.PathLike[str], top: int = 3, n_refs: int = 50,
-    seed: int = 0, progress: bool = True, cache_dir: str | os.PathLike[str] | None = None, **options: Any,
+    seed: int = 0, progress: bool = True, cache_dir: str | os.PathLike[str] | None = None, patch: int = 64,
+    **options: Any,
 ) -> Circuit:
     """Visualize the ``top`` channels of ``ranking`` as units: references mined from ``mine_images`` (one scan for
     all of them), VITAL with LRP in one batch (``options`` go to ``visualize_batch``)."""
@@ -220,7 +221,7 @@ def build_circuit(
         raise VitalError("--top must be at least 1")
     channels = ranking.order()[:top]
     units = [UnitTarget(ranking.layer, c) for c in channels]
-    mined = mine_many(spec, units, mine_images, progress=progress, cache_dir=cache_dir)
+    mined = mine_many(spec, units, mine_images, patch=patch, progress=progress, cache_dir=cache_dir)
     refs = [mined_references(m, k=n_refs) for m in mined]
     jobs = [Job(u, r, seed) for u, r in zip(units, refs, strict=True)]
     results = visualize_batch(spec, jobs, progress=progress, **options)

@@ -378,7 +378,7 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     def run():  # noqa: ANN202
         holder["circuit"] = build_circuit(spec, ranking, args.mine or args.images, top=args.top, n_refs=args.n_refs,
                                           seed=args.seed, progress=not args.quiet, cache_dir=args.cache_dir,
-                                          **_vital_options(args))
+                                          patch=args.patch, **_vital_options(args))
         return holder["circuit"].results
 
     results = _vital_or_save(args, run, [out / f"unit-{c}.png" for c in top])
