@@ -232,6 +232,11 @@ def test_concepts_disentangle_and_circuit_end_to_end(capsys, tmp_path):
     assert main(["visualize", "--concept", f"{conc}:1", "--images", str(espresso), "--n-refs", "5", "--steps", "3",
                  "--out", str(out), "--name", "c1", "--quiet"]) == 0
     assert json.loads((out / "c1.json").read_text())["references"]["count"] == 5
+    assert main(["visualize", "--concept", f"{conc}:0,2", "--steps", "2", "--out", str(out), "--name", "m",
+                 "--quiet"]) == 0  # several concepts in one batch, each with its own crops
+    recs = [json.loads((out / f"m-bn2-espresso-concept{i}.json").read_text()) for i in (0, 2)]
+    assert [r["target"]["name"] for r in recs] == ["espresso-concept0", "espresso-concept2"]
+    assert recs[0]["references"]["content_hash"] != recs[1]["references"]["content_hash"]
 
     poly = tmp_path / "poly"
     assert main(["disentangle", "--unit", "blocks.5.2:17", "--images", str(photos), "--clusters", "2", "--stride",

@@ -125,6 +125,10 @@ def test_saved_concepts_load_back_as_a_direction_target_with_their_crops(tmp_pat
     other = C.concept_references_from(spec, saved, colour_images(tmp_path / "more", n=3, seed=5), k=5,
                                       progress=False)
     assert all(int(img.float().mean((1, 2)).argmax()) == 1 for img in other.images)
+    assert [c.index for c in C.load_concepts(f"{path}:all")] == [0, 1, 2]
+    assert [c.index for c in C.load_concepts(f"{tmp_path / 'out'}:2,0")] == [2, 0]  # the folder works too
+    with pytest.raises(VitalError, match="give one index"):
+        C.load_concept(f"{path}:0,1")
     with pytest.raises(VitalError, match="exists|there are 3"):
         C.load_concept(f"{path}:7")
     with pytest.raises(VitalError, match="FILE:INDEX"):

@@ -499,21 +499,24 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                              "or --refs FOLDER from `vital mine`")
         index, cname, slug = -1, target.label(), target.slug()
     elif args.concept:
-        from .concepts import load_concept
+        from .concepts import load_concepts
 
-        concept = load_concept(args.concept)
-        target = concept.target
+        concepts = load_concepts(args.concept)
+        target = concepts[0].target
         if args.method != "vital":
             raise VitalError("--concept is visualized with VITAL (a direction has no activation to maximize here)")
-        index, cname, slug = -1, target.label(), target.slug()
+        index, cname, slug = -1, ", ".join(c.target.label() for c in concepts), target.slug()
     else:
         target = ClassTarget(args.cls)
         index, cname = target.resolve(spec.class_names, spec.class_synonyms)
         slug = target.slug(spec.class_names, spec.class_synonyms)
     method = "" if args.method == "vital" else f"-{args.method}"
-    stems = [args.name or f"{spec.name}-{slug}{method}" for _ in args.seeds]
-    if len(args.seeds) > 1 or not args.name:
-        stems = [f"{s}-s{seed}" for s, seed in zip(stems, args.seeds, strict=True)]
+    plan = [(c.target, c.target.slug()) for c in concepts] if args.concept else [(target, slug)]
+    stems = []
+    for _, sl in plan:  # one image per target and seed, target-major (the order of the jobs below)
+        base = (f"{args.name}-{sl}" if len(plan) > 1 else args.name) if args.name else f"{spec.name}-{sl}{method}"
+        stems += [base if args.name and len(args.seeds) == 1 else f"{base}-s{seed}"
+                  for seed in args.seeds]
     pngs = [out_dir / f"{s}.png" for s in stems]
     outputs = [p.with_suffix(ext) for p in pngs for ext in (".png", ".json", ".rgba.png", ".alpha.npy")]
     refuse_overwrite(outputs, args.overwrite)
@@ -531,19 +534,21 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                          "DIR for a class")
     if args.concept and args.pool:
         raise VitalError("--pool ranks images by a class: for a concept give --images DIR or --refs")
+    per_target = None
     if args.concept and not args.refs:
         from .concepts import concept_references_from
         from .optimize import frozen_on, resolve_device
 
         if args.images:
             with frozen_on(spec.module, resolve_device(args.device)):
-                references = concept_references_from(spec, concept, args.images, k=args.n_refs,
-                                                     progress=not args.quiet, cache_dir=args.cache_dir)
+                per_target = [concept_references_from(spec, c, args.images, k=args.n_refs, progress=not args.quiet,
+                                                      cache_dir=args.cache_dir) for c in concepts]
         else:
-            if spec.name != concept.record["model"]:
-                raise VitalError(f"the concepts were extracted on {concept.record['model']}, not {spec.name}: "
-                                 f"use --model {concept.record['model']}")
-            references = concept.references()
+            if spec.name != concepts[0].record["model"]:
+                raise VitalError(f"the concepts were extracted on {concepts[0].record['model']}, not {spec.name}: "
+                                 f"use --model {concepts[0].record['model']}")
+            per_target = [c.references() for c in concepts]
+        references = per_target[0]
     elif args.images:
         references = _mine(args, spec, target, args.n_refs, args.use)[1]
     elif args.pool:
@@ -566,11 +571,14 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
     layers = LayerPreset.user(args.layers, args.layer_weights, spec.preset, "user (--layers)") if args.layers else None
     cache = False if args.no_cache else (PrototypeCache(args.cache_dir) if args.cache_dir else True)
-    jobs = [Job(target, references, seed) for seed in args.seeds]
+    per_target = per_target or [references] * len(plan)
+    jobs = [Job(t, r, seed) for (t, _), r in zip(plan, per_target, strict=True) for seed in args.seeds]
     relevance = "auto" if args.relevance is None else args.relevance
     what = cname if index < 0 else f"{cname} ({index})"
-    print(f"visualizing {what} on {spec.name} from {references.count} references "
-          f"({references.describe()['label']}), preset {args.preset}, relevance "
+    counts = ", ".join(dict.fromkeys(str(r.count) for r in per_target))
+    labels = "; ".join(dict.fromkeys(r.describe()["label"] for r in per_target))
+    print(f"visualizing {what} on {spec.name} from {counts} references "
+          f"({labels}), preset {args.preset}, relevance "
           f"{relevance if relevance != 'auto' else ('lrp' if args.unit or args.concept else 'none')}, "
           f"seeds {','.join(map(str, args.seeds))}", file=sys.stderr)
     return _run_and_save(args, lambda: visualize_batch(

@@ -376,12 +376,21 @@ class SavedConcept:
 
 def load_concept(text: str) -> SavedConcept:
     """``FILE:IDX`` (a ``concepts.safetensors`` or its folder, and a concept index; 0 = most important)."""
+    concepts = load_concepts(text)
+    if len(concepts) != 1:
+        raise VitalError(f"'{text}' names {len(concepts)} concepts: give one index")
+    return concepts[0]
+
+
+def load_concepts(text: str) -> list[SavedConcept]:
+    """``FILE:IDX``, ``FILE:0,1,2`` or ``FILE:all`` (a ``concepts.safetensors`` or its folder)."""
     from safetensors import safe_open
 
     path, sep, idx = str(text).rpartition(":")
-    if not sep or not idx.strip().isdigit():
-        raise VitalError(f"cannot read concept '{text}': write FILE:INDEX, e.g. concepts/espresso/"
-                         f"{CONCEPTS_FILE}:3")
+    parts = [t.strip() for t in idx.split(",") if t.strip()]
+    if not sep or not parts or not (parts == ["all"] or all(t.isdigit() for t in parts)):
+        raise VitalError(f"cannot read concept '{text}': write FILE:INDEX (or FILE:0,1,2, FILE:all), e.g. "
+                         f"concepts/espresso/{CONCEPTS_FILE}:3")
     p = Path(path)
     if p.is_dir():
         p = p / CONCEPTS_FILE
@@ -391,11 +400,14 @@ def load_concept(text: str) -> SavedConcept:
             directions = f.get_tensor("directions")
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise VitalError(f"cannot read concepts file {p}: {exc} (write one with `vital concepts`)") from None
-    index = int(idx)
-    check_index(index, len(directions))
-    target = DirectionTarget(record["layer"], directions[index],
-                             name=f"{record['class_name'].replace(' ', '-')}-concept{index}")
-    return SavedConcept(target, record, p.parent, index)
+    indices = list(range(len(directions))) if parts == ["all"] else [int(t) for t in parts]
+    out = []
+    for index in dict.fromkeys(indices):
+        check_index(index, len(directions))
+        target = DirectionTarget(record["layer"], directions[index],
+                                 name=f"{record['class_name'].replace(' ', '-')}-concept{index}")
+        out.append(SavedConcept(target, record, p.parent, index))
+    return out
 
 
 def concept_references_from(
