@@ -159,3 +159,29 @@ def test_concept_scan_resumes_from_the_per_image_cache(tmp_path):
     again = C.extract_concepts(spec, 0, imgs, n_concepts=2, patch=16, progress=False)
     assert first.params["scan_cache"] == "miss" and again.params["scan_cache"] == "hit"
     assert torch.allclose(first.directions, again.directions)
+
+
+class Tokens(nn.Module):
+    """A token model: 8 px patches embedded as tokens (B, T, D), a token-wise block, mean over tokens, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 6, 8, stride=8)
+        self.block = nn.Sequential(nn.Linear(6, 6), nn.ReLU())
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.block(self.embed(x).flatten(2).transpose(1, 2))
+        return self.head(t.mean(1))
+
+
+def test_token_layers_work_through_a_replayed_head(tmp_path):
+    torch.manual_seed(0)
+    spec = load_model(Tokens(), preprocess=Preprocess(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                      class_names=["a", "b"], name="tokens", layers=["embed", "block"])
+    assert C.last_hidden_layer(spec) == "block"
+    found = C.extract_concepts(spec, 0, colour_images(tmp_path / "imgs"), n_concepts=2, patch=16, nb_design=16,
+                               progress=False)
+    assert found.params["head"] == "replay" and found.directions.shape == (2, 6)
+    assert torch.isfinite(found.importance).all() and float(found.importance.sum()) > 0
+
