@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import VitalError
-from .references import IMAGE_SUFFIXES, MiningInterrupted, list_images, read_image
+from .references import MiningInterrupted, read_image
 from .result import Result, atomic_write_bytes, refuse_overwrite
 from .targets import UnitTarget
 
@@ -65,24 +65,17 @@ def rank_channels(
     from tqdm.auto import tqdm
 
     from .concepts import last_hidden_layer
-    from .matching import default_cache_dir
-    from .references import ReferenceSet
+    from .matching import default_cache_dir, prototype_key
+    from .references import ReferenceSet, image_paths
     from .relevance import Relevance
 
     if spec.class_names and not 0 <= class_index < len(spec.class_names):
         raise VitalError(f"class index {class_index} is out of range: the model has {len(spec.class_names)} classes")
     layer = layer or last_hidden_layer(spec)
-    if isinstance(images, (str, os.PathLike)):
-        paths = [p for p in list_images(images) if p.suffix.lower() in IMAGE_SUFFIXES]
-        where = str(images)
-    else:
-        paths = [Path(p) for p in images]
-        where = f"{len(paths)} files"
-    if not paths:
-        raise VitalError(f"image folder {where} holds no image files (JPEG/PNG/...)")
+    paths, where = image_paths(images)
     parts = {"model": spec.name, "weights": spec.weights_id, "layer": layer, "class": class_index,
              "preprocess": spec.preprocess.as_dict(), "rules": "lrp"}
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    key = prototype_key(parts)
     state_path = (Path(cache_dir) if cache_dir else default_cache_dir()) / "circuits" / f"{key}.json"
     state: dict[str, Any] = {"relevance": {}, "logit": {}}
     if state_path.is_file():
@@ -155,43 +148,44 @@ def ablation(spec: Any, ranking: Ranking, channels: Sequence[int], n_random: int
     channels are zeroed at the ranking's layer, beside the drop for as many channels drawn at random."""
     import random
 
-    from .features import capture, resolve_layers
+    from .features import resolve_layers
     from .references import from_files
 
     (mod,) = resolve_layers(spec.module, [ranking.layer], spec.name)
     device = next(spec.module.parameters()).device
     files = [ranking.sources[h] for h in sorted(ranking.sources)]
-    with capture(spec.module, [ranking.layer], spec.name) as feats:
-        spec.module(torch.zeros(1, 3, spec.preprocess.input_size, spec.preprocess.input_size, device=device))
-        out = feats[ranking.layer][0] if isinstance(feats[ranking.layer], (tuple, list)) else feats[ranking.layer]
-    width = out.shape[1] if out.dim() == 4 else out.shape[-1]
     rng = random.Random(seed)
-    draws = [rng.sample(range(width), len(channels)) for _ in range(n_random)]
+    draws = [rng.sample(range(len(ranking.totals)), len(channels)) for _ in range(n_random)]
+    zeroed: list[int] = []
 
-    def logits(zeroed: Sequence[int] | None) -> torch.Tensor:
-        def hook(_m: Any, _i: Any, o: torch.Tensor) -> torch.Tensor:
-            o = o.clone()
-            if o.dim() == 4:
-                o[:, list(zeroed)] = 0
-            else:
-                o[..., list(zeroed)] = 0
-            return o
+    def hook(_m: Any, _i: Any, o: torch.Tensor) -> torch.Tensor | None:
+        if not zeroed:
+            return None
+        o = o.clone()
+        if o.dim() == 4:
+            o[:, zeroed] = 0
+        else:
+            o[..., zeroed] = 0
+        return o
 
-        h = mod.register_forward_hook(hook) if zeroed is not None else None
-        try:
-            vals = []
-            for i in range(0, len(files), batch_size):
-                x = from_files(files[i : i + batch_size]).prepare(spec.preprocess)
-                vals.append(spec.module(spec.preprocess.normalize(x).to(device))[:, ranking.class_index].cpu())
-            return torch.cat(vals)
-        finally:
-            if h is not None:
-                h.remove()
-
-    base = logits(None)
-    top = float((base - logits(channels)).mean())
-    rand = np.array([float((base - logits(d)).mean()) for d in draws])
-    return {"channels": list(map(int, channels)), "images": len(files), "logit_mean": round(float(base.mean()), 6),
+    variants = [list(channels), *draws]  # the circuit's channels, then the random draws
+    drops = torch.zeros(len(variants))
+    logit_sum = 0.0
+    handle = mod.register_forward_hook(hook)
+    try:
+        for i in range(0, len(files), batch_size):  # each batch is read once and run for every variant
+            x = spec.preprocess.normalize(from_files(files[i : i + batch_size]).prepare(spec.preprocess)).to(device)
+            zeroed.clear()
+            base = spec.module(x)[:, ranking.class_index].float().cpu()
+            logit_sum += float(base.sum())
+            for k, v in enumerate(variants):
+                zeroed[:] = v
+                drops[k] += float((base - spec.module(x)[:, ranking.class_index].float().cpu()).sum())
+    finally:
+        handle.remove()
+    drops /= len(files)
+    base, top, rand = logit_sum / len(files), float(drops[0]), drops[1:].numpy()
+    return {"channels": list(map(int, channels)), "images": len(files), "logit_mean": round(base, 6),
             "drop_top": round(top, 6), "drop_random_mean": round(float(rand.mean()), 6),
             "drop_random_std": round(float(rand.std()), 6), "random_draws": n_random, "seed": seed}
 

@@ -590,15 +590,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def _run_and_save(args: argparse.Namespace, run, pngs: list[Path]) -> int:  # noqa: ANN001
     """Run, save every result (also the last finite images after a non-finite loss), report, and pick the exit
     code (130 after Ctrl-C)."""
-    from .optimize import NonFiniteLossError
 
     start = time.perf_counter()
-    try:
-        results = run()
-    except NonFiniteLossError as exc:
-        for r, png in zip(exc.results, pngs, strict=True):
-            r.save(png, overwrite=True)
-        raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
+    results = _vital_or_save(args, run, pngs)
     for r, png in zip(results, pngs, strict=True):
         r.alpha_percentile = args.alpha_percentile
         r.save(png, overwrite=True)  # the overwrite check ran before the work started

@@ -73,6 +73,7 @@ class Head:
 
     fn: Callable[[torch.Tensor], torch.Tensor]
     kind: str  # "pool+linear", "pool+relu+linear" or "replay"
+    act: torch.Tensor  # the layer's output on the images the head was checked on
 
 
 def head_from(spec: Any, layer: str, x: torch.Tensor) -> Head:
@@ -101,7 +102,7 @@ def head_from(spec: Any, layer: str, x: torch.Tensor) -> Head:
     if with_relu is not None:
         def fn(a: torch.Tensor, relu: bool = with_relu) -> torch.Tensor:
             return lin((a.clamp(min=0) if relu else a).mean((2, 3)))
-        return Head(fn, "pool+relu+linear" if with_relu else "pool+linear")
+        return Head(fn, "pool+relu+linear" if with_relu else "pool+linear", act)
 
     def replay(a: torch.Tensor) -> torch.Tensor:
         xs = x[:1].expand(a.shape[0], *x.shape[1:])
@@ -110,7 +111,7 @@ def head_from(spec: Any, layer: str, x: torch.Tensor) -> Head:
             return spec.module(xs)
         finally:
             h.remove()
-    return Head(replay, "replay")
+    return Head(replay, "replay", act)
 
 
 # --- CRAFT -------------------------------------------------------------------------------------------------------
@@ -217,12 +218,9 @@ def concept_importance(
     kind = ""
     for file in images:
         x = spec.preprocess.normalize(from_files([file]).prepare(spec.preprocess)).to(device)
-        head = head_from(spec, layer, x)
+        head = head_from(spec, layer, x)  # its check already ran the model: its activation is reused
         kind = head.kind
-        with capture(spec.module, [layer], spec.name) as feats:
-            spec.module(x)
-            act = feats[layer][0] if isinstance(feats[layer], (tuple, list)) else feats[layer]
-        rows, back = _positions(act[0].float())
+        rows, back = _positions(head.act[0].float())
         u = torch.as_tensor(nmf_transform(rows.clamp(min=0).cpu().numpy(), directions), dtype=torch.float32,
                             device=device)  # (P, r)
         f = []

@@ -135,6 +135,19 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def image_paths(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> tuple[list[Path], str]:
+    """The image files of a folder (searched recursively) or of a list of files, and how to name them in messages;
+    an error when there are none."""
+    if isinstance(images, (str, os.PathLike)):
+        paths, where = [p for p in list_images(images) if p.suffix.lower() in IMAGE_SUFFIXES], str(images)
+    else:
+        paths = [Path(p) for p in images]
+        where = f"{len(paths)} files"
+    if not paths:
+        raise VitalError(f"image folder {where} holds no image files (JPEG/PNG/...)")
+    return paths, where
+
+
 def _load_many(paths: Sequence[Path], label: str) -> tuple[list[torch.Tensor], list[str], list[str]]:
     images, sources, hashes = [], [], []
     for p in paths:
@@ -444,9 +457,7 @@ def mine_many(
     stride = stride or max(1, patch // 2)
     if patch < 8 or stride < 1:
         raise VitalError("--patch must be at least 8 px and --stride at least 1 px")
-    paths = [p for p in list_images(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not paths:
-        raise VitalError(f"image folder {folder} holds no image files (JPEG/PNG/...)")
+    paths, _ = image_paths(folder)
     hashes = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     keys = [mining_key(model, u, list(hashes.values()), patch, stride) for u in units]
@@ -680,23 +691,16 @@ def scan_patches(
     from tqdm.auto import tqdm
 
     from .features import as_channels_positions, capture
-    from .matching import default_cache_dir
+    from .matching import default_cache_dir, prototype_key
 
     stride = stride or patch
     if patch < 8 or stride < 1:
         raise VitalError("--patch must be at least 8 px and --stride at least 1 px")
-    if isinstance(images, (str, os.PathLike)):
-        paths = [p for p in list_images(images) if p.suffix.lower() in IMAGE_SUFFIXES]
-        where = str(images)
-    else:
-        paths = [Path(p) for p in images]
-        where = f"{len(paths)} files"
-    if not paths:
-        raise VitalError(f"image folder {where} holds no image files (JPEG/PNG/...)")
+    paths, where = image_paths(images)
     layers = list(layers)
     parts = {"model": model.name, "weights": model.weights_id, "layers": layers, "patch": patch, "stride": stride,
              "preprocess": model.preprocess.as_dict(), "skip_tokens": model.skip_tokens}
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    key = prototype_key(parts)
     root = (Path(cache_dir) if cache_dir else default_cache_dir()) / "patches" / key
     device = next(iter(model.module.parameters())).device
     entries: list[dict[str, Any]] = []
