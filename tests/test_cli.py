@@ -272,3 +272,18 @@ def test_photos_only_writes_the_named_photos_and_suggests_for_typos(capsys, tmp_
     assert [p.name for p in (tmp_path / "e").iterdir()] == ["coffee.png"]
     assert main(["photos", "--only", "coffe", "--out", str(tmp_path / "f")]) == 2
     assert "did you mean coffee" in capsys.readouterr().err
+
+
+def test_a_concept_from_another_model_or_with_a_pool_is_refused(capsys, tmp_path):
+    from test_concepts import colour_images, colour_spec
+
+    from vital_fv.concepts import extract_concepts, save_concepts
+
+    found = extract_concepts(colour_spec(), 0, colour_images(tmp_path / "imgs"), n_concepts=2, patch=16,
+                             progress=False)
+    path = save_concepts(found, tmp_path / "c")
+    assert main(["visualize", "--concept", f"{path}:0", "--out", str(tmp_path / "o")]) == 2
+    assert "extracted on colours, not efficientnet_lite0" in capsys.readouterr().err
+    assert main(["visualize", "--concept", f"{path}:0", "--pool", str(tmp_path / "imgs"), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "--pool ranks images by a class" in capsys.readouterr().err

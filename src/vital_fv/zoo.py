@@ -249,7 +249,7 @@ def unit_preset(spec: ModelSpec, unit_layer: str, with_predecessor: bool = True)
     before = None
     if with_predecessor:
         # Without the block just before the unit, the top matched layer can sit a whole stage below it (Lite0 bn2:
-        # blocks.4, with blocks.5-6 free), and concept directions at bn2 reached cosine 0.23 instead of 0.53.
+        # blocks.4, with blocks.5-6 free), and concept directions at bn2 reached cosine 0.21 instead of 0.54.
         before = predecessor(spec.module, unit_layer) or preceding_stage(spec.module, unit_layer)
     if before and before not in candidates:
         candidates.append(before)
