@@ -93,6 +93,7 @@ def test_timm_model_with_weights_file_and_layers(capsys, tmp_path):
             "--layers", "stages.0,stages.1,stages.2,stages.3", "--steps", "2", "--out", str(tmp_path / "o"), "--quiet"]
     assert main(args) == 0
     (js,) = (tmp_path / "o").glob("*.json")
+    assert js.name == "timm-convnext_atto-1-goldfish-s0.json"  # no ':' in file names (Windows, scp, make)
     record = json.loads(js.read_text())
     assert record["layers"]["layers"] == ["stages.0", "stages.1", "stages.2", "stages.3"]
     assert record["layers"]["source"] == "user (--layers)"

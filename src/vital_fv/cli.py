@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
@@ -512,9 +513,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         slug = target.slug(spec.class_names, spec.class_synonyms)
     method = "" if args.method == "vital" else f"-{args.method}"
     plan = [(c.target, c.target.slug()) for c in concepts] if args.concept else [(target, slug)]
+    model_slug = re.sub(r"[^\w.+-]+", "-", spec.name)  # timm:convnext_tiny -> timm-convnext_tiny (a file name)
     stems = []
     for _, sl in plan:  # one image per target and seed, target-major (the order of the jobs below)
-        base = (f"{args.name}-{sl}" if len(plan) > 1 else args.name) if args.name else f"{spec.name}-{sl}{method}"
+        base = (f"{args.name}-{sl}" if len(plan) > 1 else args.name) if args.name else f"{model_slug}-{sl}{method}"
         stems += [base if args.name and len(args.seeds) == 1 else f"{base}-s{seed}"
                   for seed in args.seeds]
     pngs = [out_dir / f"{s}.png" for s in stems]
