@@ -100,8 +100,8 @@ def test_circuit_visualizes_the_top_channels_and_draws_the_figure(tiny_spec, tmp
         assert (tmp_path / "out" / f"unit-{c}.png").is_file()
     from PIL import Image as PILImage
 
-    fig = PILImage.open(tmp_path / "out" / "circuit.png")
-    assert fig.width > 300 and fig.height > 200
+    with PILImage.open(tmp_path / "out" / "circuit.png") as fig:
+        assert fig.width > 300 and fig.height > 200
 
 
 def test_bad_class_and_empty_folder_get_clear_errors(tiny_spec, tmp_path):

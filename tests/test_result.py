@@ -11,7 +11,8 @@ from vital_fv.result import Result, ensure_writable_dir
 def test_save_writes_png_and_record_and_refuses_to_overwrite(tmp_path):
     r = Result(torch.rand(3, 8, 8), {"seed": 1, "status": "complete"})
     png, js = r.save(tmp_path / "a.png")
-    assert Image.open(png).size == (8, 8)
+    with Image.open(png) as im:
+        assert im.size == (8, 8)
     assert json.loads(js.read_text())["seed"] == 1
     before = png.read_bytes()
     with pytest.raises(VitalError, match="already exists.*--overwrite"):
