@@ -56,6 +56,42 @@ def test_paper_presets_resolve_for_resnet50(tmp_path):
     spec = load_model("resnet50", weights=path)
     assert spec.preset.layers == ("conv1", "layer1", "layer2", "layer3", "layer4")
     assert spec.preprocess.mean == (0.485, 0.456, 0.406)
+    # not one of torchvision's files: the default entry's preprocessing (V2: resize 232), and the record says so
+    assert spec.preprocess.resize_size == 232
+    assert "IMAGENET1K_V2" in spec.describe()["preprocess_source"]
+    assert "not one of torchvision's" in spec.describe()["preprocess_source"]
+
+
+def test_a_recognized_torchvision_file_takes_its_own_entrys_preprocessing(tmp_path, monkeypatch):
+    from vital_fv import zoo
+
+    assert zoo._url_hash("https://download.pytorch.org/models/resnet50-0676ba61.pth") == "0676ba61"
+    assert zoo._url_hash("https://x/vit_l_16_lc_swag-4d563306.pth") == "4d563306"
+    assert zoo._url_hash("https://x/model.pth") == "-"
+    path = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    digest = zoo.file_sha256(path)
+    # Pretend this file is torchvision's ResNet50 V1 download (its name carries the sha256 prefix).
+    real = zoo._url_hash
+    monkeypatch.setattr(zoo, "_url_hash", lambda url: digest[:8] if "0676ba61" in url else real(url))
+    spec = load_model("resnet50", weights=path)
+    assert spec.preprocess.resize_size == 256  # V1's, where the default (V2) would say 232
+    assert spec.describe()["preprocess_source"].startswith("torchvision ResNet50_Weights.IMAGENET1K_V1")
+    assert "hash matches" in spec.describe()["preprocess_source"]
+
+
+def test_a_swag_vit_file_builds_the_model_for_its_own_input_size(tmp_path, monkeypatch):
+    from vital_fv import zoo
+
+    path = tmp_path / "vb16_swag.pth"
+    torch.save(torchvision.models.vit_b_16(weights=None, image_size=384).state_dict(), path)
+    digest = zoo.file_sha256(path)
+    real = zoo._url_hash
+    swag = torchvision.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1
+    monkeypatch.setattr(zoo, "_url_hash", lambda url: digest[:8] if url == swag.url else real(url))
+    spec = load_model("vit_b_16", weights=path)
+    assert spec.preprocess.input_size == 384 and spec.module.image_size == 384 and spec.fixed_size
+    assert spec.preprocess.interpolation == "bicubic"
 
 
 def test_mismatched_weights_name_the_missing_keys(tmp_path):

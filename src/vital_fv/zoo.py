@@ -168,6 +168,7 @@ class ModelSpec:
     prefix_tokens: int = 0  # leading non-patch tokens of token layers (a ViT's class token)
     class_token: bool = True  # match prefix tokens too (the authors did); False drops them
     fixed_size: bool = False  # the model only takes its own input size (ViT position embeddings)
+    preprocess_source: str = ""  # where ``preprocess`` comes from (which weights' metadata), for the record
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -193,6 +194,7 @@ class ModelSpec:
             "weights_sha256": self.weights_id,
             "weights_source": self.weights_source,
             "preprocess": self.preprocess.as_dict(),
+            "preprocess_source": self.preprocess_source,
             "num_classes": len(self.class_names),
             "class_token_matched": self.class_token if self.prefix_tokens else None,
         }
@@ -378,6 +380,7 @@ def _load_lite(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
         preset=PRESETS[name],
         weights_id=file_sha256(weights),
         weights_source=str(weights),
+        preprocess_source="EfficientNet-Lite's own: (x_uint8 - 127) / 128, bicubic, timm's crop_pct",
     )
 
 
@@ -447,10 +450,10 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None, random_
         near = close_matches(name, choices)
         hint = f" Did you mean: {', '.join(near)}?" if near else ""
         raise VitalError(f"unknown model '{name}'.{hint} Known models: {', '.join(choices)}")
-    module = tvm.get_model(name, weights=None)
     enum = tvm.get_model_weights(name)
     members = list(enum)
     chosen = enum.DEFAULT if hasattr(enum, "DEFAULT") else members[0]
+    why = "the default weights' metadata (random init)" if random_init else ""
     if weights is None and not random_init:
         hub = Path(torch.hub.get_dir()) / "checkpoints"
         cached = [(m, hub / os.path.basename(m.url)) for m in members]
@@ -461,6 +464,19 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None, random_
                 f"file in {hub} (one of: {', '.join(p.name for _, p in cached)}). vital never downloads weights."
             )
         chosen, weights = found[0]
+        why = "its metadata (torchvision's cached file)"
+    digest = file_sha256(weights) if weights is not None else None
+    if digest is not None and not why:
+        # torchvision names its files NAME-<first hex digits of the file's sha256>.pth: an unchanged download is
+        # recognized and takes its own entry's preprocessing (ResNet50's V1 weights: resize 256, V2: 232).
+        same = [m for m in members if digest.startswith(_url_hash(m.url))]
+        chosen = same[0] if same else chosen
+        why = ("its metadata (the file's hash matches torchvision's)" if same else
+               "the default weights' metadata (the file is not one of torchvision's; the model's own preprocessing "
+               "is assumed)")
+    # ViTs are built for their weights' input size (the SWAG ViT-L/16 takes 512 px), as torchvision's builder does.
+    extra = {"image_size": chosen.meta["min_size"][0]} if name.startswith("vit_") and "min_size" in chosen.meta else {}
+    module = tvm.get_model(name, weights=None, **extra)
     if weights is not None:
         load_state_dict_strict(module, read_state_dict(weights), str(weights))
     t = chosen.transforms()
@@ -477,11 +493,19 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None, random_
         class_names=list(categories),
         class_synonyms=imagenet_synonyms() if len(categories) == 1000 else None,
         preset=PRESETS.get(name),
-        weights_id=file_sha256(weights) if weights is not None else _module_hash(module),
+        weights_id=digest or _module_hash(module),
         weights_source=str(weights) if weights is not None else "random init",
         prefix_tokens=1 if is_vit else 0,
         fixed_size=is_vit,
+        preprocess_source=f"torchvision {type(chosen).__name__}.{chosen.name}: {why}",
     )
+
+
+def _url_hash(url: str) -> str:
+    """The sha256 prefix in a torchvision weights file name ('resnet50-0676ba61.pth' -> '0676ba61')."""
+    stem = os.path.basename(url).rsplit(".", 1)[0]
+    tail = stem.rsplit("-", 1)[-1]
+    return tail if tail and all(c in "0123456789abcdef" for c in tail) else "-"  # '-' never starts a digest
 
 
 # Stem module names tried, in order, for timm's automatic preset (feature_info lists stage outputs only).
@@ -521,6 +545,7 @@ def _load_timm(name: str, weights: str | os.PathLike[str] | None, random_init: b
         weights_source=str(weights) if weights is not None else "random init",
         prefix_tokens=prefix,
         fixed_size=bool(embed is not None and getattr(embed, "strict_img_size", False)),
+        preprocess_source=f"timm's data config of {arch} (pretrained_cfg)",
     )
 
 
