@@ -380,7 +380,8 @@ def _load_lite(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
         preset=PRESETS[name],
         weights_id=file_sha256(weights),
         weights_source=str(weights),
-        preprocess_source="EfficientNet-Lite's own: (x_uint8 - 127) / 128, bicubic, timm's crop_pct",
+        preprocess_source=f"EfficientNet-Lite's own: (x_uint8 - 127) / 128; size and crop {crop_pct} as timm's "
+                          f"{arch}",
     )
 
 
