@@ -86,6 +86,34 @@ def test_relevance_copy_leaves_the_model_alone_and_reads_the_same_activations(fa
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_plain_gradients_through_the_copy_are_the_models_own(families, family, layout):
+    """The optimization takes its loss gradient through the relevance copy's forward: it must be the gradient of the
+    model itself, at batch 1 too, and for a channels-last model (where a restrided view once made torch's CPU
+    BatchNorm backward return wrong gradients)."""
+    model, layers, top, size, _ = families[family]
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    model.to(memory_format=fmt)
+    try:
+        with Relevance(model, layers, "lrp") as rel:
+            for batch in (1, 2):
+                x0 = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+                x = x0.clone().requires_grad_(True)
+                out = rel(x, [UnitTarget(top, 1)] * batch, keep_graph=True)
+                w = {n: torch.randn(out.acts[n].shape, generator=torch.Generator().manual_seed(i))
+                     for i, n in enumerate(layers)}
+                with rel.plain_gradients():
+                    sum((out.acts[n] * w[n]).sum() for n in layers).backward()
+                xr = x0.clone().requires_grad_(True)
+                with capture(model, layers) as feats:
+                    model(xr)
+                    sum((as_channels_positions(feats[n]) * w[n]).sum() for n in layers).backward()
+                torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-5 * float(xr.grad.abs().max()))
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 def test_neuron_relevance_stays_in_the_neurons_receptive_field():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())

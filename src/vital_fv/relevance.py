@@ -72,6 +72,16 @@ class ConstantScale(nn.Module):
         return x * self.scale
 
 
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A view of ``t`` with exactly its strides, as a custom Function's new output for an unchanged tensor.
+
+    ``t.view_as(t)`` recomputes strides, and for a channels-last map with batch size 1 it gives the size-1 batch
+    dimension stride C instead of H*W*C; torch's CPU BatchNorm backward (2.14) then returns wrong input gradients
+    for it (tests/test_relevance.py has the case). An exact-stride view leaves nothing for a later op to misread.
+    """
+    return t.as_strided(t.size(), t.stride(), t.storage_offset())
+
+
 class _Gate:
     """Shared switch: while ``open`` is False, gradients through ``gated`` tensors are cut (relevance mode)."""
 
@@ -83,7 +93,7 @@ class _GateFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, gate: _Gate) -> torch.Tensor:  # noqa: ANN001
         ctx.gate = gate
-        return x.view_as(x)
+        return _alias(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
@@ -222,7 +232,7 @@ class _RuleFn(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, hook: Any, module: nn.Module) -> torch.Tensor:  # noqa: ANN001
         ctx.hook, ctx.module = hook, module
         ctx.save_for_backward(x)
-        return y.view_as(y)
+        return _alias(y)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[Any, ...]:  # noqa: ANN001
