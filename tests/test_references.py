@@ -125,6 +125,21 @@ def test_mining_ranks_the_image_with_the_pattern_first_with_its_box(tmp_path):
     assert patch[0].mean() > patch[1].mean() + 50  # the top patch is mostly red
 
 
+def _ctrl_c_on_call(monkeypatch, name: str, n: int):  # noqa: ANN202
+    """``references.<name>`` raises KeyboardInterrupt on its n-th call (a Ctrl-C mid-scan); returns the undo."""
+    real = getattr(references, name)
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(references, name, flaky)
+    return lambda: monkeypatch.setattr(references, name, real)
+
+
 def test_mining_resumes_after_an_interruption_with_the_same_result(tmp_path, monkeypatch):
     from vital_fv.targets import UnitTarget
 
@@ -134,19 +149,10 @@ def test_mining_resumes_after_an_interruption_with_the_same_result(tmp_path, mon
     unit = UnitTarget("1", 0)
     clean = references.mine(spec, unit, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "c1")
 
-    real = references.read_image
-    calls = {"n": 0}
-
-    def flaky(path):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(path)
-
-    monkeypatch.setattr(references, "read_image", flaky)
+    restore = _ctrl_c_on_call(monkeypatch, "read_image", 3)
     with pytest.raises(references.MiningInterrupted, match="2 of 6"):
         references.mine(spec, unit, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "c2")
-    monkeypatch.setattr(references, "read_image", real)
+    restore()
     resumed = references.mine(spec, unit, tmp_path / "imgs", patch=16, progress=False, cache_dir=tmp_path / "c2")
     assert resumed.cache == "resumed"
     assert resumed.top(6) == clean.top(6)
@@ -208,19 +214,10 @@ def test_patch_scan_keeps_each_patch_and_resumes_after_an_interruption(tmp_path,
     (tmp_path / "imgs").mkdir()
     _pattern_folder(tmp_path / "imgs", n=4)
     spec = _red_detector()
-    calls = {"n": 0}
-    real = references.read_image
-
-    def flaky(path):  # noqa: ANN001
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(path)
-
-    monkeypatch.setattr(references, "read_image", flaky)
+    restore = _ctrl_c_on_call(monkeypatch, "decode_image", 3)
     with pytest.raises(references.MiningInterrupted, match="run the same command again"):
         references.scan_patches(spec, ["1"], tmp_path / "imgs", patch=16, stride=8, progress=False)
-    monkeypatch.setattr(references, "read_image", real)
+    restore()
     scan = references.scan_patches(spec, ["1"], tmp_path / "imgs", patch=16, stride=8, progress=False)
     assert scan.cache == "resumed" and scan.images == 4
     assert scan.acts["1"].shape == (len(scan), 2)

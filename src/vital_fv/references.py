@@ -121,11 +121,19 @@ def read_image(path: str | os.PathLike[str]) -> tuple[torch.Tensor, str]:
     p = Path(path)
     try:
         data = p.read_bytes()
+    except OSError as exc:
+        raise VitalError(f"cannot read image {p}: {exc}") from None
+    return decode_image(data, p), hashlib.sha256(data).hexdigest()
+
+
+def decode_image(data: bytes, name: str | os.PathLike[str]) -> torch.Tensor:
+    """Decode image bytes already read (``name`` for the error) to uint8 (3, H, W)."""
+    try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return _to_uint8_chw(im), hashlib.sha256(data).hexdigest()
+            return _to_uint8_chw(im)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise VitalError(f"cannot read image {p}: {exc}") from None
+        raise VitalError(f"cannot read image {name}: {exc}") from None
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -687,11 +695,13 @@ def scan_patches(
     Each image's result is cached on its own (keyed by model, layers, patch, stride and the image's content), so an
     interrupted scan resumes where it stopped, and a second command over the same images does no forward pass.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+    from safetensors.torch import save as st_save
     from tqdm.auto import tqdm
 
     from .features import as_channels_positions, capture
     from .matching import default_cache_dir, prototype_key
+    from .result import atomic_write_bytes
 
     stride = stride or patch
     if patch < 8 or stride < 1:
@@ -723,7 +733,7 @@ def scan_patches(
                         stored = load_file(str(file))
                 if stored is None or any(f"act/{n}" not in stored for n in layers):
                     try:
-                        img, _ = read_image(p)
+                        img = decode_image(data, p)  # the bytes hashed above, not a second read
                     except VitalError as exc:
                         warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
                         continue
@@ -737,10 +747,8 @@ def scan_patches(
                         boxes += chunk
                     stored = {k: torch.cat(v) for k, v in stored.items()}
                     stored["boxes"] = torch.tensor(boxes, dtype=torch.int64)
-                    root.mkdir(parents=True, exist_ok=True)
-                    tmp = file.with_suffix(f".tmp{os.getpid()}")
-                    save_file(stored, str(tmp), metadata={"description": json.dumps(parts, sort_keys=True)})
-                    os.replace(tmp, file)
+                    meta = {"description": json.dumps(parts, sort_keys=True)}
+                    atomic_write_bytes(file, st_save(stored, metadata=meta))
                     computed += 1
                 for box in stored["boxes"].tolist():
                     entries.append({"source": str(p), "sha256": sha, "box": box})
