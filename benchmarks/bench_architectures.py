@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import speed  # noqa: E402
 
 from vital_fv import ClassTarget, load_model, references, visualize  # noqa: E402
-from vital_fv.optimize import resolve_device  # noqa: E402
+from vital_fv.device import resolve_device  # noqa: E402
 
 MODELS = ["resnet50", "densenet121", "convnext_base", "vit_l_16", "vit_l_32"]
 

@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vital_fv import load_model
+from vital_fv import Job, load_model, visualize_batch
 from vital_fv.concepts import extract_concepts, nmf_transform
 from vital_fv.features import capture
-from vital_fv.optimize import Job, visualize_batch
 from vital_fv.references import offline_photos
 from vital_fv.result import png_bytes
 

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from vital_fv import Job, load_model, references, visualize_batch
-from vital_fv.baselines import run_baseline
+from vital_fv import Job, load_model, references
+from vital_fv.device import frozen_on
 from vital_fv.evaluate import evaluate
 from vital_fv.matching import default_cache_dir
-from vital_fv.optimize import frozen_on
+from vital_fv.methods import get_method, method_names, run_method
 from vital_fv.result import png_bytes
 from vital_fv.targets import ClassTarget, UnitTarget
 from vital_fv.zoo import Preprocess
@@ -119,7 +119,7 @@ def write_pngs(folder: Path, images: torch.Tensor) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--methods", default="vital,fourier,maco,deepinversion")
+    ap.add_argument("--methods", default=",".join(method_names()), help="registered methods (default: all)")
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--steps", type=int, help="override steps (smoke tests only)")
     ap.add_argument("--epochs", type=int, default=2)
@@ -152,19 +152,20 @@ def main() -> int:
     timing = {}
     for method in args.methods.split(","):
         t = time.perf_counter()
-        if method == "vital":
+        m = get_method(method)
+        if m.needs_references:
             jobs = [Job(ClassTarget(c), references.from_folder(work / "refs" / str(c), n=50), s)
                     for c in range(10) for s in seeds]
-            res = visualize_batch(spec, jobs, preset=args.preset, steps=args.steps, progress=False)
+            res = run_method(m, spec, jobs, preset=args.preset, steps=args.steps, progress=False)
         elif method == "deepinversion":  # items of one batch are coupled through BN statistics: one class each
             jobs, res = [], []
             for c in range(10):
                 cj = [Job(ClassTarget(c), None, s) for s in seeds]
                 jobs += cj
-                res += run_baseline(spec, cj, method, preset=args.preset, steps=args.steps, progress=False)
+                res += run_method(m, spec, cj, preset=args.preset, steps=args.steps, progress=False)
         else:
             jobs = [Job(ClassTarget(c), None, s) for c in range(10) for s in seeds]
-            res = run_baseline(spec, jobs, method, preset=args.preset, steps=args.steps, progress=False)
+            res = run_method(m, spec, jobs, preset=args.preset, steps=args.steps, progress=False)
         timing[method] = (time.perf_counter() - t) / len(res)
         for job, r in zip(jobs, res, strict=True):
             r.save(work / "results" / method / f"{job.target.cls}-s{job.seed}.png", overwrite=True)
@@ -178,12 +179,9 @@ def main() -> int:
         references.save_mining(m, refs, work / "mined" / u.slug(), use="patches", overwrite=True)
     for method in ("vital", "fourier"):
         t = time.perf_counter()
-        if method == "vital":
-            jobs = [Job(u, references.from_folder(work / "mined" / u.slug()), 0) for u in units]
-            res = visualize_batch(spec, jobs, preset=args.preset, steps=args.steps, progress=False)
-        else:
-            jobs = [Job(u, None, 0) for u in units]
-            res = run_baseline(spec, jobs, method, preset=args.preset, steps=args.steps, progress=False)
+        jobs = [Job(u, references.from_folder(work / "mined" / u.slug()) if get_method(method).needs_references
+                    else None, 0) for u in units]
+        res = run_method(method, spec, jobs, preset=args.preset, steps=args.steps, progress=False)
         for job, r in zip(jobs, res, strict=True):
             r.save(work / "results" / f"units-{method}" / f"{job.target.slug()}.png", overwrite=True)
         print(f"units {method}: {(time.perf_counter() - t) / len(res):.1f} s/image", flush=True)

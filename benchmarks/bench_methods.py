@@ -23,14 +23,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import Tally  # noqa: E402
 
-from vital_fv import ClassTarget, Job, load_model, references, visualize_batch  # noqa: E402
-from vital_fv.baselines import run_baseline  # noqa: E402
-from vital_fv.optimize import resolve_device  # noqa: E402
+from vital_fv import ClassTarget, Job, load_model, references  # noqa: E402
+from vital_fv.device import resolve_device  # noqa: E402
+from vital_fv.methods import get_method, method_names, run_method  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="vital,fourier,maco,deepinversion")
+    ap.add_argument("--methods", default=",".join(method_names()), help="registered methods (default: all)")
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--device", default="auto")
@@ -56,13 +56,9 @@ def main() -> int:
             target = ClassTarget(cname)
             index, _ = target.resolve(spec.class_names)
             t = time.perf_counter()
-            if method == "vital":
-                jobs = [Job(target, references.bundled(cname), s) for s in seeds]
-                res = visualize_batch(spec, jobs, preset=args.preset, steps=args.steps, device=device, progress=False)
-            else:
-                jobs = [Job(target, None, s) for s in seeds]
-                res = run_baseline(spec, jobs, method, preset=args.preset, steps=args.steps, device=device,
-                                   progress=False)
+            refs = references.bundled(cname) if get_method(method).needs_references else None
+            jobs = [Job(target, refs, s) for s in seeds]
+            res = run_method(method, spec, jobs, preset=args.preset, steps=args.steps, device=device, progress=False)
             wall += time.perf_counter() - t
             steps = res[0].record["steps_done"]
             if args.save:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import Tally  # noqa: E402
 
 from vital_fv import ClassTarget, Job, load_model, references  # noqa: E402
-from vital_fv.baselines import run_baseline  # noqa: E402
+from vital_fv.methods import run_method  # noqa: E402
 
 
 def lucent_fourier(spec, index: int, steps: int, size: int) -> torch.Tensor:
@@ -90,8 +90,8 @@ def main() -> int:
                 kw = {"size": args.maco_size} if method == "maco" else {}
                 if "xplique" in row:
                     kw["spectrum"] = args.spectrum
-                (r,) = run_baseline(spec, [Job(ClassTarget(index), None, args.seed)], method, preset="quick",
-                                    steps=args.steps, device="cpu", progress=False, **kw)
+                (r,) = run_method(method, spec, [Job(ClassTarget(index), None, args.seed)], preset="quick",
+                                  steps=args.steps, device="cpu", progress=False, **kw)
                 img = r.image
             elif row == "lucent fourier":
                 img = lucent_fourier(spec, index, args.steps, spec.preprocess.input_size)

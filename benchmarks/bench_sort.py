@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import vital_fv.matching as M
-import vital_fv.optimize as O
+import vital_fv.methods.vital as O
 from vital_fv import ClassTarget, load_model, references, visualize
 from vital_fv.features import as_channels_positions, capture
 from vital_fv.transforms import roll

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from vital_fv import Job, load_model, references, visualize_batch
-from vital_fv.baselines import run_baseline
+from vital_fv.device import frozen_on, resolve_device
 from vital_fv.features import capture
-from vital_fv.optimize import frozen_on, resolve_device
+from vital_fv.methods import run_method
 from vital_fv.params import init_pixels, item_generators
 from vital_fv.targets import ClassTarget, UnitTarget
 
@@ -138,11 +138,11 @@ def main() -> int:
         jobs = [Job(u, r, 0) for u, r in zip(units, refs, strict=True)]
         if method.startswith("vital"):
             rel = {"vital-lrp": "lrp", "vital-gb": "guided_backprop", "vital-none": None}[method]
-            res = visualize_batch(spec, jobs, preset=args.preset, steps=args.steps, relevance=rel, device=device,
-                                  progress=False)
+            res = run_method("vital", spec, jobs, preset=args.preset, steps=args.steps, relevance=rel,
+                             device=device, progress=False)
         else:
-            res = run_baseline(spec, [Job(u, None, 0) for u in units], method, preset=args.preset,
-                               steps=args.steps, device=device, progress=False)
+            res = run_method(method, spec, [Job(u, None, 0) for u in units], preset=args.preset,
+                             steps=args.steps, device=device, progress=False)
         per_image = (time.perf_counter() - t) / len(units)
         if args.save:
             for u, r in zip(units, res, strict=True):

@@ -13,7 +13,8 @@ from dataclasses import replace
 import torch
 
 from vital_fv import ClassTarget, Job, load_model, references, visualize_batch
-from vital_fv.optimize import OPTIM_PRESETS, resolve_device
+from vital_fv.device import resolve_device
+from vital_fv.methods.vital import OPTIM_PRESETS
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_engine import Tally  # noqa: E402

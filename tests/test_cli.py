@@ -156,7 +156,7 @@ def test_unit_targets_on_the_cli(capsys, tmp_path):
     assert "needs the unit's references: --images DIR" in capsys.readouterr().err
     assert main(["visualize", "--unit", "blocks.5.2:17", "--method", "maco", "--relevance", "lrp",
                  "--out", str(out)]) == 2
-    assert "weights VITAL's matching" in capsys.readouterr().err
+    assert "option 'relevance' does not apply to maco (only to vital)" in capsys.readouterr().err
 
 
 def test_mine_rejects_a_channel_out_of_range_before_scanning(capsys, tmp_path):

@@ -208,7 +208,8 @@ def build_circuit(
 ) -> Circuit:
     """Visualize the ``top`` channels of ``ranking`` as units: references mined from ``mine_images`` (one scan for
     all of them), VITAL with LRP in one batch (``options`` go to ``visualize_batch``)."""
-    from .optimize import Job, visualize_batch
+    from .methods import Job
+    from .methods.vital import visualize_batch
     from .references import mine_many, mined_references
 
     if top < 1:
@@ -230,7 +231,7 @@ def build_circuit(
 def save_circuit(circuit: Circuit, out: str | os.PathLike[str], patches: int = 3, overwrite: bool = False) -> Path:
     """``unit-C.png`` (+ record, transparency) per channel, ``circuit.png`` (the paper's Fig. 4 style) and
     ``circuit.json``."""
-    from . import __version__
+    from .version import __version__
 
     out = Path(out)
     refuse_overwrite([out / RECORD, out / "circuit.png"], overwrite)
@@ -263,7 +264,7 @@ def figure(circuit: Circuit, patches: int = 3) -> bytes:
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch
 
-    from .references import _crop
+    from .references import crop
 
     rk = circuit.ranking
     k = len(circuit.channels)
@@ -279,7 +280,7 @@ def figure(circuit: Circuit, patches: int = 3) -> bytes:
         y0 = 1 - top_margin - (i + 1) * row_h
         tiles = [res.on_white().permute(1, 2, 0).numpy()]  # the transparency rendering, as the method shows units
         for src, box in list(zip(refs.sources, refs.info["mining"]["boxes"], strict=True))[:patches]:
-            tiles.append(_crop(read_image(src)[0], box).permute(1, 2, 0).numpy())
+            tiles.append(crop(read_image(src)[0], box).permute(1, 2, 0).numpy())
         for j, tile in enumerate(tiles):
             ax = fig.add_axes((0.01 + j * tile_w, y0 + 0.08 * row_h, tile_w * 0.94, row_h * 0.84))
             ax.imshow(tile)

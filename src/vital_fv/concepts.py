@@ -297,7 +297,7 @@ def save_concepts(concepts: Concepts, out: str | os.PathLike[str], overwrite: bo
     """``out/concepts.safetensors`` + ``concepts.json`` + ``crops/concept-I/NN.png`` + ``contact_sheet.png``."""
     from safetensors.torch import save as st_save
 
-    from . import __version__
+    from .version import __version__
 
     out = Path(out)
     files = [out / CONCEPTS_FILE, out / CONCEPTS_RECORD, out / "contact_sheet.png"]

@@ -47,6 +47,16 @@ class Item:
         return self.record["target"].get("kind", "class")
 
 
+def _row_order(model: str, method: str) -> tuple[str, int, str]:
+    """Table rows per model in the registry's method order (VITAL first, then the baselines it is compared
+    against); methods no longer registered come last."""
+    from .methods import method_names
+
+    names = method_names()
+    base = method.split("+")[0]
+    return model, names.index(base) if base in names else len(names), method
+
+
 def load_results(folder: str | os.PathLike[str]) -> list[Item]:
     """Every result record under ``folder`` with its image; bad files are named in warnings and skipped."""
     root = Path(folder)
@@ -125,7 +135,7 @@ class Evaluator:
 
     def __init__(self, device: str = "auto", clip_checkpoint: str | None = None, clip_arch: str = "ViT-B-32",
                  models: dict[str, Any] | None = None) -> None:
-        from .optimize import resolve_device
+        from .device import resolve_device
 
         self.device = resolve_device(device)
         self._models: dict[str, Any] = {}
@@ -228,14 +238,14 @@ def evaluate(
 
     unit_scores = _unit_scores(ev, unit_items, controls) if unit_items else {}
 
-    for (model_name, method), group in sorted(groups.items()):
+    for (model_name, method), group in sorted(groups.items(), key=lambda kv: _row_order(*kv[0])):
         row: dict[str, Any] = {"model": model_name, "method": method, "targets": "classes", "items": len(group)}
         for key in ("model_top1", "judge_top1", "judge_top5", "clip_top1", "clip_top5"):
             vals = [it.scores[key] for it in group if key in it.scores]
             row[key] = round(100 * float(np.mean(vals)), 2) if vals else None
         _frechet_row(row, group, real_feats, n_boot)
         rows.append(row)
-    for (model_name, method), vals in sorted(unit_scores.items()):
+    for (model_name, method), vals in sorted(unit_scores.items(), key=lambda kv: _row_order(*kv[0])):
         rows.append({"model": model_name, "method": method, "targets": "units", "items": len(vals["auc"]),
                      "auc": round(float(np.mean(vals["auc"])), 3), "mad": round(float(np.mean(vals["mad"])), 3)})
 

@@ -21,7 +21,7 @@ from .errors import VitalError
 from .features import resolve_layers
 from .references import PatchScan, ReferenceSet, scan_patches
 from .result import Result, atomic_write_bytes, refuse_overwrite
-from .targets import UnitTarget
+from .targets import UnitTarget, check_units
 
 RECORD = "disentangle.json"
 
@@ -109,9 +109,7 @@ def disentangle(
         raise VitalError("--clusters must be at least 2")
     layer = cluster_layer or unit.layer
     resolve_layers(spec.module, [unit.layer, layer], spec.name)
-    from .optimize import _check_units
-
-    _check_units(spec, [unit], spec.preprocess.input_size, next(spec.module.parameters()).device)
+    check_units(spec, [unit], spec.preprocess.input_size, next(spec.module.parameters()).device)
     layers = list(dict.fromkeys([unit.layer, layer]))
     scan = scan_patches(spec, layers, images, patch=patch, stride=stride or max(1, patch // 2), progress=progress,
                         cache_dir=cache_dir)
@@ -136,8 +134,8 @@ def save_disentangled(
 ) -> Path:
     """Per cluster ``cluster-C.png`` (+ record, transparency) and ``cluster-C-patches.png``; ``overview.png`` puts
     the clusters side by side; ``disentangle.json`` records everything."""
-    from . import __version__
     from .references import contact_sheet
+    from .version import __version__
 
     out = Path(out)
     refuse_overwrite([out / RECORD, out / "overview.png"], overwrite)
@@ -200,7 +198,8 @@ def overview(dis: Disentangled, results: Sequence[Result], patches: int = 5) -> 
 
 def visualize_clusters(spec: Any, dis: Disentangled, top: int = 50, seed: int = 0, **options: Any) -> list[Result]:
     """VITAL for the unit once per cluster, each with the cluster's ``top`` patches as references (one batch)."""
-    from .optimize import Job, visualize_batch
+    from .methods import Job
+    from .methods.vital import visualize_batch
 
     jobs = [Job(dis.unit, dis.references(c, top), seed) for c in range(dis.n_clusters)]
     results = visualize_batch(spec, jobs, **options)

@@ -539,7 +539,8 @@ class MiningInterrupted(VitalError):
     """Ctrl-C during a scan: what was scanned is saved and the next run resumes."""
 
 
-def _crop(img: torch.Tensor, box: Sequence[int]) -> torch.Tensor:
+def crop(img: torch.Tensor, box: Sequence[int]) -> torch.Tensor:
+    """The (x0, y0, x1, y1) box of a (3, H, W) image, as its own contiguous tensor."""
     x0, y0, x1, y1 = box
     return img[:, y0:y1, x0:x1].contiguous()
 
@@ -560,7 +561,7 @@ def mined_references(result: MiningResult, k: int = 50, use: str = "patches") ->
         img, h = read_image(e["source"])
         if h != e["sha256"]:
             raise VitalError(f"{e['source']} changed since it was mined: mine again")
-        images.append(_crop(img, e["box"]) if use == "patches" else img)
+        images.append(crop(img, e["box"]) if use == "patches" else img)
         sources.append(e["source"])
         hashes.append(h if use == "images" else hashlib.sha256(images[-1].numpy().tobytes()).hexdigest())
     return ReferenceSet(images, sources, hashes, n=len(images), label=f"mined:{result.params['unit']}",
@@ -602,16 +603,16 @@ def save_mining(result: MiningResult, refs: ReferenceSet, out: str | os.PathLike
     patches = []
     for rank, (src, score, box) in enumerate(zip(refs.sources, info["scores"], info["boxes"], strict=True), 1):
         img, _ = read_image(src)
-        crop = _crop(img, box)
-        patches.append(crop)
+        patch = crop(img, box)
+        patches.append(patch)
         name = f"patches/{rank:03d}-{''.join(c if c.isalnum() else '-' for c in Path(src).stem)[:40]}.png"
-        atomic_write_bytes(out / name, png_bytes(crop.float() / 255))
+        atomic_write_bytes(out / name, png_bytes(patch.float() / 255))
         entries.append({"rank": rank, "file": name, "source": src, "box": box, "score": score})
     sheet = contact_sheet(patches, [f"#{e['rank']} {e['score']:.3g}" for e in entries])
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     atomic_write_bytes(out / "contact_sheet.png", buf.getvalue())
-    from . import __version__
+    from .version import __version__
 
     _write_json_atomic(record_path, {"vital_fv": __version__, **result.params, "k": info["k"], "use": use,
                                      "cache_key": result.key, "references": entries})
@@ -667,7 +668,7 @@ class PatchScan:
                 if h != e["sha256"]:
                     raise VitalError(f"{e['source']} changed since it was scanned: scan again")
                 loaded[e["sha256"]] = img
-            out.append(_crop(loaded[e["sha256"]], e["box"]))
+            out.append(crop(loaded[e["sha256"]], e["box"]))
         return out
 
     def references(self, indices: Sequence[int], label: str, info: dict[str, Any] | None = None) -> ReferenceSet:
@@ -767,3 +768,136 @@ def scan_patches(
               "stride": stride, "input_size": model.preprocess.input_size, "patches": len(entries), "cache_key": key}
     cache = "hit" if computed == 0 else ("miss" if computed == len(seen) else "resumed")
     return PatchScan(entries, {n: torch.cat(v) for n, v in acts.items()}, params, cache)
+
+
+# --- where a run's references come from --------------------------------------------------------------------------
+
+
+def resolve(
+    model: Any,
+    target: Any,
+    refs: ReferenceSet | str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    pool: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+    n: int = 50,
+    augment: bool | None = None,
+    use: str = "patches",
+    device: Any = "auto",
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ReferenceSet:
+    """The references of a class or unit target, from exactly one source (as ``vital visualize`` takes them).
+
+    ``refs``: a ``ReferenceSet``, a folder (a ``vital mine`` folder is read as such) or image files; ``pool``: an
+    unlabelled folder, ranked by the model's probability for the class; ``images``: a folder the unit's top patches
+    are mined from (cached and resumable); none of them: the bundled photo of a demo class. ``augment`` fills
+    missing references with random crops (default: on for the bundled photo only).
+    """
+    import logging
+
+    from .device import frozen_on, resolve_device
+    from .targets import ClassTarget, UnitTarget, check_units
+
+    given = [name for name, v in (("refs", refs), ("pool", pool), ("images", images)) if v is not None]
+    if len(given) > 1:
+        raise VitalError(f"give one reference source, not {' and '.join('--' + g for g in given)}")
+    if n < 1:
+        raise VitalError(f"--n-refs must be at least 1 (got {n})")
+    if isinstance(refs, ReferenceSet):
+        return refs
+    if images is not None:
+        if not isinstance(target, UnitTarget):
+            raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or "
+                             "--pool DIR for a class")
+        dev = resolve_device(device)
+        with frozen_on(model.module, dev):
+            check_units(model, [target], model.preprocess.input_size, dev)
+            result = mine(model, target, images, progress=progress, cache_dir=cache_dir)
+        logging.getLogger("vital_fv").info(f"mined {target.label()} over {result.params['images']} images "
+                                           f"({result.cache})")
+        return mined_references(result, k=n, use=use)
+    if pool is not None:
+        if not isinstance(target, ClassTarget):
+            raise VitalError("--pool ranks images by a class's probability: for a unit give --images DIR (mines "
+                             "its top patches) or --refs FOLDER from `vital mine`")
+        index, _ = target.resolve(model.class_names, model.class_synonyms)
+        return from_pool(pool, model, index, n=n, progress=progress)
+    if refs is not None:
+        paths = [Path(refs)] if isinstance(refs, (str, os.PathLike)) else [Path(r) for r in refs]
+        if len(paths) == 1 and paths[0].is_dir():
+            return from_folder(paths[0], n=n, augment=bool(augment))
+        return from_files(paths, n=n, augment=bool(augment))
+    if isinstance(target, ClassTarget):
+        _, name = target.resolve(model.class_names, model.class_synonyms)
+        if name.lower() not in BUNDLED:
+            raise VitalError(f"no references for '{name}': give --refs DIR (images of the class) or --pool DIR. "
+                             f"Bundled photos exist for: {', '.join(BUNDLED)}")
+        return bundled(name, n=n, augment=True if augment is None else augment)
+    raise VitalError(f"a VITAL visualization of {target.label()} needs the unit's references: --images DIR (mines "
+                     "them) or --refs FOLDER from `vital mine`")
+
+
+def write_photos(out: str | os.PathLike[str], only: Sequence[str] | None = None, overwrite: bool = False) -> list[Path]:
+    """Write the photos that ship with scikit-image and scikit-learn (``OFFLINE_PHOTOS``, or the ``only`` names,
+    e.g. ``coffee``) to ``out`` as PNGs; existing files are kept unless ``overwrite``."""
+    from .result import atomic_write_bytes, ensure_writable_dir, png_bytes, refuse_overwrite
+
+    names = [name.split(".")[0] for _, name in OFFLINE_PHOTOS]
+    keep = list(names)
+    if only:
+        keep = [n.removesuffix(".png") for n in only]
+        unknown = [n for n in keep if n not in names]
+        if unknown:
+            near = close_matches(unknown[0], names)
+            raise VitalError(f"no bundled photo '{unknown[0]}'" + (f" (did you mean {', '.join(near)}?)" if near
+                                                                  else "") + f"; there are: {', '.join(names)}")
+    folder = ensure_writable_dir(out)
+    refuse_overwrite([folder / f"{n}.png" for n in names if n in keep], overwrite)
+    written = []
+    for (kind, name), stem in zip(OFFLINE_PHOTOS, names, strict=True):
+        if stem in keep:
+            atomic_write_bytes(folder / f"{stem}.png", png_bytes(_bundled_photo(kind, name)[0].float() / 255))
+            written.append(folder / f"{stem}.png")
+    return written
+
+
+def mine_to_folder(
+    model: Any,
+    unit: Any,
+    images: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    k: int = 50,
+    use: str = "patches",
+    patch: int = 64,
+    stride: int | None = None,
+    batch_size: int = 32,
+    device: Any = "auto",
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, ReferenceSet]:
+    """``vital mine``: mine the unit's top ``k`` patches of ``images`` (cached, resumable) and write them to ``out``
+    (patches/, contact_sheet.png, mining.json); returns the record's path and the references."""
+    import logging
+
+    from .device import frozen_on, resolve_device
+    from .result import refuse_overwrite
+    from .targets import check_units
+
+    if k < 1:
+        raise VitalError(f"--k must be at least 1 (got {k})")
+    if use not in ("patches", "images"):
+        raise VitalError(f"unknown reference kind '{use}': choose patches or images")
+    folder = Path(out)
+    refuse_overwrite([folder / MINING_RECORD, folder / "contact_sheet.png"], overwrite)
+    dev = resolve_device(device)
+    with frozen_on(model.module, dev):
+        check_units(model, [unit], model.preprocess.input_size, dev)
+        result = mine(model, unit, images, patch=patch, stride=stride, batch_size=batch_size, progress=progress,
+                      cache_dir=cache_dir)
+    logging.getLogger("vital_fv").info(f"mined {unit.label()} over {result.params['images']} images "
+                                       f"({result.cache})")
+    refs = mined_references(result, k=k, use=use)
+    return save_mining(result, refs, folder, use, overwrite=overwrite), refs

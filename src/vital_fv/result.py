@@ -82,6 +82,7 @@ class Result:
     record: dict[str, Any] = field(default_factory=dict)
     alpha: torch.Tensor | None = None  # accumulated |d loss / d image| (3, H, W), where the method keeps it
     alpha_percentile: float = 98.0  # where the transparency map is clipped before scaling to [0, 1]
+    path: Path | None = None  # the PNG it was last saved to
 
     @property
     def status(self) -> str:
@@ -134,6 +135,7 @@ class Result:
             atomic_write_bytes(extra[1], buf.getvalue())
         atomic_write_bytes(png, png_bytes(self.image))
         atomic_write_bytes(js, (json.dumps(record, indent=1, default=_json_default) + "\n").encode())
+        self.path = png
         return png, js
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -154,3 +156,16 @@ class DirectionTarget:
         """Highest cosine similarity over positions between the direction and one item's activation vectors."""
         cp = act.flatten(1) if act.dim() == 3 else act.t()
         return torch.nn.functional.cosine_similarity(cp, self.vector.to(cp).unsqueeze(1), dim=0).max()
+
+
+def check_units(model: Any, units: Sequence[UnitTarget | DirectionTarget], size: int, device: Any) -> None:
+    """Fail clearly, before any work, when a unit's channel or position (or a direction's size) does not exist in
+    its layer's output at ``size`` px; every unit must be on one layer."""
+    from .features import capture
+
+    layer = units[0].layer
+    with torch.no_grad(), capture(model.module, [layer], model.name) as feats:
+        model.module(torch.zeros(1, 3, size, size, device=device))
+        out = feats[layer][0] if isinstance(feats[layer], (tuple, list)) else feats[layer]
+    for u in units:
+        u.check(tuple(out.shape[1:]))

@@ -188,6 +188,38 @@ class ModelSpec:
         self.module.to(device)
         return self
 
+    @torch.no_grad()
+    def top5(self, images01: torch.Tensor) -> list[list[dict[str, Any]]]:
+        """The model's top-5 classes for each image in [0, 1], with probabilities (empty lists without logits)."""
+        logits = self.module(self.preprocess.normalize(images01.to(self.device)))
+        if logits.dim() != 2:
+            return [[] for _ in range(images01.shape[0])]
+        probs = logits.float().softmax(-1)
+        p, i = probs.topk(min(5, probs.shape[-1]), dim=-1)
+        names = self.class_names
+        return [
+            [
+                {"index": int(c), "name": names[int(c)] if c < len(names) else str(int(c)), "p": round(float(q), 5)}
+                for q, c in zip(pr, ix, strict=True)
+            ]
+            for pr, ix in zip(p.cpu(), i.cpu(), strict=True)
+        ]
+
+    def find_classes(self, word: str = "") -> list[tuple[int, str, list[str]]]:
+        """(index, name, other synonyms) of every class whose name or a synonym contains ``word`` (any case)."""
+        if not self.class_names:
+            raise VitalError(f"model {self.name} has no class names")
+        word = word.lower()
+        synonyms = self.class_synonyms or [[] for _ in self.class_names]
+        hits = [
+            (i, n, [w for w in syn if w != n])
+            for i, (n, syn) in enumerate(zip(self.class_names, synonyms, strict=True))
+            if word in n.lower() or any(word in w.lower() for w in syn)
+        ]
+        if not hits:
+            raise VitalError(f"no class name of {self.name} contains '{word}'")
+        return hits
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

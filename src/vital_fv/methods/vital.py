@@ -1,27 +1,25 @@
-"""The VITAL optimization loop: ``visualize`` for one image, ``visualize_batch`` for several at once.
+"""VITAL (SPEC §1–4): optimize pixels so each matched layer's sorted activations match those of real references.
 
-Each batch item is an independent visualization with its own target, references, seed and loss; they share only
-the forward/backward passes (and the learning-rate schedule).
+``visualize_batch`` runs ``len(jobs)`` independent images in one batch; each item has its own target, references,
+seed and loss, and they share only the forward/backward passes (and the learning-rate schedule). With relevance
+(units and directions by default), each layer matches A ⊙ R̂ with per-channel importance weights (SPEC §4).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
-from . import __version__
-from .errors import VitalError
-from .features import as_channels_positions, capture, resolve_layers
-from .matching import (
+from ..device import frozen_on, resolve_device
+from ..errors import VitalError
+from ..features import as_channels_positions, capture, resolve_layers
+from ..matching import (
     PrototypeCache,
     compute_prototypes,
     l2_norm,
@@ -30,19 +28,28 @@ from .matching import (
     sort_matching_loss,
     total_variation,
 )
-from .params import clamp_, init_pixels, item_generators
-from .references import ReferenceSet, from_folder
-from .relevance import Relevance, channel_importance, normalize_relevance, parse_method, silent
-from .result import Result
-from .targets import ClassTarget, DirectionTarget, UnitTarget
-from .transforms import roll, sample_rolls
-from .zoo import LayerPreset, ModelSpec, unit_preset
-
-Target = ClassTarget | UnitTarget | DirectionTarget
+from ..params import clamp_, init_pixels, item_generators
+from ..relevance import Relevance, channel_importance, normalize_relevance, parse_method, silent
+from ..result import Result
+from ..targets import ClassTarget, check_units
+from ..transforms import roll, sample_rolls
+from ..zoo import LayerPreset, ModelSpec, unit_preset
+from .base import (
+    Job,
+    Preset,
+    Target,
+    Updater,
+    build_record,
+    describe_target,
+    get_preset,
+    raise_if_nonfinite,
+    run_steps,
+    schedule,
+)
 
 
 @dataclass(frozen=True)
-class OptimPreset:
+class OptimPreset(Preset):
     """Optimizer and schedule settings: Adam, linear warm-up, cosine decay to zero, roll jitter."""
 
     name: str
@@ -54,6 +61,13 @@ class OptimPreset:
     jitter: int = 30
     init_std: float = 1.0  # std of the N(0, s) pixel initialization, in normalized space
 
+    def overridden(self, steps: int | None = None, lr: float | None = None) -> OptimPreset:
+        """A shorter run keeps at most a fifth of its steps as warm-up."""
+        out = super().overridden(steps, lr)
+        if steps is not None:
+            out = replace(out, warmup=min(self.warmup, max(0, steps // 5)))
+        return out
+
 
 OPTIM_PRESETS: dict[str, OptimPreset] = {
     # The authors' public code (SPEC §3).
@@ -64,79 +78,35 @@ OPTIM_PRESETS: dict[str, OptimPreset] = {
 }
 
 
-def lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at the last step."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    span = max(1, steps - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+class Vital:
+    """The method of this package, behind the common ``Method`` interface."""
 
+    name = "vital"
+    description = "VITAL: sorted-activation matching to references, relevance-weighted for units (the paper)"
+    presets = OPTIM_PRESETS
+    targets = ("class", "unit", "direction")
+    needs_references = True
+    transparency = True
 
-@dataclass(frozen=True)
-class Job:
-    """One batch item: what to show, from which references, with which seed."""
-
-    target: Target
-    references: ReferenceSet
-    seed: int = 0
-
-
-class NonFiniteLossError(VitalError):
-    """The loss became NaN or infinite; ``results`` hold the last finite images, marked in their records."""
-
-    def __init__(self, message: str, results: list[Result]) -> None:
-        super().__init__(message)
-        self.results = results
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VitalError("--device cuda was asked for, but no CUDA GPU is available: use --device cpu or auto")
-    return dev
-
-
-@contextmanager
-def frozen_on(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode, no parameter gradients, on ``device``; the module's mode, flags and device come back after."""
-    training = module.training
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    first = next(iter(module.parameters()), None)
-    home = first.device if first is not None else device
-    try:
-        module.eval()
-        module.requires_grad_(False)
-        module.to(device)
-        yield
-    finally:
-        module.to(home)
-        module.train(training)
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def visualize(
-    model: ModelSpec,
-    target: Target | int | str,
-    references: ReferenceSet | str | os.PathLike[str],
-    *,
-    seed: int = 0,
-    **options: Any,
-) -> Result:
-    """Optimize one image whose per-layer feature distributions match ``references`` (SPEC §1–4).
-
-    ``target`` is a class (index, name or ``ClassTarget``), a ``UnitTarget`` (channel or neuron; references are
-    then the unit's mined patches) or a ``DirectionTarget``. ``options`` are those of ``visualize_batch``, e.g.
-    ``relevance="lrp" | "guided_backprop" | None``. A Ctrl-C stops early and returns the current image with
-    ``record["status"] == "interrupted"``.
-    """
-    if not isinstance(target, (ClassTarget, UnitTarget, DirectionTarget)):
-        target = ClassTarget(target)
-    if not isinstance(references, ReferenceSet):
-        references = from_folder(references)
-    return visualize_batch(model, [Job(target, references, seed)], **options)[0]
+    def run(
+        self,
+        model: ModelSpec,
+        jobs: Sequence[Job],
+        *,
+        preset: str | OptimPreset = "paper",
+        steps: int | None = None,
+        lr: float | None = None,
+        size: int | None = None,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        layers: LayerPreset | None = None,
+        cache: PrototypeCache | None | bool = True,
+        ref_batch_size: int = 16,
+        relevance: str | None = "auto",
+    ) -> list[Result]:
+        return visualize_batch(model, jobs, preset=preset, steps=steps, lr=lr, layers=layers, size=size,
+                               device=device, cache=cache, progress=progress, ref_batch_size=ref_batch_size,
+                               relevance=relevance)
 
 
 def visualize_batch(
@@ -162,7 +132,7 @@ def visualize_batch(
     """
     if not jobs:
         raise VitalError("nothing to visualize: give at least one target")
-    opt_preset = _optim_preset(preset, steps, lr)
+    opt_preset = get_preset(Vital, preset, steps, lr)
     size = size or model.preprocess.input_size
     if size < 224 and opt_preset.jitter:
         # The authors' 30 px of roll jitter is for 224 px images; on small inputs (32 px Fashion-MNIST models) it
@@ -197,7 +167,7 @@ def visualize_batch(
     with frozen_on(model.module, dev):
         try:
             if units:
-                _check_units(model, units, size, dev)
+                check_units(model, units, size, dev)
             t0 = time.perf_counter()
             protos, proto_info = _prototypes(model, layer_preset, jobs, store, ref_batch_size)
             rel_protos = None
@@ -214,7 +184,7 @@ def visualize_batch(
                     names, rel_protos, jobs, starts, protos, dev))
             results = _optimize(model, names, layer_preset, opt_preset, jobs, protos, size, dev, progress, weighting)
             images, curves, step_times, status, alpha = results
-            top5 = _top5(model, images)
+            top5 = model.top5(images)
             if units:
                 unit_values = _unit_values(model, [j.target for j in jobs], images)
         finally:
@@ -223,62 +193,23 @@ def visualize_batch(
 
     out = []
     for b, job in enumerate(jobs):
-        index, cname = resolved[b]
-        target_info = ({"kind": "class", "index": index, "name": cname} if isinstance(job.target, ClassTarget)
-                       else job.target.describe())
+        target_info = describe_target(job.target, model)
         if unit_values is not None:
             target_info["value"] = round(unit_values[b], 6)
-        record = {
-            "vital_fv": __version__,
-            "method": "vital",
-            "status": status,
-            "steps_done": len(step_times),
-            "target": target_info,
-            "seed": job.seed,
-            "model": model.describe(),
-            "layers": layer_preset.as_dict(),
-            "optimizer": asdict(opt_preset),
-            "resolution": size,
-            "device": str(dev),
-            "references": job.references.describe(),
-            "prototypes": proto_info[job.references.content_hash()],
-            "reference_seconds": round(t_refs, 3),
-            "loss": {
-                name: [round(float(v), 6) for v in curves[:, li, b]] for li, name in enumerate(names)
-            },
-            "seconds_per_step": round(sum(step_times) / max(1, len(step_times)), 5),
-            "step_seconds": [round(t, 5) for t in step_times],
-            "seconds_total": round(sum(step_times) + t_refs, 3),
-            "top5": top5[b],
-            "environment": {"torch": torch.__version__, "python": platform.python_version()},
-        }
+        relevance_info = None
         if method:
             info = rel_info[job.references.content_hash()]
-            record["relevance"] = {**rel_model.describe(), **info, "silent_steps": weighting.silent_steps[b]}
-        else:
-            record["relevance"] = None
-        out.append(Result(images[b], record, alpha=alpha[b]))
-    if status == "nonfinite":
-        raise NonFiniteLossError(
-            f"the loss became non-finite after {len(step_times)} steps; the last finite images are kept. "
-            "Try a lower --lr or fewer layers with large weights.",
-            out,
+            relevance_info = {**rel_model.describe(), **info, "silent_steps": weighting.silent_steps[b]}
+        record = build_record(
+            "vital", status=status, step_times=step_times, target=target_info, seed=job.seed, model=model,
+            optimizer=asdict(opt_preset), resolution=size, device=dev, references=job.references.describe(),
+            loss={name: curves[:, li, b] for li, name in enumerate(names)}, top5=top5[b], setup_seconds=t_refs,
+            layers=layer_preset.as_dict(), prototypes=proto_info[job.references.content_hash()],
+            reference_seconds=round(t_refs, 3), relevance=relevance_info,
         )
+        out.append(Result(images[b], record, alpha=alpha[b]))
+    raise_if_nonfinite(out, status, "vital", len(step_times), "Try a lower --lr or fewer layers with large weights.")
     return out
-
-
-def _optim_preset(preset: str | OptimPreset, steps: int | None, lr: float | None) -> OptimPreset:
-    if isinstance(preset, str):
-        if preset not in OPTIM_PRESETS:
-            raise VitalError(f"unknown preset '{preset}': choose one of {', '.join(OPTIM_PRESETS)}")
-        preset = OPTIM_PRESETS[preset]
-    if steps is not None:
-        if steps < 1:
-            raise VitalError("--steps must be at least 1")
-        preset = replace(preset, steps=steps, warmup=min(preset.warmup, max(0, steps // 5)))
-    if lr is not None:
-        preset = replace(preset, lr=lr)
-    return preset
 
 
 def _prototypes(
@@ -331,15 +262,6 @@ def _start_target(target: Target, index: int) -> Any:
     return index if isinstance(target, ClassTarget) else target
 
 
-def _check_units(model: ModelSpec, units: Sequence[Any], size: int, device: torch.device) -> None:
-    layer = units[0].layer
-    with torch.no_grad(), capture(model.module, [layer], model.name) as feats:
-        model.module(torch.zeros(1, 3, size, size, device=device))
-        out = feats[layer][0] if isinstance(feats[layer], (tuple, list)) else feats[layer]
-    for u in units:
-        u.check(tuple(out.shape[1:]))
-
-
 @torch.no_grad()
 def _unit_values(model: ModelSpec, targets: Sequence[Any], images: torch.Tensor) -> list[float]:
     """Each result's unit value (spatial mean, neuron, or best cosine for directions) on the final image."""
@@ -349,6 +271,7 @@ def _unit_values(model: ModelSpec, targets: Sequence[Any], images: torch.Tensor)
         model.module(model.preprocess.normalize(images.to(device)))
         out = feats[layer][0] if isinstance(feats[layer], (tuple, list)) else feats[layer]
         return [float(t.value(out[b])) for b, t in enumerate(targets)]
+
 
 
 def _relevance_key(job: Job, start: Any) -> str:
@@ -505,7 +428,6 @@ def _optimize(
     lo, hi = model.preprocess.bounds(device)
     # fused: one kernel for the whole update (CPU and CUDA); the parameter is a single image tensor.
     optimizer = torch.optim.Adam([x], lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, opt.steps, opt.warmup))
     weights = torch.tensor(layer_preset.weights, device=device, dtype=torch.float32).unsqueeze(1)
     curves = torch.zeros(opt.steps, len(names), len(jobs))
     skip = model.skip_tokens
@@ -535,11 +457,11 @@ def _optimize(
             return rel.acts, rel, quiet
 
         def backward(loss: torch.Tensor) -> None:
-            if weighting is None:
+            with weighting.model.plain_gradients():
                 loss.backward()
-            else:
-                with weighting.model.plain_gradients():
-                    loss.backward()
+
+        update = Updater(optimizer, schedule(optimizer, opt.steps, opt.warmup), alpha=alpha, grad_of=lambda: x,
+                         backward=None if weighting is None else backward, after_step=lambda: clamp_(x, lo, hi))
 
         def step(i: int) -> float:
             acts, rel, quiet = forward(roll(x, sample_rolls(gens, opt.jitter)))
@@ -549,74 +471,11 @@ def _optimize(
                 item_loss = item_loss + layer_preset.tv * total_variation(x)
             if layer_preset.l2:
                 item_loss = item_loss + layer_preset.l2 * l2_norm(x)
-            loss = item_loss.sum()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                return value  # no update: x stays the last finite image
-            optimizer.zero_grad(set_to_none=True)
-            backward(loss)
-            alpha.add_(x.grad.abs())
-            optimizer.step()
-            schedule.step()
-            clamp_(x, lo, hi)
-            curves[i] = per_layer.detach().float().cpu()
-            return value / len(jobs)
+            value = update(item_loss.sum(), len(jobs))  # non-finite: no update, x stays the last finite image
+            if math.isfinite(value):
+                curves[i] = per_layer.detach().float().cpu()
+            return value
 
         status, step_times = run_steps(opt.steps, step, progress, "vital", on_interrupt=lambda: clamp_(x, lo, hi))
     images = model.preprocess.denormalize(x.detach()).clamp(0, 1).cpu()
     return images, curves[: len(step_times)], step_times, status, alpha.cpu()
-
-
-def run_steps(
-    steps: int,
-    step: Callable[[int], float],
-    progress: bool,
-    desc: str,
-    on_interrupt: Callable[[], object] | None = None,
-) -> tuple[str, list[float]]:
-    """The loop every method shares: timing, a progress bar with the loss, Ctrl-C and non-finite losses.
-
-    ``step(i)`` runs one update and returns its loss; a non-finite loss must come back before any update, so the
-    parameters stay at their last finite values. Returns the status and the wall time of each completed step.
-    """
-    from tqdm.auto import tqdm
-
-    step_times: list[float] = []
-    status = "complete"
-    bar = tqdm(range(steps), desc=desc, disable=not progress, unit="step", leave=False, mininterval=0.5)
-    try:
-        for i in bar:
-            t = time.perf_counter()
-            value = step(i)
-            if not math.isfinite(value):
-                status = "nonfinite"
-                break
-            step_times.append(time.perf_counter() - t)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{value:.4g}", refresh=False)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        if on_interrupt is not None:
-            on_interrupt()
-    finally:
-        bar.close()
-    return status, step_times
-
-
-@torch.no_grad()
-def _top5(model: ModelSpec, images: torch.Tensor) -> list[list[dict[str, Any]]]:
-    """The model's top-5 classes for each image, with probabilities."""
-    device = next(iter(model.module.parameters())).device
-    logits = model.module(model.preprocess.normalize(images.to(device)))
-    if logits.dim() != 2:
-        return [[] for _ in range(images.shape[0])]
-    probs = logits.float().softmax(-1)
-    p, i = probs.topk(min(5, probs.shape[-1]), dim=-1)
-    names = model.class_names
-    return [
-        [
-            {"index": int(c), "name": names[int(c)] if c < len(names) else str(int(c)), "p": round(float(q), 5)}
-            for q, c in zip(pr, ix, strict=True)
-        ]
-        for pr, ix in zip(p.cpu(), i.cpu(), strict=True)
-    ]

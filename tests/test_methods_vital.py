@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from vital_fv import ClassTarget, Job, NonFiniteLossError, references, visualize, visualize_batch
-from vital_fv import optimize as opt_mod
-from vital_fv.optimize import lr_factor
+from vital_fv.methods import vital as opt_mod
 from vital_fv.zoo import LayerPreset
 
 
@@ -123,13 +122,6 @@ def test_model_without_a_preset_needs_layers(tiny_spec, refs_a):
     tiny_spec.preset = None
     with pytest.raises(VitalError, match="no default layer preset: give layers"):
         visualize(tiny_spec, 0, refs_a, steps=1, progress=False)
-
-
-def test_schedule_warms_up_then_decays_to_zero():
-    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
-    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
-    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
-    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.slow

@@ -1,0 +1,217 @@
+"""``visualize``: everything ``vital visualize`` does, as one Python call.
+
+It resolves the model, the targets and their references, checks every option and the output files before any
+work, runs the chosen method from the registry over all targets × seeds in one batch, and (with ``out``) writes
+each result atomically, also after Ctrl-C or a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from . import references as refs_mod
+from .errors import VitalError
+from .features import resolve_layers
+from .matching import PrototypeCache
+from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
+from .methods.base import check_options
+from .references import ReferenceSet
+from .result import Result, ensure_writable_dir, refuse_overwrite
+from .targets import ClassTarget, DirectionTarget, UnitTarget
+from .zoo import LayerPreset, ModelSpec, load_model
+
+log = logging.getLogger("vital_fv")
+OUTPUT_SUFFIXES = (".png", ".json", ".rgba.png", ".alpha.npy")
+
+
+def _as_target(target: Any) -> Any:
+    """int / str -> ClassTarget; targets and saved concepts as they are."""
+    if isinstance(target, (ClassTarget, UnitTarget, DirectionTarget)) or hasattr(target, "target"):
+        return target
+    if isinstance(target, (int, str)):
+        return ClassTarget(target)
+    raise VitalError(f"cannot visualize {target!r}: give a class index or name, a UnitTarget, a DirectionTarget or "
+                     "a concept from vital_fv.concepts.load_concepts")
+
+
+def _slug(target: Any, model: ModelSpec) -> str:
+    return target.slug(model.class_names, model.class_synonyms)
+
+
+def output_stems(model: ModelSpec, targets: Sequence[Any], seeds: Sequence[int], method: str,
+                 name: str | None = None) -> list[str]:
+    """File stems, target-major then seed (the order of the results): ``MODEL-TARGET[-METHOD]-sSEED`` by default;
+    ``name`` replaces the default (with ``-TARGET`` for several targets and ``-sSEED`` for several seeds)."""
+    if name is not None and (not name or name in (".", "..") or "/" in name or os.sep in name or "\x00" in name):
+        raise VitalError(f"--name '{name}' must be a plain file name stem (no folders, not '.' or '..'); the folder "
+                         "is --out")
+    suffix = "" if method == "vital" else f"-{method}"
+    model_slug = re.sub(r"[^\w.+-]+", "-", model.name)  # timm:convnext_tiny -> timm-convnext_tiny (a file name)
+    stems = []
+    for t in targets:
+        sl = _slug(getattr(t, "target", t), model)
+        base = (f"{name}-{sl}" if len(targets) > 1 else name) if name else f"{model_slug}-{sl}{suffix}"
+        stems += [base if name and len(seeds) == 1 else f"{base}-s{seed}" for seed in seeds]
+    return stems
+
+
+def _concept_references(model: ModelSpec, concept: Any, images: Any, n: int, device: Any, progress: bool,
+                        cache_dir: Any) -> ReferenceSet:
+    from .concepts import concept_references_from
+    from .device import frozen_on, resolve_device
+
+    if images is not None:
+        with frozen_on(model.module, resolve_device(device)):
+            return concept_references_from(model, concept, images, k=n, progress=progress, cache_dir=cache_dir)
+    if model.name != concept.record["model"]:
+        raise VitalError(f"the concepts were extracted on {concept.record['model']}, not {model.name}: "
+                         f"use --model {concept.record['model']}")
+    return concept.references()
+
+
+def visualize(
+    model: ModelSpec | str,
+    target: Any,
+    references: ReferenceSet | str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    method: str = "vital",
+    preset: str = "paper",
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    size: int | None = None,
+    device: str = "auto",
+    n_refs: int = 50,
+    pool: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+    augment: bool | None = None,
+    use: str = "patches",
+    layers: Sequence[str] | LayerPreset | None = None,
+    layer_weights: Sequence[float] | None = None,
+    relevance: str | None = "auto",
+    class_token: bool | None = None,
+    spectrum: str | os.PathLike[str] | None = None,
+    cache: bool | PrototypeCache = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    alpha_percentile: float = 98.0,
+    progress: bool = True,
+) -> Result | list[Result]:
+    """Visualize ``target`` on ``model`` with ``method`` (any registered one: vital, fourier, maco, deepinversion).
+
+    ``model``: a ``ModelSpec`` or a zoo name (with ``weights``). ``target``: a class index or name, a
+    ``UnitTarget`` / ``DirectionTarget``, a saved concept, or a list of them (one batch). ``references`` (VITAL): a
+    ``ReferenceSet``, a folder or files; or ``pool`` / ``images`` (see ``references.resolve``); none: the bundled
+    photo of a demo class. ``seeds`` gives one image per seed. Returns one ``Result`` for one target and no
+    ``seeds``, else a list, target-major. With ``out``, each result is saved as ``out/STEM.png`` (+ ``.json``, and
+    ``.rgba.png`` / ``.alpha.npy`` with a transparency map; ``name`` sets the stem), existing files are refused
+    before any work unless ``overwrite``, and a Ctrl-C saves the images so far.
+    """
+    m = get_method(method)
+    get_preset(m, preset, steps, lr)  # every option is checked before any work
+    if not 0 < alpha_percentile <= 100:
+        raise VitalError(f"--alpha-percentile must be in (0, 100], got {alpha_percentile}")
+    if layer_weights is not None and not layers:
+        raise VitalError("--layer-weights needs --layers")
+    seed_list = [int(s) for s in (seeds if seeds is not None else [seed])]
+    if not seed_list:
+        raise VitalError("--seeds is empty: give at least one seed")
+    if len(set(seed_list)) != len(seed_list):
+        raise VitalError(f"--seeds repeats a seed ({','.join(map(str, seed_list))}): each seed gives one image")
+    many = isinstance(target, (list, tuple))
+    targets = [_as_target(t) for t in (target if many else [target])]
+    if not targets:
+        raise VitalError("nothing to visualize: give at least one target")
+    out_dir = ensure_writable_dir(out) if out is not None else None
+    spec = model if isinstance(model, ModelSpec) else load_model(model, weights)
+    if class_token is not None:
+        spec = replace(spec, class_token=class_token)
+    stems = output_stems(spec, targets, seed_list, m.name, name)
+    if out_dir is not None:
+        refuse_overwrite([out_dir / f"{s}{ext}" for s in stems for ext in OUTPUT_SUFFIXES], overwrite)
+
+    options: dict[str, Any] = {}
+    if layers:
+        if isinstance(layers, LayerPreset):
+            options["layers"] = layers
+        else:
+            resolve_layers(spec.module, list(layers), spec.name)
+            options["layers"] = LayerPreset.user(list(layers), list(layer_weights) if layer_weights else None,
+                                                 spec.preset, "user (--layers)")
+    if relevance != "auto" and (m.name == "vital" or relevance not in (None, "none")):
+        options["relevance"] = relevance.replace("-", "_") if isinstance(relevance, str) else relevance
+    if spectrum is not None:
+        options["spectrum"] = spectrum
+    if m.needs_references and (cache is not True or cache_dir is not None):  # the prototype cache
+        options["cache"] = False if cache is False else (cache if cache is not True else PrototypeCache(cache_dir))
+    check_options(m, options)
+    plain = [getattr(t, "target", t) for t in targets]  # a saved concept carries its DirectionTarget
+    if m.needs_references:
+        shared = None
+        if references is not None or pool is not None:  # one source for every target, read once
+            shared = refs_mod.resolve(spec, plain[0], references, pool=pool, n=n_refs, augment=augment,
+                                      device=device, progress=progress, cache_dir=cache_dir)
+        per_target = [
+            shared if shared is not None else
+            _concept_references(spec, t, images, n_refs, device, progress, cache_dir) if t is not p else
+            refs_mod.resolve(spec, p, images=images, n=n_refs, augment=augment, use=use, device=device,
+                             progress=progress, cache_dir=cache_dir)
+            for t, p in zip(targets, plain, strict=True)
+        ]
+    else:
+        given = [f for f, v in (("refs", references), ("pool", pool), ("images", images)) if v is not None]
+        if given:
+            raise VitalError(f"{m.name} uses no references: drop --{given[0]}")
+        per_target = [None] * len(targets)
+    jobs = [Job(t, r, s) for t, r in zip(plain, per_target, strict=True) for s in seed_list]
+    log.info(_describe_run(spec, m.name, plain, per_target, preset, relevance, seed_list))
+
+    try:
+        results = run_method(m, spec, jobs, preset=preset, steps=steps, lr=lr, size=size, device=device,
+                             progress=progress, **options)
+    except NonFiniteLossError as exc:
+        if out_dir is not None:
+            _save_all(exc.results, out_dir, stems, alpha_percentile)
+            exc.args = (f"{exc} Saved: {', '.join(str(r.path) for r in exc.results)}",)
+        raise
+    for r in results:
+        r.alpha_percentile = alpha_percentile
+    if out_dir is not None:
+        _save_all(results, out_dir, stems, alpha_percentile)
+    return results if many or seeds is not None else results[0]
+
+
+def _save_all(results: list[Result], out_dir: Path, stems: list[str], alpha_percentile: float) -> None:
+    for r, stem in zip(results, stems, strict=True):
+        r.alpha_percentile = alpha_percentile
+        r.save(out_dir / f"{stem}.png", overwrite=True)  # the overwrite check ran before the work started
+
+
+def _describe_run(spec: ModelSpec, method: str, targets: list[Any], refs: list[Any], preset: str,
+                  relevance: str | None, seeds: list[int]) -> str:
+    labels = []
+    for t in targets:
+        if isinstance(t, ClassTarget):
+            index, cname = t.resolve(spec.class_names, spec.class_synonyms)
+            labels.append(f"{cname} ({index})")
+        else:
+            labels.append(t.label())
+    what = ", ".join(labels)
+    seeds_text = ",".join(map(str, seeds))
+    if method != "vital":
+        return f"visualizing {what} on {spec.name} with {method}, preset {preset}, seeds {seeds_text}"
+    counts = ", ".join(dict.fromkeys(str(r.count) for r in refs))
+    sources = "; ".join(dict.fromkeys(r.describe()["label"] for r in refs))
+    rel = relevance if relevance != "auto" else ("none" if isinstance(targets[0], ClassTarget) else "lrp")
+    return (f"visualizing {what} on {spec.name} from {counts} references ({sources}), preset {preset}, relevance "
+            f"{rel or 'none'}, seeds {seeds_text}")

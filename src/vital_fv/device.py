@@ -1,0 +1,39 @@
+"""Where a run computes, and how the caller's model is held while it does (restored afterwards)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .errors import VitalError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' (CUDA when there is one), or a torch device name, checked before any work starts."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VitalError("--device cuda was asked for, but no CUDA GPU is available: use --device cpu or auto")
+    return dev
+
+
+@contextmanager
+def frozen_on(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode, no parameter gradients, on ``device``; the module's mode, flags and device come back after."""
+    training = module.training
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    first = next(iter(module.parameters()), None)
+    home = first.device if first is not None else device
+    try:
+        module.eval()
+        module.requires_grad_(False)
+        module.to(device)
+        yield
+    finally:
+        module.to(home)
+        module.train(training)
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -1,0 +1,353 @@
+"""What every visualization method shares: the ``Method`` interface, the registry, the step loop and the record.
+
+A method turns a batch of ``Job``s (target, references, seed) into one ``Result`` per job. It owns its
+parameterization and objective; everything around them is here, so that every method stops, times, guards and
+records the same way: ``run_steps`` (progress, per-step times, Ctrl-C, non-finite losses), ``Updater`` (one
+gradient update: zero-grad, backward, transparency accumulation, optimizer and schedule step) and
+``build_record`` (the JSON record's common fields). The registry follows timm's: a method is registered under its
+name, and the CLI, ``vital_fv.visualize``, ``vital evaluate`` and the benchmarks read the names from it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from ..errors import VitalError, close_matches
+from ..references import ReferenceSet
+from ..result import Result
+from ..targets import ClassTarget, DirectionTarget, UnitTarget
+from ..version import __version__
+from ..zoo import ModelSpec
+
+Target = ClassTarget | UnitTarget | DirectionTarget
+TARGET_KINDS = ("class", "unit", "direction")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One batch item: what to show, from which references (None for methods that use none), with which seed."""
+
+    target: Target
+    references: ReferenceSet | None = None
+    seed: int = 0
+
+
+class NonFiniteLossError(VitalError):
+    """The loss became NaN or infinite; ``results`` hold the last finite images, marked in their records."""
+
+    def __init__(self, message: str, results: list[Result]) -> None:
+        super().__init__(message)
+        self.results = results
+
+
+def target_kind(target: Any) -> str:
+    if isinstance(target, ClassTarget):
+        return "class"
+    if isinstance(target, UnitTarget):
+        return "unit"
+    if isinstance(target, DirectionTarget):
+        return "direction"
+    raise VitalError(f"not a target: {target!r} (give a ClassTarget, UnitTarget or DirectionTarget)")
+
+
+class Preset:
+    """Mixin for a method's frozen preset dataclass: every preset has ``steps`` and ``lr``, overridable per run."""
+
+    steps: int
+    lr: float
+
+    def overridden(self, steps: int | None = None, lr: float | None = None) -> Any:
+        """This preset with ``steps`` / ``lr`` replaced (checked here, before any work)."""
+        out = self
+        if steps is not None:
+            if steps < 1:
+                raise VitalError("--steps must be at least 1")
+            out = replace(out, steps=steps)
+        if lr is not None:
+            out = replace(out, lr=lr)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A visualization method: a name, typed presets, what it can show, and ``run`` over a batch of jobs.
+
+    ``run(model, jobs, *, preset, steps, lr, size, device, progress, **options)`` returns one ``Result`` per job, in
+    order, each with a record from ``build_record``; after a non-finite loss it raises ``NonFiniteLossError`` with
+    the last finite images. Method-specific options are keyword arguments of ``run`` (``spectrum`` for MACO,
+    ``relevance`` and ``layers`` for VITAL): ``run_method`` refuses options a method does not take.
+    """
+
+    name: str
+    description: str
+    presets: Mapping[str, Preset]
+    targets: tuple[str, ...]  # the target kinds it can show: "class", "unit", "direction"
+    needs_references: bool
+    transparency: bool  # writes a transparency map (NAME.rgba.png, NAME.alpha.npy)
+
+    def run(self, model: ModelSpec, jobs: Sequence[Job], **kwargs: Any) -> list[Result]: ...
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method, *, replace_existing: bool = False) -> Method:
+    """Make ``method`` available by its name to ``vital_fv.visualize``, ``vital visualize --method`` and the rest."""
+    if not isinstance(method, Method):
+        raise VitalError(f"{method!r} is not a Method: it needs name, description, presets, targets, "
+                         "needs_references, transparency and run()")
+    if method.name in _REGISTRY and not replace_existing:
+        raise VitalError(f"a method named '{method.name}' is already registered (replace_existing=True replaces it)")
+    if not method.presets:
+        raise VitalError(f"method '{method.name}' has no preset")
+    unknown = set(method.targets) - set(TARGET_KINDS)
+    if unknown:
+        raise VitalError(f"method '{method.name}': unknown target kinds {sorted(unknown)}; use {TARGET_KINDS}")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def get_method(name: str) -> Method:
+    if name not in _REGISTRY:
+        near = close_matches(name, list(_REGISTRY))
+        raise VitalError(f"unknown method '{name}'" + (f" (did you mean {', '.join(near)}?)" if near else "")
+                         + f": choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    """Registered methods, in registration order (VITAL first, then the baselines)."""
+    return list(_REGISTRY)
+
+
+def preset_names() -> list[str]:
+    """Every preset name some method has (``paper`` and ``quick`` for the built-in ones)."""
+    return list(dict.fromkeys(p for m in _REGISTRY.values() for p in m.presets))
+
+
+def get_preset(method: Method, preset: str | Preset, steps: int | None = None, lr: float | None = None) -> Any:
+    """The method's preset by name (or as given), with the run's overrides."""
+    if isinstance(preset, str):
+        if preset not in method.presets:
+            raise VitalError(f"unknown preset '{preset}' for {method.name}: choose one of "
+                             f"{', '.join(method.presets)}")
+        preset = method.presets[preset]
+    return preset.overridden(steps, lr)
+
+
+def check_jobs(method: Method, jobs: Sequence[Job]) -> None:
+    """What a method cannot do is refused before any work, naming what to do instead."""
+    if not jobs:
+        raise VitalError("nothing to visualize: give at least one target")
+    for job in jobs:
+        kind = target_kind(job.target)
+        if kind not in method.targets:
+            able = [m.name for m in _REGISTRY.values() if kind in m.targets]
+            raise VitalError(f"{method.name} cannot show a {kind} target ({method.name} shows: "
+                             f"{', '.join(method.targets)}); use --method {' or '.join(able)}")
+        if method.needs_references and job.references is None:
+            raise VitalError(f"{method.name} needs references for {job.target.label() if kind != 'class' else 'it'}"
+                             ": give --refs, --pool or --images")
+
+
+COMMON_OPTIONS = ("preset", "steps", "lr", "size", "device", "progress")  # what every method's run takes
+
+
+def method_options(method: Method) -> list[str]:
+    """The keyword options of ``method.run`` beyond the common ones (``spectrum`` for MACO, ...)."""
+    params = inspect.signature(method.run).parameters
+    return [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in COMMON_OPTIONS]
+
+
+def check_options(method: Method, options: Mapping[str, Any]) -> None:
+    """Refuse an option the method does not take (before any work), naming the methods that do."""
+    params = inspect.signature(method.run).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key, value in options.items():
+        if value is None or key in COMMON_OPTIONS or key in params:
+            continue
+        takers = [m.name for m in _REGISTRY.values() if key in method_options(m)]
+        own = method_options(method)
+        raise VitalError(f"option '{key}' does not apply to {method.name}"
+                         + (f" (only to {', '.join(takers)})" if takers else "")
+                         + (f"; {method.name}'s own options: {', '.join(own)}" if own else ""))
+
+
+def run_method(method: str | Method, model: ModelSpec, jobs: Sequence[Job], **kwargs: Any) -> list[Result]:
+    """Run a registered method (by name or instance) on ``jobs`` after checking the targets and options."""
+    m = get_method(method) if isinstance(method, str) else method
+    check_jobs(m, jobs)
+    check_options(m, kwargs)
+    params = inspect.signature(m.run).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # unset options of other methods are dropped
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return m.run(model, jobs, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- the shared step loop
+def lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at the last step."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, steps - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+class Updater:
+    """One gradient update, as every method takes it.
+
+    ``__call__(loss, items)`` returns the loss per item; a non-finite loss comes back before any update (so the
+    parameters stay at their last finite values and ``run_steps`` stops). Otherwise: zero-grad, ``backward``,
+    the transparency map accumulates |d loss / d image| of ``grad_of()`` (SPEC §4), optimizer and schedule step,
+    then ``after_step`` (e.g. clamping pixels to the image range).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        *,
+        alpha: torch.Tensor | None = None,
+        grad_of: Callable[[], torch.Tensor] | None = None,
+        backward: Callable[[torch.Tensor], None] | None = None,
+        after_step: Callable[[], object] | None = None,
+    ) -> None:
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.alpha = alpha
+        self.grad_of = grad_of
+        self.backward = backward
+        self.after_step = after_step
+
+    def __call__(self, loss: torch.Tensor, items: int) -> float:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return value
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.backward is None:
+            loss.backward()
+        else:
+            self.backward(loss)
+        if self.alpha is not None and self.grad_of is not None:
+            self.alpha.add_(self.grad_of().grad.abs())
+        self.optimizer.step()
+        self.schedule.step()
+        if self.after_step is not None:
+            self.after_step()
+        return value / items
+
+
+def schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0, decay: bool = True) -> Any:
+    """Linear warm-up then cosine decay to zero (``decay``), or a constant learning rate."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, steps, warmup) if decay else 1.0)
+
+
+def run_steps(
+    steps: int,
+    step: Callable[[int], float],
+    progress: bool,
+    desc: str,
+    on_interrupt: Callable[[], object] | None = None,
+) -> tuple[str, list[float]]:
+    """The loop every method shares: timing, a progress bar with the loss, Ctrl-C and non-finite losses.
+
+    ``step(i)`` runs one update and returns its loss; a non-finite loss must come back before any update, so the
+    parameters stay at their last finite values. Returns the status and the wall time of each completed step.
+    """
+    from tqdm.auto import tqdm
+
+    step_times: list[float] = []
+    status = "complete"
+    bar = tqdm(range(steps), desc=desc, disable=not progress, unit="step", leave=False, mininterval=0.5)
+    try:
+        for i in bar:
+            t = time.perf_counter()
+            value = step(i)
+            if not math.isfinite(value):
+                status = "nonfinite"
+                break
+            step_times.append(time.perf_counter() - t)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        if on_interrupt is not None:
+            on_interrupt()
+    finally:
+        bar.close()
+    return status, step_times
+
+
+# ------------------------------------------------------------------------------------------------------ the record
+def describe_target(target: Target, model: ModelSpec) -> dict[str, Any]:
+    """The record's ``target``: a class with its index and name, or the unit / direction's own description."""
+    if isinstance(target, ClassTarget):
+        index, name = target.resolve(model.class_names, model.class_synonyms)
+        return {"kind": "class", "index": index, "name": name}
+    return target.describe()
+
+
+def build_record(
+    method: str,
+    *,
+    status: str,
+    step_times: Sequence[float],
+    target: dict[str, Any],
+    seed: int,
+    model: ModelSpec,
+    optimizer: dict[str, Any],
+    resolution: int,
+    device: torch.device | str,
+    references: dict[str, Any] | None,
+    loss: dict[str, list[float]],
+    top5: list[dict[str, Any]],
+    setup_seconds: float = 0.0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The JSON record every method writes: what was shown, how, from what, and how long it took; ``extra`` holds
+    the method's own fields (VITAL's layers, prototypes and relevance; MACO's spectrum)."""
+    return {
+        "vital_fv": __version__,
+        "method": method,
+        "status": status,
+        "steps_done": len(step_times),
+        "target": target,
+        "seed": seed,
+        "model": model.describe(),
+        "optimizer": optimizer,
+        "resolution": resolution,
+        "device": str(device),
+        "references": references,
+        "loss": {name: [round(float(v), 6) for v in values] for name, values in loss.items()},
+        "seconds_per_step": round(sum(step_times) / max(1, len(step_times)), 5),
+        "step_seconds": [round(t, 5) for t in step_times],
+        "seconds_total": round(sum(step_times) + setup_seconds, 3),
+        "top5": top5,
+        "environment": {"torch": torch.__version__, "python": platform.python_version()},
+        **extra,
+    }
+
+
+def raise_if_nonfinite(results: list[Result], status: str, method: str, steps_done: int, hint: str = "") -> None:
+    if status == "nonfinite":
+        raise NonFiniteLossError(f"the {method} loss became non-finite after {steps_done} steps; the last finite "
+                                 f"images are kept.{' ' + hint if hint else ''}", results)
+
+

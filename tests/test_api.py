@@ -1,0 +1,105 @@
+"""``vital_fv.visualize``: what ``vital visualize`` does, as one Python call, with every option checked first."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import vital_fv
+from vital_fv import Result, UnitTarget, VitalError, cli, references
+from vital_fv.result import png_bytes
+
+
+@pytest.fixture
+def refs_dir(tmp_path):
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(3)
+    for i in range(3):
+        (folder / f"r{i}.png").write_bytes(png_bytes(torch.rand(3, 40, 40, generator=g)))
+    return folder
+
+
+@pytest.fixture
+def cli_on_tiny(monkeypatch, tiny_spec):
+    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
+
+
+@pytest.mark.parametrize("method", ["vital", "maco"])
+def test_python_and_cli_make_the_same_files(method, tiny_spec, refs_dir, tmp_path, cli_on_tiny, capsys):
+    refs = ["--refs", str(refs_dir)] if method == "vital" else []
+    assert cli.main(["visualize", "--class", "one", *refs, "--method", method, "--preset", "quick", "--steps", "3",
+                     "--seeds", "0,1", "--out", str(tmp_path / "cli"), "--quiet"]) == 0, capsys.readouterr().err
+    results = vital_fv.visualize(tiny_spec, "one", refs_dir if method == "vital" else None, method=method,
+                                 preset="quick", steps=3, seeds=[0, 1], out=tmp_path / "py", progress=False)
+    assert [r.record["seed"] for r in results] == [0, 1] and all(isinstance(r, Result) for r in results)
+    cli_files = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert cli_files == sorted(p.name for p in (tmp_path / "py").iterdir())
+    assert f"tiny-1-one{'' if method == 'vital' else '-maco'}-s1.png" in cli_files
+    for name in cli_files:
+        if name.endswith(".png"):
+            assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "py" / name).read_bytes(), name
+    assert results[1].path == tmp_path / "py" / f"tiny-1-one{'' if method == 'vital' else '-maco'}-s1.png"
+
+
+def test_one_target_and_no_seeds_give_one_result(tiny_spec):
+    refs = references.from_tensor(torch.rand(2, 3, 36, 36))
+    r = vital_fv.visualize(tiny_spec, 1, refs, steps=2, progress=False)
+    assert isinstance(r, Result) and r.record["seed"] == 0 and r.path is None  # nothing saved without out
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"alpha_percentile": 150}, "--alpha-percentile must be in"),
+    ({"seeds": [1, 1]}, "--seeds repeats a seed"),
+    ({"seeds": []}, "--seeds is empty"),
+    ({"name": "../x"}, "--name '../x' must be a plain file name"),
+    ({"name": ".."}, "--name '..' must be a plain file name"),
+    ({"method": "lucid"}, "unknown method 'lucid'"),
+    ({"method": "maco", "preset": "slow"}, "unknown preset 'slow' for maco"),
+    ({"steps": 0}, "--steps must be at least 1"),
+    ({"layer_weights": [1.0]}, "--layer-weights needs --layers"),
+    ({"layers": ["act9"]}, "unknown layer 'act9'"),
+    ({"spectrum": "x.npy"}, "option 'spectrum' does not apply to vital \\(only to maco\\)"),
+    ({"method": "fourier", "relevance": "lrp"}, "option 'relevance' does not apply to fourier"),
+    ({"method": "fourier", "pool": "photos/"}, "fourier uses no references: drop --pool"),
+    ({"n_refs": 0}, "--n-refs must be at least 1"),
+])
+def test_bad_options_are_refused_before_any_work(options, message, tiny_spec, refs_dir, tmp_path, monkeypatch):
+    def no_work(run):
+        @functools.wraps(run)  # the same signature, so the option check sees the method's own
+        def refuse(*_a, **_k):
+            raise AssertionError("the method ran")
+
+        return refuse
+
+    for m in ("vital", "fourier", "maco"):
+        method = vital_fv.get_method(m)
+        monkeypatch.setattr(method, "run", no_work(method.run))
+    refs = None if options.get("method", "vital") != "vital" else refs_dir
+    with pytest.raises(VitalError, match=message):
+        vital_fv.visualize(tiny_spec, "one", refs, out=tmp_path / "o", progress=False, **options)
+    assert not list((tmp_path / "o").glob("*.png")) if (tmp_path / "o").exists() else True
+
+
+def test_reference_sources_resolve_in_the_library(tiny_spec, refs_dir):
+    unit = UnitTarget("act2", 0)
+    with pytest.raises(VitalError, match="--pool ranks images by a class"):
+        references.resolve(tiny_spec, unit, pool=refs_dir)
+    with pytest.raises(VitalError, match="give one reference source, not --refs and --pool"):
+        references.resolve(tiny_spec, vital_fv.ClassTarget(1), refs_dir, pool=refs_dir)
+    with pytest.raises(VitalError, match="--images mines references for a unit"):
+        references.resolve(tiny_spec, vital_fv.ClassTarget(1), images=refs_dir)
+    with pytest.raises(VitalError, match="needs the unit's references"):
+        references.resolve(tiny_spec, unit)
+    with pytest.raises(VitalError, match="no references for 'one'"):
+        references.resolve(tiny_spec, vital_fv.ClassTarget(1))
+    folder = references.resolve(tiny_spec, vital_fv.ClassTarget(1), refs_dir, n=2)
+    assert folder.count == 2 and folder.describe()["label"] == str(refs_dir)
+    files = references.resolve(tiny_spec, vital_fv.ClassTarget(1), sorted(refs_dir.iterdir())[:2])
+    assert files.describe()["label"] == "files" and len(files.images) == 2
+    pooled = references.resolve(tiny_spec, vital_fv.ClassTarget(1), pool=refs_dir, n=2)
+    assert pooled.count == 2 and "pool_scores" in pooled.info
+    mined = references.resolve(tiny_spec, unit, images=refs_dir, n=2, progress=False)
+    assert mined.info["mining"]["unit"] == "act2:0" and len(mined.images) == 2

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import torch
+
+from vital_fv import ClassTarget, Job, VitalError, references
+from vital_fv.methods import run_method
+from vital_fv.methods.maco import compute_spectrum, load_spectrum, maco_image, maco_spatial
+
+
+def test_maco_keeps_the_magnitude_and_trains_only_the_phase():
+    torch.manual_seed(0)
+    magnitude = torch.rand(3, 32, 17) + 0.5
+    phase = torch.randn(1, 3, 32, 17)
+    spatial = maco_spatial(phase, magnitude, 32)
+    ratio = torch.fft.rfft2(spatial)[0].abs()[:, :, 1:16] / magnitude[:, :, 1:16]  # interior (Hermitian-free) bins
+    ratio = ratio[:, 1:]  # and without the DC row
+    assert torch.allclose(ratio, ratio.mean(), rtol=1e-3)
+    img = maco_image(phase, magnitude, 32)
+    assert img.shape == (1, 3, 32, 32) and img.min() >= 0 and img.max() <= 1
+
+
+def test_maco_run_changes_phase_not_magnitude_and_keeps_a_transparency_map(tmp_path, tiny_spec):
+    path = tmp_path / "mag.npy"
+    mag = compute_spectrum([torch.rand(3, 40, 40) for _ in range(3)], size=32)
+    np.save(path, mag.numpy())
+    before = np.load(path).copy()
+    (r,) = run_method("maco", tiny_spec, [Job(ClassTarget(1), None, 0)], steps=3, size=48, spectrum=path,
+                        progress=False)
+    assert np.array_equal(np.load(path), before)
+    assert r.image.shape == (3, 48, 48) and r.alpha.shape == (3, 48, 48) and r.alpha.sum() > 0
+    assert r.record["spectrum"] == str(path) and r.record["method"] == "maco"
+    alpha = r.transparency()
+    assert alpha.max() == pytest.approx(1.0) and alpha.min() >= 0
+    png, _ = r.save(tmp_path / "m.png")
+    assert png.with_suffix(".rgba.png").exists() and png.with_suffix(".alpha.npy").exists()
+
+
+def test_bad_spectrum_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"junk")
+    with pytest.raises(VitalError, match="cannot read spectrum file .*bad.npy"):
+        load_spectrum(bad, 32)
+
+
+def test_offline_spectrum_falls_off_with_frequency():
+    mag, source = load_spectrum(None, 64)
+    assert source.endswith("spectrum_decorrelated.npy") and mag.shape == (3, 64, 33)
+    assert mag[0, 1, 1] > 5 * mag[0, 20, 20]
+    photos = references.offline_photos()
+    assert len(photos) >= 10
