@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vital_fv
-from vital_fv import Result, UnitTarget, VitalError, cli, references
+from vital_fv import Result, VitalError, cli, references
 from vital_fv.result import png_bytes
 
 
@@ -81,25 +81,3 @@ def test_bad_options_are_refused_before_any_work(options, message, tiny_spec, re
     with pytest.raises(VitalError, match=message):
         vital_fv.visualize(tiny_spec, "one", refs, out=tmp_path / "o", progress=False, **options)
     assert not list((tmp_path / "o").glob("*.png")) if (tmp_path / "o").exists() else True
-
-
-def test_reference_sources_resolve_in_the_library(tiny_spec, refs_dir):
-    unit = UnitTarget("act2", 0)
-    with pytest.raises(VitalError, match="--pool ranks images by a class"):
-        references.resolve(tiny_spec, unit, pool=refs_dir)
-    with pytest.raises(VitalError, match="give one reference source, not --refs and --pool"):
-        references.resolve(tiny_spec, vital_fv.ClassTarget(1), refs_dir, pool=refs_dir)
-    with pytest.raises(VitalError, match="--images mines references for a unit"):
-        references.resolve(tiny_spec, vital_fv.ClassTarget(1), images=refs_dir)
-    with pytest.raises(VitalError, match="needs the unit's references"):
-        references.resolve(tiny_spec, unit)
-    with pytest.raises(VitalError, match="no references for 'one'"):
-        references.resolve(tiny_spec, vital_fv.ClassTarget(1))
-    folder = references.resolve(tiny_spec, vital_fv.ClassTarget(1), refs_dir, n=2)
-    assert folder.count == 2 and folder.describe()["label"] == str(refs_dir)
-    files = references.resolve(tiny_spec, vital_fv.ClassTarget(1), sorted(refs_dir.iterdir())[:2])
-    assert files.describe()["label"] == "files" and len(files.images) == 2
-    pooled = references.resolve(tiny_spec, vital_fv.ClassTarget(1), pool=refs_dir, n=2)
-    assert pooled.count == 2 and "pool_scores" in pooled.info
-    mined = references.resolve(tiny_spec, unit, images=refs_dir, n=2, progress=False)
-    assert mined.info["mining"]["unit"] == "act2:0" and len(mined.images) == 2

@@ -70,7 +70,7 @@ def test_the_last_hidden_layer_is_found_and_a_ranking_resumes_from_its_cache(tin
 
 def test_interrupted_ranking_keeps_what_it_scanned(tiny_spec, tmp_path, monkeypatch):
     from vital_fv import relevance
-    from vital_fv.references import MiningInterrupted
+    from vital_fv.references import ScanInterrupted
 
     folder = photos(tmp_path / "imgs", n=4)
     calls = {"n": 0}
@@ -83,7 +83,7 @@ def test_interrupted_ranking_keeps_what_it_scanned(tiny_spec, tmp_path, monkeypa
         return real(self, x, targets, keep_graph)
 
     monkeypatch.setattr(relevance.Relevance, "__call__", flaky)
-    with pytest.raises(MiningInterrupted, match="after 2 of 4"):
+    with pytest.raises(ScanInterrupted, match="after 2 of 4"):
         K.rank_channels(tiny_spec, 0, folder, batch_size=2, progress=False)
     monkeypatch.setattr(relevance.Relevance, "__call__", real)
     done = K.rank_channels(tiny_spec, 0, folder, batch_size=2, progress=False)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import references as refs_mod
+from .cache import PrototypeCache
 from .errors import VitalError
 from .features import resolve_layers
-from .matching import PrototypeCache
 from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
 from .methods.base import check_options
 from .references import ReferenceSet

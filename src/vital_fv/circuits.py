@@ -6,11 +6,10 @@ images); the top k are visualized as units (references mined from a folder) and 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cache import cache_key, cache_root
 from .errors import VitalError
-from .references import MiningInterrupted, read_image
+from .references import read_image
 from .result import Result, atomic_write_bytes, refuse_overwrite
 from .targets import UnitTarget
 
@@ -62,11 +62,8 @@ def rank_channels(
 
     Each image's relevance vector is saved as the scan goes (keyed by model, layer, class and image content): an
     interrupted ranking resumes, and a repeated one is read back."""
-    from tqdm.auto import tqdm
-
     from .concepts import last_hidden_layer
-    from .matching import default_cache_dir, prototype_key
-    from .references import ReferenceSet, image_paths
+    from .references import JsonStore, ReferenceSet, image_paths, scan_images
     from .relevance import Relevance
 
     if spec.class_names and not 0 <= class_index < len(spec.class_names):
@@ -75,67 +72,38 @@ def rank_channels(
     paths, where = image_paths(images)
     parts = {"model": spec.name, "weights": spec.weights_id, "layer": layer, "class": class_index,
              "preprocess": spec.preprocess.as_dict(), "rules": "lrp"}
-    key = prototype_key(parts)
-    state_path = (Path(cache_dir) if cache_dir else default_cache_dir()) / "circuits" / f"{key}.json"
-    state: dict[str, Any] = {"relevance": {}, "logit": {}}
-    if state_path.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            state = json.loads(state_path.read_text())
-    hashes = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
-    todo = [p for p in dict.fromkeys(paths) if hashes[p] not in state["relevance"]]
-    cached = len(hashes) - len(todo)
+    key = cache_key(parts)
+    store = JsonStore(cache_root(cache_dir) / "circuits" / f"{key}.json", parts)
+    device = spec.device
+    rel_models: list[Relevance] = []  # built on the first image that is not cached (a copy of the model)
 
-    def save() -> None:
-        atomic_write_bytes(state_path, json.dumps(state).encode())
+    def relevance(batch: list[tuple[Path, str, torch.Tensor]]) -> list[dict[str, Any]]:
+        if not rel_models:
+            rel_models.append(Relevance(spec.module, [layer], "lrp", spec.skip_tokens, spec.name))
+        refs = ReferenceSet([img for _, _, img in batch], [str(p) for p, _, _ in batch],
+                            [sha for _, sha, _ in batch], n=len(batch))
+        x = spec.preprocess.normalize(refs.prepare(spec.preprocess)).to(device)
+        out = rel_models[0](x, [class_index] * len(batch))
+        per = out.rel[layer].sum(-1).double().cpu()
+        return [{"relevance": per[b].tolist(), "logit": float(out.start[b])} for b in range(len(batch))]
 
-    device = next(spec.module.parameters()).device
-    bar = tqdm(total=len(todo), desc=f"relevance of {layer} for class {class_index}", disable=not progress,
-               unit="img")
     try:
-        if todo:
-            with Relevance(spec.module, [layer], "lrp", spec.skip_tokens, spec.name) as rel_model:
-                for i in range(0, len(todo), batch_size):
-                    chunk, imgs = [], []
-                    for p in todo[i : i + batch_size]:
-                        try:
-                            imgs.append(read_image(p)[0])
-                            chunk.append(p)
-                        except VitalError as exc:
-                            import warnings
-
-                            warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
-                    if not chunk:
-                        continue
-                    refs = ReferenceSet(imgs, [str(p) for p in chunk], [hashes[p] for p in chunk], n=len(chunk))
-                    x = spec.preprocess.normalize(refs.prepare(spec.preprocess)).to(device)
-                    out = rel_model(x, [class_index] * len(chunk))
-                    per = out.rel[layer].sum(-1).double().cpu()
-                    for b, p in enumerate(chunk):
-                        state["relevance"][hashes[p]] = per[b].tolist()
-                        state["logit"][hashes[p]] = float(out.start[b])
-                    save()
-                    bar.update(len(chunk))
-    except KeyboardInterrupt:
-        save()
-        raise MiningInterrupted(
-            f"ranking interrupted after {len(state['relevance'])} of {len(hashes)} images; it is saved — run the "
-            "same command again to resume") from None
+        outcome = scan_images(paths, store, relevance, batch_size=batch_size, progress=progress,
+                              desc=f"relevance of {layer} for class {class_index}", what="ranking")
     finally:
-        bar.close()
-    mine = {h for h in hashes.values() if h in state["relevance"]}
-    if not mine:
+        for r in rel_models:
+            r.close()
+    if not outcome.entries:
         raise VitalError(f"no readable image in {where}")
-    per_image = {h: state["relevance"][h] for h in mine}
-    totals = np.sum([per_image[h] for h in sorted(mine)], axis=0)
+    per_image = {h: e["relevance"] for h, e in outcome.entries.items()}
+    totals = np.sum([per_image[h] for h in sorted(per_image)], axis=0)
     params = {"model": spec.name, "weights": spec.weights_id, "class_index": class_index,
               "class_name": spec.class_names[class_index] if spec.class_names else str(class_index), "layer": layer,
-              "images": where, "image_count": len(mine), "relevance": "lrp", "cache": "hit" if not todo else
-              ("resumed" if cached else "miss"), "cache_key": key}
-    sources = {h: str(p) for p, h in hashes.items() if h in mine}
-    logit_sum = float(sum(state["logit"][h] for h in mine))
+              "images": where, "image_count": len(per_image), "relevance": "lrp", "cache": outcome.cache,
+              "cache_key": key}
+    sources = {h: str(p) for h, p in outcome.sources.items()}
+    logit_sum = float(sum(e["logit"] for e in outcome.entries.values()))
     if logit_sum <= 0:
-        import warnings
-
         warnings.warn(f"the class logit is not positive on these images (sum {logit_sum:.3g}): the ranking "
                       "spreads a negative decision; give images of the class", stacklevel=2)
     return Ranking(layer, class_index, totals, per_image, sources, logit_sum, params)

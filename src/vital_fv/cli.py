@@ -16,7 +16,7 @@ from .api import visualize
 from .device import frozen_on, resolve_device
 from .errors import VitalError
 from .methods import NonFiniteLossError, get_method, method_names, preset_names
-from .references import MiningInterrupted
+from .references import ScanInterrupted
 from .result import Result, ensure_writable_dir, refuse_overwrite
 from .targets import ClassTarget, UnitTarget
 from .zoo import DEFAULT_MODEL, EMBEDDED_MODELS, ModelSpec, load_model
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted before the optimization started: nothing was written", file=sys.stderr)
         return 130
-    except MiningInterrupted as exc:
+    except ScanInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130
     except VitalError as exc:

@@ -7,11 +7,7 @@ the gradient back through the sort's permutation to the unsorted positions.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -128,57 +124,6 @@ def compute_prototypes(
                 s = torch.sort(as_channels_positions(feats[name], skip_tokens).float(), dim=-1).values.sum(0)
                 sums[name] = s if name not in sums else sums[name] + s
     return {name: s / images.shape[0] for name, s in sums.items()}
-
-
-def prototype_key(parts: Mapping[str, object]) -> str:
-    """Stable cache key from a JSON-able description (model, weights, layers, references, resolution)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("VITAL_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vital-fv"
-
-
-class PrototypeCache:
-    """Prototypes on disk as safetensors, one file per key, written atomically."""
-
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(root) if root is not None else default_cache_dir()
-
-    def path(self, key: str) -> Path:
-        return self.root / "prototypes" / f"{key}.safetensors"
-
-    def load(self, key: str) -> dict[str, torch.Tensor] | None:
-        from safetensors.torch import load_file
-
-        p = self.path(key)
-        if not p.is_file():
-            return None
-        try:
-            return load_file(str(p))
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never fatal
-            return None
-
-    def save(self, key: str, protos: Mapping[str, torch.Tensor], meta: Mapping[str, object]) -> Path | None:
-        from safetensors.torch import save_file
-
-        p = self.path(key)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_suffix(f".tmp{os.getpid()}")
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in protos.items()},
-                str(tmp),
-                metadata={"description": json.dumps(meta, sort_keys=True, default=str)},
-            )
-            os.replace(tmp, p)
-        except OSError:
-            return None  # an unwritable cache only costs time
-        return p
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

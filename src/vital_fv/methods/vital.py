@@ -16,14 +16,13 @@ from typing import Any
 
 import torch
 
+from ..cache import PrototypeCache, cache_key
 from ..device import frozen_on, resolve_device
 from ..errors import VitalError
 from ..features import as_channels_positions, capture, resolve_layers
 from ..matching import (
-    PrototypeCache,
     compute_prototypes,
     l2_norm,
-    prototype_key,
     resample_sorted,
     sort_matching_loss,
     total_variation,
@@ -236,7 +235,7 @@ def _prototypes(
             "skip_tokens": model.skip_tokens,
             "relevance": None,
         }
-        key = prototype_key(key_parts)
+        key = cache_key(key_parts)
         cached = store.load(key) if store else None
         if cached is not None and set(cached) == set(layer_preset.layers):
             protos[h] = cached
@@ -303,7 +302,7 @@ def _relevance_prototypes(
             "preprocess": model.preprocess.as_dict(), "skip_tokens": model.skip_tokens,
             "relevance": {**rel_model.describe(), "start": rk[len(refs.content_hash()):]},
         }
-        key = prototype_key(key_parts)
+        key = cache_key(key_parts)
         cached = store.load(key) if store else None
         if cached is not None and all(f"proto/{n}" in cached for n in names):
             out[rk] = cached

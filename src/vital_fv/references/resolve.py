@@ -1,0 +1,69 @@
+"""Where a run's references come from: one of a reference set, a folder or files, an unlabelled pool, a folder to
+mine a unit's patches from, or the bundled photo of a demo class."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import VitalError
+from ..targets import ClassTarget, UnitTarget
+from .mining import mine_checked, mined_references
+from .sets import BUNDLED, ReferenceSet, bundled, from_files, from_folder, from_pool
+
+
+def resolve(
+    model: Any,
+    target: Any,
+    refs: ReferenceSet | str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    pool: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+    n: int = 50,
+    augment: bool | None = None,
+    use: str = "patches",
+    device: Any = "auto",
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ReferenceSet:
+    """The references of a class or unit target, from exactly one source (as ``vital visualize`` takes them).
+
+    ``refs``: a ``ReferenceSet``, a folder (a ``vital mine`` folder is read as such) or image files; ``pool``: an
+    unlabelled folder, ranked by the model's probability for the class; ``images``: a folder the unit's top patches
+    are mined from (cached and resumable); none of them: the bundled photo of a demo class. ``augment`` fills
+    missing references with random crops (default: on for the bundled photo only).
+    """
+    given = [name for name, v in (("refs", refs), ("pool", pool), ("images", images)) if v is not None]
+    if len(given) > 1:
+        raise VitalError(f"give one reference source, not {' and '.join('--' + g for g in given)}")
+    if n < 1:
+        raise VitalError(f"--n-refs must be at least 1 (got {n})")
+    if isinstance(refs, ReferenceSet):
+        return refs
+    if images is not None:
+        if not isinstance(target, UnitTarget):
+            raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or "
+                             "--pool DIR for a class")
+        result = mine_checked(model, target, images, device=device, progress=progress, cache_dir=cache_dir)
+        return mined_references(result, k=n, use=use)
+    if pool is not None:
+        if not isinstance(target, ClassTarget):
+            raise VitalError("--pool ranks images by a class's probability: for a unit give --images DIR (mines "
+                             "its top patches) or --refs FOLDER from `vital mine`")
+        index, _ = target.resolve(model.class_names, model.class_synonyms)
+        return from_pool(pool, model, index, n=n, progress=progress)
+    if refs is not None:
+        paths = [Path(refs)] if isinstance(refs, (str, os.PathLike)) else [Path(r) for r in refs]
+        if len(paths) == 1 and paths[0].is_dir():
+            return from_folder(paths[0], n=n, augment=bool(augment))
+        return from_files(paths, n=n, augment=bool(augment))
+    if isinstance(target, ClassTarget):
+        _, name = target.resolve(model.class_names, model.class_synonyms)
+        if name.lower() not in BUNDLED:
+            raise VitalError(f"no references for '{name}': give --refs DIR (images of the class) or --pool DIR. "
+                             f"Bundled photos exist for: {', '.join(BUNDLED)}")
+        return bundled(name, n=n, augment=True if augment is None else augment)
+    raise VitalError(f"a VITAL visualization of {target.label()} needs the unit's references: --images DIR (mines "
+                     "them) or --refs FOLDER from `vital mine`")

@@ -1,0 +1,398 @@
+"""Reference sets: the real images whose feature distributions a visualization must match, and where they come from
+(folders, files, tensors, the bundled photos, an unlabelled pool).
+
+A ``ReferenceSet`` keeps the images at their own size; each model applies its own preprocessing (resize, center
+crop) when the set is used, so one set serves any model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import VitalError, close_matches
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass
+class ReferenceSet:
+    """Images (uint8, 3 x H x W, native size) with where they came from and how many the run should use.
+
+    When ``augment`` is set and the set holds fewer images than ``n``, random resized crops and flips of the
+    images (seeded) make up the difference; the record says so.
+    """
+
+    images: list[torch.Tensor]
+    sources: list[str]
+    hashes: list[str]
+    n: int
+    augment: bool = False
+    seed: int = 0
+    label: str = ""
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    info: dict[str, Any] = field(default_factory=dict)
+    fit: str = "crop"  # "crop": the model's resize + center crop; "stretch": straight to the input size (patches)
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise VitalError(f"reference set {self.label or ''} is empty: give at least one readable image")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def count(self) -> int:
+        """How many reference images the run uses (originals plus any augmented crops)."""
+        return max(self.n, len(self.images)) if self.augment else len(self.images)
+
+    def content_hash(self) -> str:
+        parts = [self.hashes, self.count, self.augment, self.seed, list(self.crop_scale)]
+        if self.fit != "crop":
+            parts.append(self.fit)
+        blob = json.dumps(parts).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def prepare(self, preprocess: Any) -> torch.Tensor:
+        """(count, 3, S, S) float images in [0, 1], with the model's resize and center crop."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
+        mode = InterpolationMode(preprocess.interpolation)
+        size = preprocess.input_size
+        out = []
+        for img in self.images:
+            if self.fit == "stretch":
+                out.append(F.resize(img, [size, size], interpolation=mode, antialias=True))
+                continue
+            x = F.resize(img, [preprocess.resize_size], interpolation=mode, antialias=True)
+            out.append(F.center_crop(x, [size, size]))
+        extra = self.count - len(self.images)
+        if extra > 0:
+            from torchvision.transforms import RandomResizedCrop
+
+            g = torch.Generator().manual_seed(self.seed)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                for k in range(extra):
+                    img = self.images[k % len(self.images)]
+                    top, left, h, w = RandomResizedCrop.get_params(img, scale=self.crop_scale, ratio=(3 / 4, 4 / 3))
+                    x = F.resized_crop(img, top, left, h, w, [size, size], interpolation=mode, antialias=True)
+                    if torch.rand((), generator=g) < 0.5:
+                        x = x.flip(-1)
+                    out.append(x)
+        return (torch.stack(out).float() / 255.0).clamp(0, 1)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "sources": self.sources,
+            "sha256": self.hashes,
+            "originals": len(self.images),
+            "count": self.count,
+            "augmented": self.augment and self.count > len(self.images),
+            "augment_seed": self.seed,
+            "crop_scale": list(self.crop_scale),
+            "content_hash": self.content_hash(),
+            "fit": self.fit,
+            **self.info,
+        }
+
+
+def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def read_image(path: str | os.PathLike[str]) -> tuple[torch.Tensor, str]:
+    """Decode one image file to uint8 (3, H, W) and the sha256 of its bytes; VitalError names unreadable files."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise VitalError(f"cannot read image {p}: {exc}") from None
+    return decode_image(data, p), hashlib.sha256(data).hexdigest()
+
+
+def decode_image(data: bytes, name: str | os.PathLike[str]) -> torch.Tensor:
+    """Decode image bytes already read (``name`` for the error) to uint8 (3, H, W)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return _to_uint8_chw(im)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise VitalError(f"cannot read image {name}: {exc}") from None
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise VitalError(f"reference folder {root} does not exist or is not a folder")
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def image_paths(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> tuple[list[Path], str]:
+    """The image files of a folder (searched recursively) or of a list of files, and how to name them in messages;
+    an error when there are none."""
+    if isinstance(images, (str, os.PathLike)):
+        paths, where = [p for p in list_images(images) if p.suffix.lower() in IMAGE_SUFFIXES], str(images)
+    else:
+        paths = [Path(p) for p in images]
+        where = f"{len(paths)} files"
+    if not paths:
+        raise VitalError(f"image folder {where} holds no image files (JPEG/PNG/...)")
+    return paths, where
+
+
+def _load_many(paths: Sequence[Path], label: str) -> tuple[list[torch.Tensor], list[str], list[str]]:
+    images, sources, hashes = [], [], []
+    for p in paths:
+        try:
+            img, h = read_image(p)
+        except VitalError as exc:
+            warnings.warn(f"skipping {p}: {exc}", stacklevel=3)
+            continue
+        images.append(img)
+        sources.append(str(p))
+        hashes.append(h)
+    if not images:
+        raise VitalError(f"no readable images in {label}: give a folder or files with JPEG/PNG images")
+    return images, sources, hashes
+
+
+def from_files(
+    files: Sequence[str | os.PathLike[str]], n: int | None = None, augment: bool = False, seed: int = 0
+) -> ReferenceSet:
+    """References from explicit files (unreadable ones are skipped with a warning naming them)."""
+    paths = [Path(f) for f in files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise VitalError(f"reference files not found: {', '.join(missing[:5])}")
+    images, sources, hashes = _load_many(paths, "the given files")
+    return ReferenceSet(images, sources, hashes, n=n or len(images), augment=augment, seed=seed, label="files")
+
+
+def from_folder(
+    folder: str | os.PathLike[str], n: int = 50, augment: bool = False, seed: int = 0
+) -> ReferenceSet:
+    """Up to ``n`` images of a folder (searched recursively), a seeded random sample when it holds more.
+
+    The authors draw N random images of the class; the seed makes the draw repeatable and is recorded.
+    """
+    from .mining import MINING_RECORD, from_mining
+
+    if (Path(folder) / MINING_RECORD).is_file():
+        return from_mining(folder)
+    paths = list_images(folder)
+    paths = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES] or paths
+    if not paths:
+        raise VitalError(f"reference folder {folder} holds no files")
+    # Sample more than n so skipped (corrupt) files still leave n images where the folder has them.
+    order = list(range(len(paths)))
+    random.Random(seed).shuffle(order)
+    images, sources, hashes = [], [], []
+    for i in order:
+        if len(images) >= n:
+            break
+        try:
+            img, h = read_image(paths[i])
+        except VitalError as exc:
+            warnings.warn(f"skipping {paths[i]}: {exc}", stacklevel=2)
+            continue
+        images.append(img)
+        sources.append(str(paths[i]))
+        hashes.append(h)
+    if not images:
+        raise VitalError(f"no readable images in {folder}: give a folder with JPEG/PNG images")
+    return ReferenceSet(images, sources, hashes, n=n, augment=augment, seed=seed, label=str(folder))
+
+
+def from_tensor(images: torch.Tensor, n: int | None = None, augment: bool = False, seed: int = 0) -> ReferenceSet:
+    """References from a tensor (N, 3, H, W): uint8, or float in [0, 1]."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise VitalError(f"reference tensor must be (N, 3, H, W), got {tuple(images.shape)}")
+    if images.dtype != torch.uint8:
+        images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    imgs = [im.cpu().contiguous() for im in images]
+    hashes = [hashlib.sha256(im.numpy().tobytes()).hexdigest() for im in imgs]
+    sources = [f"tensor[{i}]" for i in range(len(imgs))]
+    return ReferenceSet(imgs, sources, hashes, n=n or len(imgs), augment=augment, seed=seed, label="tensor")
+
+
+# Photos that ship inside scikit-image and scikit-learn, each a real example of one ImageNet class that
+# EfficientNet-Lite0 classifies correctly: the offline demo classes.
+BUNDLED: dict[str, tuple[str, str]] = {
+    "espresso": ("skimage", "coffee"),
+    "tripod": ("skimage", "camera"),
+    "missile": ("skimage", "rocket"),
+    "palace": ("sklearn", "china.jpg"),
+    "moped": ("skimage", "stereo_motorcycle"),
+}
+# Not bundled, though the photos ship: skimage's chelsea is as much 'Egyptian cat' as 'tiger cat' to both Lite0
+# and Lite2, and sklearn's flower.jpg is 'daisy' to Lite0 only (Lite2: honeycomb).
+
+
+# Every natural photo that ships with scikit-image and scikit-learn (the offline default spectrum is made from them).
+OFFLINE_PHOTOS: tuple[tuple[str, str], ...] = (
+    ("skimage", "astronaut"), ("skimage", "camera"), ("skimage", "chelsea"), ("skimage", "coffee"),
+    ("skimage", "rocket"), ("skimage", "stereo_motorcycle"), ("skimage", "brick"), ("skimage", "grass"),
+    ("skimage", "gravel"), ("skimage", "coins"), ("skimage", "moon"), ("skimage", "clock"),
+    ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"),
+)
+
+
+def offline_photos() -> list[torch.Tensor]:
+    """The photos of ``OFFLINE_PHOTOS`` as uint8 (3, H, W) tensors."""
+    return [_bundled_photo(kind, name)[0] for kind, name in OFFLINE_PHOTOS]
+
+
+def bundled_classes() -> list[str]:
+    return list(BUNDLED)
+
+
+def _bundled_photo(kind: str, name: str) -> tuple[torch.Tensor, str]:
+    if kind == "skimage":
+        import skimage.data
+
+        arr = getattr(skimage.data, name)()
+        if isinstance(arr, tuple):  # stereo pairs: the left image
+            arr = arr[0]
+        arr = np.asarray(arr)
+        source = f"skimage.data.{name}"
+    else:
+        from sklearn.datasets import load_sample_image
+
+        arr = np.asarray(load_sample_image(name))
+        source = f"sklearn.datasets.load_sample_image('{name}')"
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    img = torch.from_numpy(np.array(arr[..., :3], dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+    return img, source
+
+
+def bundled(name: str, n: int = 50, augment: bool = True, seed: int = 0) -> ReferenceSet:
+    """The bundled photo of a demo class, made up to ``n`` references with augmented crops by default."""
+    key = name.lower().strip()
+    if key not in BUNDLED:
+        near = close_matches(key, BUNDLED)
+        hint = f" Close: {', '.join(near)}." if near else ""
+        raise VitalError(
+            f"no bundled photo for '{name}'.{hint} Bundled demo classes: {', '.join(BUNDLED)}; "
+            "for other classes give --refs DIR or --pool DIR."
+        )
+    img, source = _bundled_photo(*BUNDLED[key])
+    digest = hashlib.sha256(img.numpy().tobytes()).hexdigest()
+    return ReferenceSet([img], [source], [digest], n=n, augment=augment, seed=seed, label=f"bundled:{key}")
+
+
+@torch.no_grad()
+def from_pool(
+    folder: str | os.PathLike[str],
+    model: Any,
+    class_index: int,
+    n: int = 50,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> ReferenceSet:
+    """Class references from an unlabelled folder: the ``n`` images the model itself rates most probable."""
+    from tqdm.auto import tqdm
+
+    paths = [p for p in list_images(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not paths:
+        raise VitalError(f"pool folder {folder} holds no image files")
+    scored: list[tuple[float, Path, torch.Tensor, str]] = []
+    device = model.device
+    for start in tqdm(range(0, len(paths), batch_size), desc="scoring pool", disable=not progress, unit="batch"):
+        chunk = paths[start : start + batch_size]
+        images, sources, hashes = [], [], []
+        for p in chunk:
+            try:
+                img, h = read_image(p)
+            except VitalError as exc:
+                warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
+                continue
+            images.append(img)
+            sources.append(p)
+            hashes.append(h)
+        if not images:
+            continue
+        batch = ReferenceSet(images, [str(s) for s in sources], hashes, n=len(images)).prepare(model.preprocess)
+        probs = model.module(model.preprocess.normalize(batch.to(device))).softmax(-1)[:, class_index]
+        for prob, p, img, h in zip(probs.tolist(), sources, images, hashes, strict=True):
+            scored.append((prob, p, img, h))
+    if not scored:
+        raise VitalError(f"no readable images in pool folder {folder}")
+    scored.sort(key=lambda t: -t[0])
+    top = scored[:n]
+    return ReferenceSet(
+        [t[2] for t in top],
+        [str(t[1]) for t in top],
+        [t[3] for t in top],
+        n=n,
+        label=f"pool:{folder}",
+        info={"pool_scores": [round(t[0], 6) for t in top], "pool_size": len(scored)},
+    )
+
+
+
+def crop(img: torch.Tensor, box: Sequence[int]) -> torch.Tensor:
+    """The (x0, y0, x1, y1) box of a (3, H, W) image, as its own contiguous tensor."""
+    x0, y0, x1, y1 = box
+    return img[:, y0:y1, x0:x1].contiguous()
+
+
+
+def contact_sheet(images: Sequence[torch.Tensor], captions: Sequence[str], tile: int = 112, cols: int = 10) -> \
+        Image.Image:
+    """A grid of images (uint8 3 x H x W), each resized to ``tile`` px with its caption underneath."""
+    from PIL import ImageDraw
+
+    cols = max(1, min(cols, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    pad = 14
+    sheet = Image.new("RGB", (cols * tile, rows * (tile + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (img, cap) in enumerate(zip(images, captions, strict=True)):
+        im = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((tile, tile), Image.BILINEAR)
+        x, y = (i % cols) * tile, (i // cols) * (tile + pad)
+        sheet.paste(im, (x, y))
+        draw.text((x + 2, y + tile + 1), cap[: tile // 6], fill="black")
+    return sheet
+
+
+
+def write_photos(out: str | os.PathLike[str], only: Sequence[str] | None = None, overwrite: bool = False) -> list[Path]:
+    """Write the photos that ship with scikit-image and scikit-learn (``OFFLINE_PHOTOS``, or the ``only`` names,
+    e.g. ``coffee``) to ``out`` as PNGs; existing files are kept unless ``overwrite``."""
+    from ..result import atomic_write_bytes, ensure_writable_dir, png_bytes, refuse_overwrite
+
+    names = [name.split(".")[0] for _, name in OFFLINE_PHOTOS]
+    keep = list(names)
+    if only:
+        keep = [n.removesuffix(".png") for n in only]
+        unknown = [n for n in keep if n not in names]
+        if unknown:
+            near = close_matches(unknown[0], names)
+            raise VitalError(f"no bundled photo '{unknown[0]}'" + (f" (did you mean {', '.join(near)}?)" if near
+                                                                  else "") + f"; there are: {', '.join(names)}")
+    folder = ensure_writable_dir(out)
+    refuse_overwrite([folder / f"{n}.png" for n in names if n in keep], overwrite)
+    written = []
+    for (kind, name), stem in zip(OFFLINE_PHOTOS, names, strict=True):
+        if stem in keep:
+            atomic_write_bytes(folder / f"{stem}.png", png_bytes(_bundled_photo(kind, name)[0].float() / 255))
+            written.append(folder / f"{stem}.png")
+    return written
+
