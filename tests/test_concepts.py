@@ -67,7 +67,7 @@ def colour_images(folder, n=6, seed=0):
 
 
 def test_the_last_hidden_layer_is_the_map_the_head_pools():
-    assert C.last_hidden_layer(colour_spec()) == "hidden"
+    assert colour_spec().last_hidden_layer() == "hidden"
 
 
 def test_craft_recovers_the_built_in_patterns_and_ranks_the_logit_driver_first(tmp_path):
@@ -179,7 +179,7 @@ def test_token_layers_work_through_a_replayed_head(tmp_path):
     torch.manual_seed(0)
     spec = load_model(Tokens(), preprocess=Preprocess(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                       class_names=["a", "b"], name="tokens", layers=["embed", "block"])
-    assert C.last_hidden_layer(spec) == "block"
+    assert spec.last_hidden_layer() == "block"
     found = C.extract_concepts(spec, 0, colour_images(tmp_path / "imgs"), n_concepts=2, patch=16, nb_design=16,
                                progress=False)
     assert found.params["head"] == "replay" and found.directions.shape == (2, 6)

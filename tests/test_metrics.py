@@ -112,5 +112,5 @@ def test_clip_loads_a_users_checkpoint_file(tmp_path):
 def test_penultimate_features_and_logits(tiny_spec):
     logits, feats = metrics.logits_and_features(tiny_spec, torch.rand(5, 3, 50, 50), batch_size=2)
     assert logits.shape == (5, 4) and feats.shape == (5, 16)
-    head = metrics.classifier_head(tiny_spec.module)
+    head = tiny_spec.classifier_head()
     torch.testing.assert_close(head(torch.from_numpy(feats)), logits, rtol=1e-4, atol=1e-5)

@@ -214,3 +214,52 @@ def test_bad_inputs_are_named():
             rel(torch.rand(1, 3, 4, 4), [DirectionTarget("1", torch.ones(5))])
     with pytest.raises(VitalError, match="unknown layer"):
         Relevance(net, ["nope"], "lrp")
+
+
+class _FunctionalResidual(nn.Module):
+    """A residual add written in ``forward`` (no module a rule can see), as timm and others write them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        return self.head(h + self.branch(h))
+
+
+def test_adding_a_family_is_one_canonizer_class(monkeypatch):
+    import types
+
+    from vital_fv import relevance
+    from vital_fv.relevance import CANONIZERS, Canonizer, ResidualSum
+
+    class FunctionalResidualCanonizer(Canonizer):
+        family = "functional-residual"
+
+        def matches(self, model):
+            return isinstance(model, _FunctionalResidual)
+
+        def apply(self, model, gate):
+            model.vital_sum = ResidualSum()
+
+            def forward(self, x):
+                h = torch.relu(self.stem(x))
+                return self.head(self.vital_sum(torch.stack([h, self.branch(h)], dim=-1)))
+
+            model.forward = types.MethodType(forward, model)
+
+    torch.manual_seed(0)
+    model = _FunctionalResidual().eval()
+    x = torch.rand(2, 3, 8, 8)
+    with Relevance(model, ["stem"], "lrp") as rel:
+        before = conservation(rel(x, [0, 1]))["stem"]
+        assert rel.family == "generic"
+    monkeypatch.setattr(relevance, "CANONIZERS", [*CANONIZERS, FunctionalResidualCanonizer()])
+    with Relevance(model, ["stem"], "lrp") as rel:
+        out = rel(x, [0, 1])
+        assert rel.family == "functional-residual" and rel.describe()["family"] == "functional-residual"
+    assert abs(conservation(out)["stem"] - 1) < 1e-3 < abs(before - 1)  # the add was invisible to the rules
+    assert not hasattr(model, "vital_sum") and not model._forward_hooks  # the caller's model is untouched

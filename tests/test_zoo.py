@@ -5,7 +5,7 @@ import torchvision
 
 from vital_fv import references
 from vital_fv.errors import VitalError
-from vital_fv.zoo import PRESETS, load_model, read_state_dict
+from vital_fv.zoo import PRESETS, discover_last_hidden, last_linear, load_model, read_state_dict
 
 
 def _classify(spec, refset):
@@ -175,6 +175,10 @@ def test_paper_architectures_presets_shapes_independence_and_a_few_steps(name):
     torch.manual_seed(0)
     spec = load_model(name, random_init=True)
     assert list(spec.preset.layers) == layers and list(spec.preset.weights) == weights
+    # the loader's architecture facts are what the module tree says
+    assert spec.arch.last_hidden == discover_last_hidden(spec.module, 224)
+    assert spec.arch.head == last_linear(spec.module)
+    assert spec.arch.stem == layers[0] and spec.arch.stages and spec.arch.tokens == name.startswith("vit")
     assert spec.preset.tv == reg and spec.preset.l2 == reg
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad(), capture(spec.module, layers) as feats:
@@ -256,3 +260,12 @@ def test_unit_presets_take_the_preset_layers_below_the_unit():
     vit = load_model("vit_l_16", random_init=True)
     layers = unit_preset(vit, "encoder.layers.encoder_layer_20").layers
     assert layers[-1] == "encoder.layers.encoder_layer_19"
+
+
+def test_architecture_facts_of_lite0_and_of_a_plain_module(lite0, tiny_spec):
+    assert lite0.arch.family == "efficientnet" and lite0.arch.last_hidden == "bn2" and lite0.arch.head == "classifier"
+    assert discover_last_hidden(lite0.module, 224) == "bn2" and last_linear(lite0.module) == "classifier"
+    names = dict(lite0.module.named_modules())
+    assert lite0.arch.stem in names and all(s in names for s in lite0.arch.stages)
+    assert tiny_spec.arch.family == "generic" and tiny_spec.arch.last_hidden is None  # found when asked
+    assert tiny_spec.last_hidden_layer() == "act2" and tiny_spec.classifier_head() is tiny_spec.module.fc

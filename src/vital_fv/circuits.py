@@ -62,13 +62,12 @@ def rank_channels(
 
     Each image's relevance vector is saved as the scan goes (keyed by model, layer, class and image content): an
     interrupted ranking resumes, and a repeated one is read back."""
-    from .concepts import last_hidden_layer
     from .references import JsonStore, ReferenceSet, image_paths, scan_images
     from .relevance import Relevance
 
     if spec.class_names and not 0 <= class_index < len(spec.class_names):
         raise VitalError(f"class index {class_index} is out of range: the model has {len(spec.class_names)} classes")
-    layer = layer or last_hidden_layer(spec)
+    layer = layer or spec.last_hidden_layer()
     paths, where = image_paths(images)
     parts = {"model": spec.name, "weights": spec.weights_id, "layer": layer, "class": class_index,
              "preprocess": spec.preprocess.as_dict(), "rules": "lrp"}

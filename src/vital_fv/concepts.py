@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .errors import VitalError
 from .features import capture, resolve_layers
@@ -33,38 +32,7 @@ CONCEPTS_FILE = "concepts.safetensors"
 CONCEPTS_RECORD = "concepts.json"
 
 
-# --- the model's last hidden layer and the function from it to the logits -------------------------------------
-
-
-def last_hidden_layer(spec: Any) -> str:
-    """The last module whose output is still a map over positions (conv features or tokens) before the head pools
-    it: ``bn2`` on EfficientNet-Lite, ``layer4`` on ResNet, ``features`` on DenseNet/ConvNeXt, ``encoder`` on ViT."""
-    order: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
-
-    def hook(name: str) -> Callable[..., None]:
-        def fn(_m: nn.Module, _i: object, out: object) -> None:
-            out = out[0] if isinstance(out, (tuple, list)) and out else out
-            if isinstance(out, torch.Tensor):
-                order.append((name, tuple(out.shape[1:])))
-        return fn
-
-    try:
-        for name, m in spec.module.named_modules():
-            if name:
-                handles.append(m.register_forward_hook(hook(name)))
-        with torch.no_grad():
-            size = spec.preprocess.input_size
-            spec.module(torch.zeros(1, 3, size, size, device=next(spec.module.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-    maps = [n for n, shape in order if len(shape) in (2, 3) and int(np.prod(shape[1:] if len(shape) == 3
-                                                                            else shape[:1])) > 1]
-    if not maps:
-        raise VitalError(f"cannot find a hidden layer with spatial positions in {spec.name}: give --layer "
-                         f"(`vital layers --model {spec.name}` lists them)")
-    return maps[-1]
+# --- the function from the last hidden layer to the logits ----------------------------------------------------
 
 
 @dataclass
@@ -82,15 +50,13 @@ def head_from(spec: Any, layer: str, x: torch.Tensor) -> Head:
     A pooled linear head (EfficientNet, ResNet, DenseNet) is applied directly; any other head is replayed: the
     model runs on ``x`` with the layer's output replaced by the given one (general, but a full forward per call).
     """
-    from .metrics import classifier_head
-
     (mod,) = resolve_layers(spec.module, [layer], spec.name)
     with torch.no_grad(), capture(spec.module, [layer], spec.name) as feats:
         logits = spec.module(x)
         act = feats[layer][0] if isinstance(feats[layer], (tuple, list)) else feats[layer]
     with_relu = None
     try:
-        lin = classifier_head(spec.module)
+        lin = spec.classifier_head()
     except VitalError:
         lin = None
     if lin is not None and act.dim() == 4 and act.shape[1] == lin.in_features:
@@ -257,7 +223,7 @@ def extract_concepts(
         raise VitalError("--n-concepts must be at least 1")
     if class_index < 0 or (spec.class_names and class_index >= len(spec.class_names)):
         raise VitalError(f"class index {class_index} is out of range: the model has {len(spec.class_names)} classes")
-    layer = layer or last_hidden_layer(spec)
+    layer = layer or spec.last_hidden_layer()
     resolve_layers(spec.module, [layer], spec.name)
     scan = scan_patches(spec, [layer], images, patch=patch, stride=stride or patch, progress=progress,
                         cache_dir=cache_dir)

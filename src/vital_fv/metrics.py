@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .errors import VitalError
 
@@ -105,14 +104,6 @@ def topk_hits(logits: torch.Tensor, labels: Sequence[int], k: int) -> list[bool]
     return [int(lab) in row.tolist() for lab, row in zip(labels, top, strict=True)]
 
 
-def classifier_head(module: nn.Module) -> nn.Module:
-    """The classifier's last Linear layer, whose input is the penultimate representation."""
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise VitalError("the model has no Linear layer to read penultimate features from")
-    return linears[-1]
-
-
 @torch.no_grad()
 def logits_and_features(spec: Any, images01: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
     """Logits and penultimate features (the classifier head's input) of images in [0, 1] at any size: each is
@@ -121,7 +112,7 @@ def logits_and_features(spec: Any, images01: torch.Tensor, batch_size: int = 32)
 
     module = spec.module
     device = next(module.parameters()).device
-    head = classifier_head(module)
+    head = spec.classifier_head()
     store: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda _m, inp: store.append(inp[0].flatten(1).float().cpu()))
     size = spec.preprocess.input_size

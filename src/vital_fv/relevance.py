@@ -15,7 +15,8 @@ LRP rules (zennit hooks, one table for every family):
   contribution); residual sums: the same with |contributions| (see ``SumRule``).
 zennit has canonizers for torchvision ResNets (its residual-sum canonizer is used) but not for the functional
 residual adds of timm EfficientNets, DenseNet's functional ReLU/pooling, ConvNeXt's in-place add and layer scale or
-torchvision's fused ``nn.MultiheadAttention``; those are rewritten here, per instance, on the copy. Attention
+torchvision's fused ``nn.MultiheadAttention``; those are rewritten on the copy by one ``Canonizer`` per family
+(``CANONIZERS``: adding a family is one class). Attention
 follows AttnLRP (Achtibat et al. 2024): softmax(q k^T) is held constant, relevance flows through the values only.
 Models of other families get the generic rule table; ``conservation`` reports how well relevance is kept.
 """
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from zennit.core import Hook, RemovableHandle, RemovableHandleList
 
 from .errors import VitalError
 from .features import as_channels_positions, resolve_layers
@@ -178,49 +180,136 @@ def _skip_block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:  # ti
     return _add(self, self.vital_inner(x), x)
 
 
-def prepare_copy(module: nn.Module, gate: _Gate | None = None) -> tuple[nn.Module, str]:
-    """A deep copy of ``module`` with in-place ops off and functional residuals/pooling/attention made into
-    modules (values unchanged). Returns the copy and the family name that decided the rewrites."""
-    from torchvision.models.convnext import CNBlock
-    from torchvision.models.densenet import DenseNet
-    from torchvision.models.resnet import ResNet
-    from torchvision.models.vision_transformer import Encoder, EncoderBlock, VisionTransformer
+class Canonizer:
+    """One family's rewrites of the private copy (zennit's Canonizer idea): functional residual adds, pooling or
+    attention become modules that rules can see, values unchanged. ``matches`` decides from the module tree;
+    ``zennit_canonizers`` are zennit's own, registered with the rules. Adding a family is one subclass in
+    ``CANONIZERS``."""
 
-    m = copy.deepcopy(module).eval().requires_grad_(False)
-    for sub in m.modules():
-        if hasattr(sub, "inplace") and isinstance(sub.inplace, bool):
-            sub.inplace = False
     family = "generic"
-    if isinstance(m, ResNet):
-        family = "resnet"  # zennit's canonizer rewrites the blocks when the rules are registered
-    elif isinstance(m, DenseNet):
-        family = "densenet"
-        m.vital_relu, m.vital_pool = nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1))
-        m.forward = types.MethodType(_densenet_forward, m)
-    elif isinstance(m, VisionTransformer):
-        family = "vit"
-        for sub in list(m.modules()):
+
+    def matches(self, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, gate: _Gate) -> None:
+        """Rewrite ``model`` (the private copy) in place."""
+
+    def zennit_canonizers(self) -> list[Any]:
+        return []
+
+
+class ResNetCanonizer(Canonizer):
+    """torchvision ResNets: zennit's residual canonizers rewrite the blocks when the rules are registered (only
+    those: merging BatchNorm into convs would change the values read at conv outputs)."""
+
+    family = "resnet"
+
+    def matches(self, model: nn.Module) -> bool:
+        from torchvision.models.resnet import ResNet
+
+        return isinstance(model, ResNet)
+
+    def zennit_canonizers(self) -> list[Any]:
+        from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+
+        return [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
+
+
+class DenseNetCanonizer(Canonizer):
+    """torchvision DenseNet: the functional ReLU and pooling after the features become modules."""
+
+    family = "densenet"
+
+    def matches(self, model: nn.Module) -> bool:
+        from torchvision.models.densenet import DenseNet
+
+        return isinstance(model, DenseNet)
+
+    def apply(self, model: nn.Module, gate: _Gate) -> None:
+        model.vital_relu, model.vital_pool = nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1))
+        model.forward = types.MethodType(_densenet_forward, model)
+
+
+class ViTCanonizer(Canonizer):
+    """torchvision ViT: residual and position-embedding adds as sums, fused attention as AttnLRP's value mixing."""
+
+    family = "vit"
+
+    def matches(self, model: nn.Module) -> bool:
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        return isinstance(model, VisionTransformer)
+
+    def apply(self, model: nn.Module, gate: _Gate) -> None:
+        from torchvision.models.vision_transformer import Encoder, EncoderBlock
+
+        for sub in list(model.modules()):
             if isinstance(sub, Encoder):
                 sub.vital_sum = ResidualSum()
                 sub.forward = types.MethodType(_encoder_forward, sub)
             elif isinstance(sub, EncoderBlock):
-                sub.self_attention = LRPSelfAttention(sub.self_attention, gate or _Gate())
+                sub.self_attention = LRPSelfAttention(sub.self_attention, gate)
                 sub.vital_sum, sub.vital_sum2 = ResidualSum(), ResidualSum()
                 sub.forward = types.MethodType(_encoder_block_forward, sub)
-    else:
-        for sub in list(m.modules()):
+
+
+class ConvNeXtCanonizer(Canonizer):
+    """torchvision ConvNeXt blocks: layer scale as a constant scale, the in-place residual add as a sum."""
+
+    family = "convnext"
+
+    def matches(self, model: nn.Module) -> bool:
+        from torchvision.models.convnext import CNBlock
+
+        return any(isinstance(sub, CNBlock) for sub in model.modules())
+
+    def apply(self, model: nn.Module, gate: _Gate) -> None:
+        from torchvision.models.convnext import CNBlock
+
+        for sub in list(model.modules()):
             if isinstance(sub, CNBlock):
-                family = "convnext"
                 sub.vital_scale = ConstantScale(sub.layer_scale)
                 sub.vital_sum = ResidualSum()
                 sub.forward = types.MethodType(_cnblock_forward, sub)
-            elif getattr(sub, "has_skip", False) is True and hasattr(sub, "drop_path"):
-                family = "efficientnet"  # timm's DepthwiseSeparableConv / InvertedResidual / EdgeResidual
-                sub.has_skip = False
-                sub.vital_inner = type(sub).forward.__get__(sub)
-                sub.vital_sum = ResidualSum()
-                sub.forward = types.MethodType(_skip_block_forward, sub)
-    return m, family
+
+
+class EfficientNetCanonizer(Canonizer):
+    """timm EfficientNet blocks with a skip (DepthwiseSeparableConv / InvertedResidual / EdgeResidual): the
+    functional residual add as a sum."""
+
+    family = "efficientnet"
+
+    @staticmethod
+    def _skip_blocks(model: nn.Module) -> list[nn.Module]:
+        return [sub for sub in model.modules() if getattr(sub, "has_skip", False) is True and hasattr(sub, "drop_path")]
+
+    def matches(self, model: nn.Module) -> bool:
+        return bool(self._skip_blocks(model))
+
+    def apply(self, model: nn.Module, gate: _Gate) -> None:
+        for sub in self._skip_blocks(model):
+            sub.has_skip = False
+            sub.vital_inner = type(sub).forward.__get__(sub)
+            sub.vital_sum = ResidualSum()
+            sub.forward = types.MethodType(_skip_block_forward, sub)
+
+
+# Tried in order; every one that matches rewrites the copy. Models of other families get the generic rule table.
+CANONIZERS: list[Canonizer] = [ResNetCanonizer(), DenseNetCanonizer(), ViTCanonizer(), ConvNeXtCanonizer(),
+                               EfficientNetCanonizer()]
+
+
+def prepare_copy(module: nn.Module, gate: _Gate | None = None) -> tuple[nn.Module, list[Canonizer]]:
+    """A deep copy of ``module`` with in-place ops off and every matching family's rewrites applied (values
+    unchanged). Returns the copy and the canonizers that rewrote it."""
+    m = copy.deepcopy(module).eval().requires_grad_(False)
+    for sub in m.modules():
+        if hasattr(sub, "inplace") and isinstance(sub.inplace, bool):
+            sub.inplace = False
+    matched = [c for c in CANONIZERS if c.matches(m)]
+    for c in matched:
+        c.apply(m, gate or _Gate())
+    return m, matched
 
 
 class _RuleFn(torch.autograd.Function):
@@ -242,135 +331,127 @@ class _RuleFn(torch.autograd.Function):
         return None, grad, None, None
 
 
-def _hooks():  # noqa: ANN202 - zennit is imported lazily, so the rule classes are built on first use
-    """Our rules, as zennit hooks: zennit's composites map them to modules, its canonizers run, and its
-    ``inactive()`` switch turns them off. The propagation itself is ours: zennit's hooks let a module's true
-    backward run and then overwrite its result, which doubles the cost of an LRP pass; ``_RuleFn`` skips it."""
-    global _HOOKS
-    if _HOOKS is not None:
-        return _HOOKS
-    from zennit.core import Hook, RemovableHandle, RemovableHandleList
+# --- the rules, as zennit hooks ------------------------------------------------------------------------------
+# zennit's composites map them to modules, its canonizers run, and its ``inactive()`` switch turns them off. The
+# propagation itself is ours: zennit's hooks let a module's true backward run and then overwrite its result, which
+# doubles the cost of an LRP pass; ``_RuleFn`` skips it.
 
-    class RuleHook(Hook):
-        def register(self, module: nn.Module) -> Any:
-            return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self._wrap)])
-
-        def _wrap(self, module: nn.Module, input: Any, output: Any) -> Any:
-            x = input[0] if isinstance(input, tuple) else input
-            if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor) or not x.requires_grad:
-                return None
-            return _RuleFn.apply(x, output, self, module)
-
-        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            raise NotImplementedError
-
-        def copy(self) -> RuleHook:
-            return type(self)()
-
-    def _z_rule(module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        xi = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            z = module.forward(xi)
-        zd = z.detach()
-        (g,) = torch.autograd.grad(z, xi, r / zd.add_(torch.copysign(_EPS.to(zd), zd)))
-        return x * g
-
-    class PassRule(RuleHook):
-        """Relevance passes through unchanged (norm scales as constants, AttnLRP's identity rule)."""
-
-        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            return r
-
-    class ZRule(RuleHook):
-        """z-rule for parameter-free linear maps (pooling, attention's value mixing)."""
-
-        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            return _z_rule(module, x, r)
-
-    class SumRule(RuleHook):
-        """Residual sums (inputs stacked on the last axis): relevance split by each term's |contribution|.
-
-        The signed z-rule gives both terms huge relevance of opposite signs wherever a signed residual stream
-        (EfficientNet, ConvNeXt, ViT) nearly cancels its branch; relevance is used here as a min-max normalized
-        weight, which such sign flips make meaningless. The |z| split conserves exactly and keeps the sign of the
-        relevance it splits (on ReLU networks' non-negative streams it is the z-rule)."""
-
-        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            a = x.abs()
-            return a / (a.sum(-1, keepdim=True) + 1e-12) * r.unsqueeze(-1)
-
-    class ZPlusRule(RuleHook):
-        """z+ with biases out for conv/linear; for kernels without a positive weight, the z-rule.
-
-        Plain z+ gives no relevance to an output without a positive contribution. In ResNet-style full
-        convolutions that is rare, but a trained depthwise kernel (EfficientNet, ConvNeXt) is often entirely
-        negative, and on non-negative inputs (after ReLU/ReLU6) z+ then drops the whole channel. Those kernels use
-        the z-rule instead, which conserves; it costs nothing extra, since each output channel simply keeps its
-        own weights in the twin module. Signed inputs get the full z+ (x+ w+ and x- w-). The modified weights live
-        in twin modules built once, not per backward.
-        """
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.twins: dict[str, nn.Module] | None = None
-            self.signed = False  # whether this module's input was ever seen with negative values
-            self.calls = 0
-
-        @staticmethod
-        def _twin(module: nn.Module, weight: torch.Tensor) -> nn.Module:
-            twin = copy.copy(module)  # shallow: its own parameter dict and no hooks
-            twin._parameters = dict(module._parameters)
-            twin._forward_hooks = type(module._forward_hooks)()
-            twin._forward_pre_hooks = type(module._forward_pre_hooks)()
-            twin._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
-            if twin._parameters.get("bias") is not None:
-                twin._parameters["bias"] = None
-            return twin
-
-        def _build(self, module: nn.Module) -> None:
-            # Built on first use and shared where equal, so a ViT-L copy does not triple its weights.
-            w = module.weight.detach()
-            pos = w.clamp(min=0)
-            no_pos = (w.flatten(1) > 0).sum(1) == 0
-            self.twins = {"pos": self._twin(module, pos)}
-            self.twins["mixed"] = self.twins["pos"] if not bool(no_pos.any()) else self._twin(
-                module, torch.where(no_pos.view(-1, *([1] * (w.dim() - 1))), w, pos))
-
-        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            if self.twins is None:
-                self._build(module)
-            # An input's sign is structural (after a ReLU it is never negative; a residual stream always has
-            # negatives): checked on the first calls, then every 64th, since the check costs a pass over x.
-            self.calls += 1
-            if not self.signed and (self.calls <= 4 or self.calls % 64 == 0):
-                self.signed = bool(x.amin() < 0)
-            if not self.signed:
-                return _z_rule(self.twins["mixed"], x, r)  # conserves even if a negative slipped in
-            if "neg" not in self.twins:
-                self.twins["neg"] = self._twin(module, module.weight.detach().clamp(max=0))
-            ins = [x.clamp(min=0).requires_grad_(True), x.clamp(max=0).requires_grad_(True)]
-            with torch.enable_grad():
-                outs = [self.twins["pos"].forward(ins[0]), self.twins["neg"].forward(ins[1])]
-            # z+ >= 0; where it is 0 every positive contribution is 0, so the relevance given there is 0 too.
-            s = r / (outs[0].detach() + outs[1].detach() + 1e-6)
-            g0, g1 = torch.autograd.grad(outs, ins, grad_outputs=[s, s])
-            return ins[0].detach() * g0 + ins[1].detach() * g1
-
-    class GuidedRule(RuleHook):
-        """Guided Backpropagation at an activation: the local gradient, then only positive signals pass down."""
-
-        def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            xi = x.requires_grad_(True)
-            with torch.enable_grad():
-                (g,) = torch.autograd.grad(module.forward(xi), xi, r)
-            return g.clamp(min=0)
-
-    _HOOKS = types.SimpleNamespace(Pass=PassRule, Z=ZRule, Sum=SumRule, ZPlus=ZPlusRule, Guided=GuidedRule)
-    return _HOOKS
-
-
-_HOOKS: types.SimpleNamespace | None = None
 _EPS = torch.tensor(1e-6)  # the z-rule's stabilizer, signed like the denominator
+
+
+class RuleHook(Hook):
+    def register(self, module: nn.Module) -> Any:
+        return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self._wrap)])
+
+    def _wrap(self, module: nn.Module, input: Any, output: Any) -> Any:
+        x = input[0] if isinstance(input, tuple) else input
+        if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor) or not x.requires_grad:
+            return None
+        return _RuleFn.apply(x, output, self, module)
+
+    def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def copy(self) -> RuleHook:
+        return type(self)()
+
+def _z_rule(module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    xi = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        z = module.forward(xi)
+    zd = z.detach()
+    (g,) = torch.autograd.grad(z, xi, r / zd.add_(torch.copysign(_EPS.to(zd), zd)))
+    return x * g
+
+class PassRule(RuleHook):
+    """Relevance passes through unchanged (norm scales as constants, AttnLRP's identity rule)."""
+
+    def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return r
+
+class ZRule(RuleHook):
+    """z-rule for parameter-free linear maps (pooling, attention's value mixing)."""
+
+    def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return _z_rule(module, x, r)
+
+class SumRule(RuleHook):
+    """Residual sums (inputs stacked on the last axis): relevance split by each term's |contribution|.
+
+    The signed z-rule gives both terms huge relevance of opposite signs wherever a signed residual stream
+    (EfficientNet, ConvNeXt, ViT) nearly cancels its branch; relevance is used here as a min-max normalized
+    weight, which such sign flips make meaningless. The |z| split conserves exactly and keeps the sign of the
+    relevance it splits (on ReLU networks' non-negative streams it is the z-rule)."""
+
+    def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        a = x.abs()
+        return a / (a.sum(-1, keepdim=True) + 1e-12) * r.unsqueeze(-1)
+
+class ZPlusRule(RuleHook):
+    """z+ with biases out for conv/linear; for kernels without a positive weight, the z-rule.
+
+    Plain z+ gives no relevance to an output without a positive contribution. In ResNet-style full
+    convolutions that is rare, but a trained depthwise kernel (EfficientNet, ConvNeXt) is often entirely
+    negative, and on non-negative inputs (after ReLU/ReLU6) z+ then drops the whole channel. Those kernels use
+    the z-rule instead, which conserves; it costs nothing extra, since each output channel simply keeps its
+    own weights in the twin module. Signed inputs get the full z+ (x+ w+ and x- w-). The modified weights live
+    in twin modules built once, not per backward.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.twins: dict[str, nn.Module] | None = None
+        self.signed = False  # whether this module's input was ever seen with negative values
+        self.calls = 0
+
+    @staticmethod
+    def _twin(module: nn.Module, weight: torch.Tensor) -> nn.Module:
+        twin = copy.copy(module)  # shallow: its own parameter dict and no hooks
+        twin._parameters = dict(module._parameters)
+        twin._forward_hooks = type(module._forward_hooks)()
+        twin._forward_pre_hooks = type(module._forward_pre_hooks)()
+        twin._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
+        if twin._parameters.get("bias") is not None:
+            twin._parameters["bias"] = None
+        return twin
+
+    def _build(self, module: nn.Module) -> None:
+        # Built on first use and shared where equal, so a ViT-L copy does not triple its weights.
+        w = module.weight.detach()
+        pos = w.clamp(min=0)
+        no_pos = (w.flatten(1) > 0).sum(1) == 0
+        self.twins = {"pos": self._twin(module, pos)}
+        self.twins["mixed"] = self.twins["pos"] if not bool(no_pos.any()) else self._twin(
+            module, torch.where(no_pos.view(-1, *([1] * (w.dim() - 1))), w, pos))
+
+    def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        if self.twins is None:
+            self._build(module)
+        # An input's sign is structural (after a ReLU it is never negative; a residual stream always has
+        # negatives): checked on the first calls, then every 64th, since the check costs a pass over x.
+        self.calls += 1
+        if not self.signed and (self.calls <= 4 or self.calls % 64 == 0):
+            self.signed = bool(x.amin() < 0)
+        if not self.signed:
+            return _z_rule(self.twins["mixed"], x, r)  # conserves even if a negative slipped in
+        if "neg" not in self.twins:
+            self.twins["neg"] = self._twin(module, module.weight.detach().clamp(max=0))
+        ins = [x.clamp(min=0).requires_grad_(True), x.clamp(max=0).requires_grad_(True)]
+        with torch.enable_grad():
+            outs = [self.twins["pos"].forward(ins[0]), self.twins["neg"].forward(ins[1])]
+        # z+ >= 0; where it is 0 every positive contribution is 0, so the relevance given there is 0 too.
+        s = r / (outs[0].detach() + outs[1].detach() + 1e-6)
+        g0, g1 = torch.autograd.grad(outs, ins, grad_outputs=[s, s])
+        return ins[0].detach() * g0 + ins[1].detach() * g1
+
+class GuidedRule(RuleHook):
+    """Guided Backpropagation at an activation: the local gradient, then only positive signals pass down."""
+
+    def relevance(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        xi = x.requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(module.forward(xi), xi, r)
+        return g.clamp(min=0)
 
 
 def guided_composite():  # noqa: ANN201 - zennit Composite
@@ -378,26 +459,23 @@ def guided_composite():  # noqa: ANN201 - zennit Composite
     and SiLU networks need the same)."""
     from zennit.composites import LayerMapComposite
 
-    return LayerMapComposite([(ACTIVATIONS, _hooks().Guided())])
+    return LayerMapComposite([(ACTIVATIONS, GuidedRule())])
 
 
-def lrp_composite(family: str):  # noqa: ANN201 - zennit Composite
-    """zennit's layer-map composite with the rule table of the module docstring."""
+def lrp_composite(canonizers: Sequence[Canonizer] = ()):  # noqa: ANN201 - zennit Composite
+    """zennit's layer-map composite with the rule table of the module docstring, and the families' own zennit
+    canonizers."""
     from zennit.composites import LayerMapComposite
     from zennit.layer import Sum
-    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
-    h = _hooks()
     norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
     layer_map = [
-        (norms + ACTIVATIONS + (ConstantScale,), h.Pass()),
-        ((ResidualSum, Sum), h.Sum()),
-        ((nn.AvgPool2d, nn.AdaptiveAvgPool2d, AttentionMix), h.Z()),
-        ((nn.Conv2d, nn.Linear), h.ZPlus()),
+        (norms + ACTIVATIONS + (ConstantScale,), PassRule()),
+        ((ResidualSum, Sum), SumRule()),
+        ((nn.AvgPool2d, nn.AdaptiveAvgPool2d, AttentionMix), ZRule()),
+        ((nn.Conv2d, nn.Linear), ZPlusRule()),
     ]
-    # Only the residual canonizers: merging BatchNorm into convs would change the values read at conv outputs.
-    canonizers = [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()] if family == "resnet" else []
-    return LayerMapComposite(layer_map, canonizers=canonizers)
+    return LayerMapComposite(layer_map, canonizers=[z for c in canonizers for z in c.zennit_canonizers()])
 
 
 class _Stop(Exception):
@@ -439,9 +517,10 @@ class Relevance:
         self.skip_tokens = skip_tokens
         self.model_name = model_name
         self._gate = _Gate()
-        self.module, self.family = prepare_copy(module, self._gate)
+        self.module, canonizers = prepare_copy(module, self._gate)
+        self.family = canonizers[-1].family if canonizers else "generic"
         self._resolved: tuple[list[str], list[nn.Module]] = ([], [])
-        self._composite = lrp_composite(self.family) if self.method == "lrp" else guided_composite()
+        self._composite = lrp_composite(canonizers) if self.method == "lrp" else guided_composite()
         self._composite.register(self.module)
 
     def describe(self) -> dict[str, Any]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,106 @@ class LayerPreset:
         }
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """What vital-fv needs to know about a network's layout, filled in by the loader (module names).
+
+    ``stem`` and ``stages`` (outputs, input to output) give presets; ``last_hidden`` is the last layer whose output
+    is still a map over positions before the head pools it (concepts, circuits); ``head`` is the classifier's final
+    Linear (penultimate features for metrics); ``tokens`` says layers are (B, T, D) token sequences. A fact left
+    None is found from the module tree when asked (``ModelSpec.last_hidden_layer``, ``ModelSpec.classifier_head``).
+    """
+
+    family: str = "generic"
+    stem: str | None = None
+    stages: tuple[str, ...] = ()
+    last_hidden: str | None = None
+    head: str | None = None
+    tokens: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "stem": self.stem, "stages": list(self.stages),
+                "last_hidden": self.last_hidden, "head": self.head, "tokens": self.tokens}
+
+
+# torchvision's families, by architecture class: (family, stem, stages, last hidden layer, classifier head).
+# The ViT's stages are its encoder blocks (filled in from the model: their number varies).
+TORCHVISION_ARCHITECTURES: dict[str, tuple[str, str, tuple[str, ...], str, str]] = {
+    "ResNet": ("resnet", "conv1", ("layer1", "layer2", "layer3", "layer4"), "layer4", "fc"),
+    "DenseNet": ("densenet", "features.conv0", tuple(f"features.denseblock{i}" for i in range(1, 5)), "features",
+                 "classifier"),
+    "ConvNeXt": ("convnext", "features.0", ("features.1", "features.3", "features.5", "features.7"), "features",
+                 "classifier.2"),
+    "VisionTransformer": ("vit", "conv_proj", (), "encoder", "heads.head"),
+}
+LITE_ARCHITECTURE = Architecture("efficientnet", "conv_stem", tuple(f"blocks.{i}" for i in range(7)), "bn2",
+                                 "classifier")
+
+
+def discover_last_hidden(module: nn.Module, input_size: int, model_name: str = "") -> str:
+    """The last module whose output is still a map over positions (conv features or tokens), from one forward of a
+    blank image: what ``Architecture.last_hidden`` holds for the known families."""
+    order: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+
+    def hook(name: str):  # noqa: ANN202
+        def fn(_m: nn.Module, _i: object, out: object) -> None:
+            out = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(out, torch.Tensor):
+                order.append((name, tuple(out.shape[1:])))
+        return fn
+
+    try:
+        for name, m in module.named_modules():
+            if name:
+                handles.append(m.register_forward_hook(hook(name)))
+        with torch.no_grad():
+            first = next(iter(module.parameters()), None)
+            module(torch.zeros(1, 3, input_size, input_size, device=first.device if first is not None else "cpu"))
+    finally:
+        for h in handles:
+            h.remove()
+    maps = [n for n, shape in order if len(shape) in (2, 3) and math.prod(shape[1:] if len(shape) == 3
+                                                                          else shape[:1]) > 1]
+    if not maps:
+        raise VitalError(f"cannot find a hidden layer with spatial positions in {model_name or 'the model'}: give "
+                         f"--layer (`vital layers --model {model_name}` lists them)")
+    return maps[-1]
+
+
+def last_linear(module: nn.Module) -> str:
+    """The name of the module's last Linear layer (the classifier head of a plain classifier)."""
+    names = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise VitalError("the model has no Linear layer to read penultimate features from")
+    return names[-1]
+
+
+def torchvision_architecture(module: nn.Module) -> Architecture:
+    for cls in type(module).__mro__:
+        if cls.__name__ in TORCHVISION_ARCHITECTURES:
+            family, stem, stages, last, head = TORCHVISION_ARCHITECTURES[cls.__name__]
+            if family == "vit":
+                stages = tuple(f"encoder.layers.{n}" for n, _ in module.encoder.layers.named_children())
+            return Architecture(family, stem, stages, last, head, tokens=family == "vit")
+    return Architecture(family=type(module).__name__.lower())
+
+
+def timm_architecture(module: nn.Module) -> Architecture:
+    """From timm's own description: ``feature_info`` (stage outputs) and ``get_classifier()`` (the head)."""
+    names = dict(module.named_modules())
+    info = getattr(module, "feature_info", None) or []
+    stages = tuple(f["module"] for f in info if f.get("module") in names)
+    stem = next((s for s in _TIMM_STEMS if s in names), None)
+    head = None
+    get_classifier = getattr(module, "get_classifier", None)
+    if callable(get_classifier):
+        clf = get_classifier()
+        head = next((n for n, m in module.named_modules() if m is clf and isinstance(m, nn.Linear)), None)
+    tokens = int(getattr(module, "num_prefix_tokens", 0) or 0) > 0 or hasattr(module, "patch_embed")
+    return Architecture(f"timm:{type(module).__name__}", stem, stages, None, head, tokens=tokens)
+
+
 # The authors' layer presets for class neurons (SPEC §3), with torchvision module names. EfficientNet-Lite is ours:
 # the raw stem convolution and the outputs of stages at strides 4, 8, 16 and the last feature map, as ResNet50's
 # conv1, layer1..4.
@@ -169,6 +270,7 @@ class ModelSpec:
     class_token: bool = True  # match prefix tokens too (the authors did); False drops them
     fixed_size: bool = False  # the model only takes its own input size (ViT position embeddings)
     preprocess_source: str = ""  # where ``preprocess`` comes from (which weights' metadata), for the record
+    arch: Architecture = field(default_factory=Architecture)  # layout facts (stem, stages, last hidden, head)
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -187,6 +289,19 @@ class ModelSpec:
     def to(self, device: torch.device | str) -> ModelSpec:
         self.module.to(device)
         return self
+
+    def last_hidden_layer(self) -> str:
+        """The last layer with positions before the head pools them (``bn2`` on Lite0, ``layer4`` on ResNet)."""
+        if self.arch.last_hidden is None:
+            self.arch = replace(self.arch, last_hidden=discover_last_hidden(self.module, self.preprocess.input_size,
+                                                                            self.name))
+        return self.arch.last_hidden
+
+    def classifier_head(self) -> nn.Module:
+        """The classifier's final Linear layer, whose input is the penultimate representation."""
+        if self.arch.head is None:
+            self.arch = replace(self.arch, head=last_linear(self.module))
+        return dict(self.module.named_modules())[self.arch.head]
 
     @torch.no_grad()
     def top5(self, images01: torch.Tensor) -> list[list[dict[str, Any]]]:
@@ -414,6 +529,7 @@ def _load_lite(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
         weights_source=str(weights),
         preprocess_source=f"EfficientNet-Lite's own: (x_uint8 - 127) / 128; size and crop {crop_pct} as timm's "
                           f"{arch}",
+        arch=LITE_ARCHITECTURE,
     )
 
 
@@ -508,7 +624,9 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None, random_
                "the default weights' metadata (the file is not one of torchvision's; the model's own preprocessing "
                "is assumed)")
     # ViTs are built for their weights' input size (the SWAG ViT-L/16 takes 512 px), as torchvision's builder does.
-    extra = {"image_size": chosen.meta["min_size"][0]} if name.startswith("vit_") and "min_size" in chosen.meta else {}
+    builder = tvm.get_model_builder(name)
+    is_vit = builder.__module__ == tvm.vision_transformer.__name__
+    extra = {"image_size": chosen.meta["min_size"][0]} if is_vit and "min_size" in chosen.meta else {}
     module = tvm.get_model(name, weights=None, **extra)
     if weights is not None:
         load_state_dict_strict(module, read_state_dict(weights), str(weights))
@@ -518,7 +636,6 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None, random_
     interp = str(getattr(t.interpolation, "value", t.interpolation))
     pre = Preprocess(size, resize, tuple(t.mean), tuple(t.std), interp)
     categories = chosen.meta.get("categories") or []
-    is_vit = isinstance(module, tvm.VisionTransformer)
     return ModelSpec(
         name=name,
         module=module,
@@ -531,6 +648,7 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None, random_
         prefix_tokens=1 if is_vit else 0,
         fixed_size=is_vit,
         preprocess_source=f"torchvision {type(chosen).__name__}.{chosen.name}: {why}",
+        arch=torchvision_architecture(module),
     )
 
 
@@ -579,6 +697,7 @@ def _load_timm(name: str, weights: str | os.PathLike[str] | None, random_init: b
         prefix_tokens=prefix,
         fixed_size=bool(embed is not None and getattr(embed, "strict_img_size", False)),
         preprocess_source=f"timm's data config of {arch} (pretrained_cfg)",
+        arch=timm_architecture(module),
     )
 
 
