@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from vital_fv import ClassTarget, Job, load_model, references, visualize, visualize_batch
+from vital_fv.cache import PrototypeCache
 from vital_fv.device import resolve_device
 from vital_fv.features import as_channels_positions, capture
-from vital_fv.cache import PrototypeCache
 from vital_fv.matching import sort_matching_loss
 from vital_fv.methods.vital import OPTIM_PRESETS
 from vital_fv.params import clamp_

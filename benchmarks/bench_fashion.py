@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from vital_fv import Job, load_model, references
+from vital_fv.cache import default_cache_dir
 from vital_fv.device import frozen_on
 from vital_fv.evaluate import evaluate
-from vital_fv.cache import default_cache_dir
 from vital_fv.methods import get_method, method_names, run_method
 from vital_fv.result import png_bytes
 from vital_fv.targets import ClassTarget, UnitTarget

@@ -11,11 +11,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import references
+from . import circuits, polysemantic, references
 from .api import visualize
+from .concepts import CONCEPTS_FILE, CONCEPTS_RECORD, extract_concepts, load_concepts, save_concepts
 from .device import frozen_on, resolve_device
 from .errors import VitalError
+from .evaluate import evaluate
+from .features import layer_shapes
 from .methods import NonFiniteLossError, get_method, method_names, preset_names
+from .methods.maco import write_spectrum
 from .references import ScanInterrupted
 from .result import Result, ensure_writable_dir, refuse_overwrite
 from .targets import ClassTarget, UnitTarget
@@ -297,8 +301,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     if args.unit:
         target: Any = UnitTarget.parse(args.unit)
     elif args.concept:
-        from .concepts import load_concepts
-
         target = load_concepts(args.concept)
     else:
         target = args.cls
@@ -324,8 +326,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from .features import layer_shapes
-
     if args.weights is None and args.model not in EMBEDDED_MODELS:
         spec = load_model(args.model, random_init=True)  # names and shapes need no weights
     else:
@@ -361,8 +361,6 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_concepts(args: argparse.Namespace) -> int:
-    from .concepts import CONCEPTS_FILE, CONCEPTS_RECORD, extract_concepts, save_concepts
-
     out = Path(args.out)
     refuse_overwrite([out / CONCEPTS_FILE, out / CONCEPTS_RECORD], args.overwrite)
     spec = _load(args)
@@ -399,23 +397,23 @@ def _keep_on_nonfinite(run: Callable[[], list[Result]], pngs: list[Path]) -> lis
 
 
 def cmd_disentangle(args: argparse.Namespace) -> int:
-    from .polysemantic import RECORD, disentangle, save_disentangled, visualize_clusters
-
     out = ensure_writable_dir(args.out)
-    refuse_overwrite([out / RECORD, out / "overview.png"], args.overwrite)
+    refuse_overwrite([out / polysemantic.RECORD, out / "overview.png"], args.overwrite)
     spec = _load(args)
     unit = UnitTarget.parse(args.unit)
     with frozen_on(spec.module, resolve_device(args.device)):
-        dis = disentangle(spec, unit, args.images, clusters=args.clusters, patches=args.patches,
-                          per_image=args.per_image, cluster_layer=args.cluster_layer, patch=args.patch,
-                          stride=args.stride, seed=args.seed, progress=not args.quiet, cache_dir=args.cache_dir)
+        dis = polysemantic.disentangle(
+            spec, unit, args.images, clusters=args.clusters, patches=args.patches, per_image=args.per_image,
+            cluster_layer=args.cluster_layer, patch=args.patch, stride=args.stride, seed=args.seed,
+            progress=not args.quiet, cache_dir=args.cache_dir)
     sizes = [len(dis.members(c)) for c in range(dis.n_clusters)]
     print(f"{unit.label()}: {dis.params['patches']} top patches of {dis.params['image_count']} images in "
           f"{dis.n_clusters} clusters of {', '.join(map(str, sizes))}; visualizing each", file=sys.stderr)
-    results = _keep_on_nonfinite(lambda: visualize_clusters(spec, dis, top=args.n_refs, seed=args.seed,
-                                                            progress=not args.quiet, **_vital_options(args)),
-                                 [out / f"cluster-{c}.png" for c in range(dis.n_clusters)])
-    record = save_disentangled(dis, results, out, top=args.n_refs, overwrite=args.overwrite)
+    results = _keep_on_nonfinite(
+        lambda: polysemantic.visualize_clusters(spec, dis, top=args.n_refs, seed=args.seed, progress=not args.quiet,
+                                                **_vital_options(args)),
+        [out / f"cluster-{c}.png" for c in range(dis.n_clusters)])
+    record = polysemantic.save_disentangled(dis, results, out, top=args.n_refs, overwrite=args.overwrite)
     for c, r in enumerate(results):
         print(f"{out / f'cluster-{c}.png'}  [{r.status}] {sizes[c]} patches, unit value "
               f"{r.record['target'].get('value'):.3g}; patches {out / f'cluster-{c}-patches.png'}")
@@ -424,15 +422,13 @@ def cmd_disentangle(args: argparse.Namespace) -> int:
 
 
 def cmd_circuit(args: argparse.Namespace) -> int:
-    from .circuits import RECORD, build_circuit, rank_channels, save_circuit
-
     out = ensure_writable_dir(args.out)
-    refuse_overwrite([out / RECORD, out / "circuit.png"], args.overwrite)
+    refuse_overwrite([out / circuits.RECORD, out / "circuit.png"], args.overwrite)
     spec = _load(args)
     index, name = ClassTarget(args.cls).resolve(spec.class_names, spec.class_synonyms)
     with frozen_on(spec.module, resolve_device(args.device)):
-        ranking = rank_channels(spec, index, args.images, layer=args.layer, progress=not args.quiet,
-                                cache_dir=args.cache_dir)
+        ranking = circuits.rank_channels(spec, index, args.images, layer=args.layer, progress=not args.quiet,
+                                         cache_dir=args.cache_dir)
     shares = ranking.shares()
     top = ranking.order()[: args.top]
     print(f"{name} ({index}): top channels of {ranking.layer} over {ranking.params['image_count']} images: "
@@ -440,13 +436,13 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     holder: dict[str, Any] = {}
 
     def run() -> list[Result]:
-        holder["circuit"] = build_circuit(spec, ranking, args.mine or args.images, top=args.top, n_refs=args.n_refs,
-                                          seed=args.seed, progress=not args.quiet, cache_dir=args.cache_dir,
-                                          patch=args.patch, **_vital_options(args))
+        holder["circuit"] = circuits.build_circuit(
+            spec, ranking, args.mine or args.images, top=args.top, n_refs=args.n_refs, seed=args.seed,
+            progress=not args.quiet, cache_dir=args.cache_dir, patch=args.patch, **_vital_options(args))
         return holder["circuit"].results
 
     results = _keep_on_nonfinite(run, [out / f"unit-{c}.png" for c in top])
-    record = save_circuit(holder["circuit"], out, overwrite=args.overwrite)
+    record = circuits.save_circuit(holder["circuit"], out, overwrite=args.overwrite)
     for c, r in zip(top, results, strict=True):
         print(f"{out / f'unit-{c}.png'}  [{r.status}] channel {c}: share {100 * shares[c]:.1f}%, unit value "
               f"{r.record['target'].get('value'):.3g}")
@@ -459,8 +455,6 @@ def cmd_circuit(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
-
     none = ("none", "")
     rows = evaluate(args.results, args.out, real=args.real,
                     judge=None if (args.judge or "").lower() in none else args.judge,
@@ -481,8 +475,6 @@ def cmd_photos(args: argparse.Namespace) -> int:
 
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
-    from .methods.maco import write_spectrum
-
     path, mag, count = write_spectrum(args.out, folder=args.folder, offline_photos=args.offline_photos,
                                       overwrite=args.overwrite)
     print(f"{path}: magnitude spectrum {tuple(mag.shape)} from {count} images")
