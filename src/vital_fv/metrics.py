@@ -1,10 +1,12 @@
 """The paper's metrics (SPEC §7): accuracy of a model on visualizations, Fréchet distance and KID on penultimate
 features, CLIP zero-shot, and CoSy's AUC / MAD for units.
 
-The Fréchet distance is computed exactly from an eigendecomposition instead of ``scipy.linalg.sqrtm``:
-tr(sqrt(S1 S2)) = sum(sqrt(eig(sqrt(S1) S2 sqrt(S1)))), where both matrices are symmetric positive semi-definite,
-so ``eigh`` applies and small samples (rank-deficient covariances) stay finite. (pytorch-fid also relies on a
-``disp`` argument that SciPy's current release removed.)
+The Fréchet distance is exact, without ``scipy.linalg.sqrtm`` (pytorch-fid also relies on a ``disp`` argument that
+SciPy's current release removed). With S1 = AᵀA and S2 = BᵀB (A, B the centred features over sqrt(n - 1)), the
+nonzero eigenvalues of S1 S2 are those of (A Bᵀ)(A Bᵀ)ᵀ, so tr(sqrt(S1 S2)) is the nuclear norm of the n × m
+matrix A Bᵀ: with fewer samples than feature dimensions (visualizations: n ≪ d = 1280) one small SVD replaces an
+eigendecomposition of a d × d matrix, and a bootstrap of 200 resamples takes a fraction of a second. With more
+samples than dimensions the d × d route is cheaper: tr(sqrt(S1 S2)) = sum(sqrt(eig(sqrt(S1) S2 sqrt(S1)))).
 """
 
 from __future__ import annotations
@@ -24,18 +26,23 @@ def _psd_sqrt(a: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets x (n, d) and y (m, d)."""
+    """Fréchet distance between Gaussians fitted to feature sets x (n, d) and y (m, d) (exact; see the module)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise VitalError(f"feature sets must be (n, d) with the same d, got {x.shape} and {y.shape}")
     if len(x) < 2 or len(y) < 2:
         raise VitalError("the Fréchet distance needs at least two items on each side")
     mu1, mu2 = x.mean(0), y.mean(0)
-    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    r1 = _psd_sqrt(s1)
-    eig = np.linalg.eigvalsh(r1 @ s2 @ r1)
-    tr_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+    a = (x - mu1) / np.sqrt(len(x) - 1)
+    b = (y - mu2) / np.sqrt(len(y) - 1)
+    tr1, tr2 = float((a * a).sum()), float((b * b).sum())
+    d = x.shape[1]
+    if len(x) * len(y) <= d * d:  # the samples' span: the nuclear norm of A Bᵀ (n x m)
+        tr_sqrt = float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+    else:  # the d x d route
+        r1 = _psd_sqrt(a.T @ a)
+        tr_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh(r1 @ (b.T @ b) @ r1), 0, None)).sum())
+    return float(((mu1 - mu2) ** 2).sum() + tr1 + tr2 - 2 * tr_sqrt)
 
 
 def kid(x: np.ndarray, y: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> float:
