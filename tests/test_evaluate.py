@@ -34,6 +34,7 @@ def test_evaluate_names_bad_files_and_scores_the_rest(results_folder, tmp_path, 
     for r in rows:
         assert 0 <= float(r["model_top1"]) <= 100 and 0 <= float(r["judge_top5"]) <= 100
         assert float(r["fd"]) > 0 and float(r["fd_real"]) >= 0 and r["kid"] != ""
+        assert float(r["slope"]) < 0 and 0 <= float(r["hf_share"]) <= 1 and float(r["hf_share_real"]) < 0.2
     items = list(csv.DictReader((report / "items.csv").read_text().splitlines()))
     assert len(items) == 4 and all(i["judge_top1"] in ("True", "False") for i in items)
     assert (report / "per_class.png").stat().st_size > 0 and (report / "tsne.png").stat().st_size > 0

@@ -129,3 +129,19 @@ def test_penultimate_features_and_logits(tiny_spec):
     assert logits.shape == (5, 4) and feats.shape == (5, 16)
     head = tiny_spec.classifier_head()
     torch.testing.assert_close(head(torch.from_numpy(feats)), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_spectrum_measure_tells_white_noise_from_one_over_f_images():
+    rng = np.random.default_rng(0)
+    n = 128
+    fy, fx = np.fft.fftfreq(n)[:, None], np.fft.fftfreq(n)[None, :]
+    r = np.sqrt(fx**2 + fy**2)
+    r[0, 0] = 1
+    pink = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(n, n))) / r))  # amplitude 1/f: power 1/f^2
+    pink = (pink - pink.min()) / (pink.max() - pink.min())
+    white = metrics.spectrum_stats(rng.random((3, n, n)))
+    natural = metrics.spectrum_stats(torch.from_numpy(np.stack([pink] * 3)))
+    assert abs(white["slope"]) < 0.3 and abs(natural["slope"] + 2) < 0.3
+    assert white["hf_share"] > 0.6 > 0.2 > natural["hf_share"]
+    freqs, power = metrics.radial_power(pink)
+    assert freqs.min() > 0 and freqs.max() <= 0.5 and power[0] > 100 * power[-1]

@@ -222,12 +222,14 @@ def evaluate(
 
     # Fréchet distance and KID on the FID model's penultimate features, pooled over classes.
     real_feats: dict[int, np.ndarray] = {}
+    real_spectra: dict[int, list[dict[str, float]]] = {}
     tsne_points: list[tuple[np.ndarray, int, str]] = []
     if fid_model and class_items:
         fspec = ev.model(fid_model)
         wanted = {it.record["target"]["index"]: it.record["target"]["name"] for it in class_items}
         reals = real_images(real, fspec, wanted, per_class)
         for idx, imgs in reals.items():
+            real_spectra[idx] = [metrics.spectrum_stats(im) for im in imgs]
             real_feats[idx] = metrics.logits_and_features(fspec, imgs)[1]
             tsne_points += [(f, idx, "real") for f in real_feats[idx]]
         for (_, method), group in groups.items():
@@ -244,6 +246,7 @@ def evaluate(
             vals = [it.scores[key] for it in group if key in it.scores]
             row[key] = round(100 * float(np.mean(vals)), 2) if vals else None
         _frechet_row(row, group, real_feats, n_boot)
+        _spectrum_row(row, group, real_spectra)
         rows.append(row)
     for (model_name, method), vals in sorted(unit_scores.items(), key=lambda kv: _row_order(*kv[0])):
         rows.append({"model": model_name, "method": method, "targets": "units", "items": len(vals["auc"]),
@@ -281,6 +284,21 @@ def _frechet_row(row: dict[str, Any], group: list[Item], real_feats: dict[int, n
     if len(take_a) >= 2 and len(rest_a) >= 2:
         row["fd_real"] = round(metrics.frechet_distance(take_a, rest_a), 2)
         row["kid_real"] = round(metrics.kid(take_a, rest_a), 4)
+
+
+def _spectrum_row(row: dict[str, Any], group: list[Item], real_spectra: dict[int, list[dict[str, float]]]) -> None:
+    """Mean spectral slope and high-frequency share of the visualizations, beside the real images of their classes
+    (hatching and pixel noise show as a high-frequency share far above the photos')."""
+    stats = []
+    for it in group:
+        it.scores.update(metrics.spectrum_stats(it.image))
+        stats.append(it.scores)
+    row["slope"] = round(float(np.mean([s["slope"] for s in stats])), 3)
+    row["hf_share"] = round(float(np.mean([s["hf_share"] for s in stats])), 4)
+    real = [s for c in sorted({it.record["target"]["index"] for it in group}) for s in real_spectra.get(c, [])]
+    if real:
+        row["slope_real"] = round(float(np.mean([s["slope"] for s in real])), 3)
+        row["hf_share_real"] = round(float(np.mean([s["hf_share"] for s in real])), 4)
 
 
 def _unit_scores(ev: Evaluator, unit_items: list[Item], controls: str | os.PathLike[str] | None) -> dict:
@@ -326,7 +344,9 @@ COLUMNS = [("model", "model"), ("method", "method"), ("targets", "targets"), ("i
            ("model_top1", "model top-1 %"),
            ("judge_top1", "judge top-1 %"), ("judge_top5", "judge top-5 %"), ("fd", "FD"), ("fd_ci", "FD 95% CI"),
            ("fd_real", "FD real-vs-real"), ("kid", "KID"), ("kid_real", "KID real-vs-real"),
-           ("clip_top1", "CLIP top-1 %"), ("clip_top5", "CLIP top-5 %"), ("auc", "unit AUC"), ("mad", "unit MAD")]
+           ("clip_top1", "CLIP top-1 %"), ("clip_top5", "CLIP top-5 %"), ("slope", "spectral slope"),
+           ("slope_real", "slope (real)"), ("hf_share", "HF share"), ("hf_share_real", "HF share (real)"),
+           ("auc", "unit AUC"), ("mad", "unit MAD")]
 
 
 def _cell(v: Any) -> str:

@@ -149,7 +149,8 @@ class Ascent:
             record = build_record(
                 self.name, status=run.status, step_times=run.step_times, target=described[b], seed=job.seed,
                 model=model, optimizer={"preset": preset, **mp.as_dict()}, resolution=size, device=dev,
-                references=None, loss={"objective": run.curve[:, b]}, top5=top5[b], **(run.info or {}))
+                references=None, loss={"objective": run.curve[:, b]}, top5=top5[b], image=images[b],
+                **(run.info or {}))
             out.append(Result(images[b], record, alpha=None if run.alpha is None else run.alpha[b]))
         raise_if_nonfinite(out, run.status, self.name, len(run.step_times))
         return out

@@ -319,10 +319,16 @@ def build_record(
     loss: dict[str, list[float]],
     top5: list[dict[str, Any]],
     setup_seconds: float = 0.0,
+    image: torch.Tensor | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The JSON record every method writes: what was shown, how, from what, and how long it took; ``extra`` holds
-    the method's own fields (VITAL's layers, prototypes and relevance; MACO's spectrum)."""
+    the method's own fields (VITAL's layers, prototypes and relevance; MACO's spectrum). With the ``image``, its
+    spectral slope and high-frequency share (``metrics.spectrum_stats``: hatching shows there)."""
+    from ..metrics import spectrum_stats
+
+    if image is not None:
+        extra = {"image_spectrum": spectrum_stats(image), **extra}
     return {
         "vital_fv": __version__,
         "method": method,

@@ -203,6 +203,7 @@ def visualize_batch(
             "vital", status=status, step_times=step_times, target=target_info, seed=job.seed, model=model,
             optimizer=asdict(opt_preset), resolution=size, device=dev, references=job.references.describe(),
             loss={name: curves[:, li, b] for li, name in enumerate(names)}, top5=top5[b], setup_seconds=t_refs,
+            image=images[b],
             layers=layer_preset.as_dict(), prototypes=proto_info[job.references.content_hash()],
             reference_seconds=round(t_refs, 3), relevance=relevance_info,
         )
