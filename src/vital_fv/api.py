@@ -17,16 +17,19 @@ from typing import Any
 
 from . import references as refs_mod
 from .cache import PrototypeCache
+from .device import resolve_device
 from .errors import VitalError
 from .features import resolve_layers
 from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
 from .methods.base import check_options
 from .references import ReferenceSet
 from .result import Result, ensure_writable_dir, refuse_overwrite
+from .signals import hold_signals
 from .targets import ClassTarget, DirectionTarget, UnitTarget
 from .zoo import LayerPreset, ModelSpec, load_model
 
 log = logging.getLogger("vital_fv")
+MIN_SIZE, MAX_SIZE = 16, 4096  # generated resolution, px: below, a stride-32 network has no positions left
 OUTPUT_SUFFIXES = (".png", ".json", ".rgba.png", ".alpha.npy")
 
 
@@ -123,6 +126,12 @@ def visualize(
         raise VitalError(f"--alpha-percentile must be in (0, 100], got {alpha_percentile}")
     if layer_weights is not None and not layers:
         raise VitalError("--layer-weights needs --layers")
+    if layers and layer_weights is not None and len(layer_weights) != len(layers):
+        raise VitalError(f"--layer-weights gives {len(layer_weights)} weights for {len(layers)} layers: one per layer")
+    if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
+        raise VitalError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} px (got {size}); leave it out for the "
+                         "model's own input size")
+    resolve_device(device)
     seed_list = [int(s) for s in (seeds if seeds is not None else [seed])]
     if not seed_list:
         raise VitalError("--seeds is empty: give at least one seed")
@@ -192,9 +201,10 @@ def visualize(
 
 
 def _save_all(results: list[Result], out_dir: Path, stems: list[str], alpha_percentile: float) -> None:
-    for r, stem in zip(results, stems, strict=True):
-        r.alpha_percentile = alpha_percentile
-        r.save(out_dir / f"{stem}.png", overwrite=True)  # the overwrite check ran before the work started
+    with hold_signals():  # a second Ctrl-C (or SIGTERM) waits until every file is complete
+        for r, stem in zip(results, stems, strict=True):
+            r.alpha_percentile = alpha_percentile
+            r.save(out_dir / f"{stem}.png", overwrite=True)  # the overwrite check ran before the work started
 
 
 def _describe_run(spec: ModelSpec, method: str, targets: list[Any], refs: list[Any], preset: str,

@@ -22,6 +22,7 @@ from .methods import NonFiniteLossError, get_method, method_names, preset_names
 from .methods.maco import write_spectrum
 from .references import ScanInterrupted
 from .result import Result, ensure_writable_dir, refuse_overwrite
+from .signals import sigterm_as_interrupt
 from .targets import ClassTarget, UnitTarget
 from .zoo import DEFAULT_MODEL, EMBEDDED_MODELS, ModelSpec, load_model
 
@@ -261,14 +262,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)
+    terms: list[int] = []
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_as_interrupt(terms):  # Slurm, Kubernetes and `timeout` stop with SIGTERM: treated as Ctrl-C
+            code = COMMANDS[args.command](args)
+        return 143 if terms and code == 130 else code
     except KeyboardInterrupt:
-        print("interrupted before the optimization started: nothing was written", file=sys.stderr)
-        return 130
+        print("interrupted before any result was complete: nothing was written", file=sys.stderr)
+        return 143 if terms else 130
     except ScanInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
-        return 130
+        return 143 if terms else 130
     except VitalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         for result in getattr(exc, "results", []):

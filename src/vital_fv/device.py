@@ -14,9 +14,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' (CUDA when there is one), or a torch device name, checked before any work starts."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VitalError("--device cuda was asked for, but no CUDA GPU is available: use --device cpu or auto")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise VitalError(f"--device '{device}' is not a device: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VitalError(f"--device {device} was asked for, but no CUDA GPU is available: use --device cpu or "
+                             "auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise VitalError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0.."
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type != "cpu":
+        raise VitalError(f"--device '{device}' is not supported here: use auto, cpu or cuda")
     return dev
 
 

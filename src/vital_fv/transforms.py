@@ -23,3 +23,25 @@ def roll(x: torch.Tensor, shifts: Sequence[tuple[int, int]]) -> torch.Tensor:
     if all(s == shifts[0] for s in shifts):
         return torch.roll(x, shifts=shifts[0], dims=(2, 3)) if shifts[0] != (0, 0) else x
     return torch.stack([torch.roll(xi, shifts=s, dims=(1, 2)) for xi, s in zip(x, shifts, strict=True)])
+
+
+def sample_scales(generators: Sequence[torch.Generator], max_rel: float) -> list[float]:
+    """A zoom factor in [1 - max_rel, 1 + max_rel] per item, from that item's own generator."""
+    if max_rel <= 0:
+        return [1.0] * len(generators)
+    return [1.0 + max_rel * (2 * float(torch.rand((), generator=g)) - 1) for g in generators]
+
+
+def zoom(x: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    """Zoom each item about its centre by its own factor, bilinear, same size (reflected at the border).
+
+    Sub-pixel resampling moves the image against the model's pixel grid, so the stride-2 stem cannot be fed a
+    pattern at the grid's own period (the hatching that roll jitter, an integer shift, leaves in place)."""
+    if all(s == 1.0 for s in scales):
+        return x
+    theta = torch.zeros(len(scales), 2, 3, device=x.device, dtype=x.dtype)
+    inv = torch.tensor([1.0 / s for s in scales], device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = inv
+    theta[:, 1, 1] = inv
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

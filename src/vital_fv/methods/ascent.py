@@ -20,6 +20,7 @@ from ..errors import VitalError
 from ..features import capture, resolve_layers
 from ..params import item_generators
 from ..result import Result
+from ..signals import hold_signals
 from ..targets import UnitTarget
 from ..zoo import ModelSpec
 from .base import Job, Preset, Updater, build_record, describe_target, get_preset, raise_if_nonfinite, schedule
@@ -142,8 +143,9 @@ class Ascent:
             run = self.optimize(model, mp, gens, scorer(model, jobs, classes), classes, size, dev, progress,
                                 **options)
             images = run.images
-            top5 = model.top5(F.interpolate(images, size=(input_size, input_size), mode="bilinear",
-                                            align_corners=False) if size != input_size else images)
+            with hold_signals():  # the optimization is done: a Ctrl-C now waits until its results exist
+                top5 = model.top5(F.interpolate(images, size=(input_size, input_size), mode="bilinear",
+                                                align_corners=False) if size != input_size else images)
         out = []
         for b, job in enumerate(jobs):
             record = build_record(

@@ -69,9 +69,11 @@ class Preset:
         out = self
         if steps is not None:
             if steps < 1:
-                raise VitalError("--steps must be at least 1")
+                raise VitalError(f"--steps must be at least 1 (got {steps})")
             out = replace(out, steps=steps)
         if lr is not None:
+            if not math.isfinite(lr) or lr <= 0:
+                raise VitalError(f"--lr must be a positive number (got {lr}); the preset's is {self.lr}")
             out = replace(out, lr=lr)
         return out
 

@@ -30,8 +30,9 @@ from ..matching import (
 from ..params import clamp_, init_pixels, item_generators
 from ..relevance import Relevance, channel_importance, normalize_relevance, parse_method, silent
 from ..result import Result
+from ..signals import hold_signals
 from ..targets import ClassTarget, check_units
-from ..transforms import roll, sample_rolls
+from ..transforms import roll, sample_rolls, sample_scales, zoom
 from ..zoo import LayerPreset, ModelSpec, unit_preset
 from .base import (
     Job,
@@ -59,6 +60,7 @@ class OptimPreset(Preset):
     warmup: int = 100
     jitter: int = 30
     init_std: float = 1.0  # std of the N(0, s) pixel initialization, in normalized space
+    scale_jitter: float = 0.0  # random zoom in [1 - s, 1 + s] after the roll (0: the authors' roll only)
 
     def overridden(self, steps: int | None = None, lr: float | None = None) -> OptimPreset:
         """A shorter run keeps at most a fifth of its steps as warm-up."""
@@ -183,9 +185,10 @@ def visualize_batch(
                     names, rel_protos, jobs, starts, protos, dev))
             results = _optimize(model, names, layer_preset, opt_preset, jobs, protos, size, dev, progress, weighting)
             images, curves, step_times, status, alpha = results
-            top5 = model.top5(images)
-            if units:
-                unit_values = _unit_values(model, [j.target for j in jobs], images)
+            with hold_signals():  # the optimization is done: a Ctrl-C now waits until its results exist
+                top5 = model.top5(images)
+                if units:
+                    unit_values = _unit_values(model, [j.target for j in jobs], images)
         finally:
             if rel_model is not None:
                 rel_model.close()
@@ -464,7 +467,10 @@ def _optimize(
                          backward=None if weighting is None else backward, after_step=lambda: clamp_(x, lo, hi))
 
         def step(i: int) -> float:
-            acts, rel, quiet = forward(roll(x, sample_rolls(gens, opt.jitter)))
+            xj = roll(x, sample_rolls(gens, opt.jitter))
+            if opt.scale_jitter:
+                xj = zoom(xj, sample_scales(gens, opt.scale_jitter))
+            acts, rel, quiet = forward(xj)
             per_layer = torch.stack([layer_loss(n, acts[n], rel, quiet) for n in names])
             item_loss = (weights * per_layer).sum(0)
             if layer_preset.tv:

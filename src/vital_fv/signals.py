@@ -1,0 +1,63 @@
+"""Stops without losing work: SIGTERM handled like Ctrl-C, and signals held while results are written.
+
+Slurm, Kubernetes and ``timeout`` stop a job with SIGTERM; the CLI turns it into the same ``KeyboardInterrupt`` as
+Ctrl-C, so the loop stops at the end of its step and the images so far are saved, marked ``interrupted``. While
+finished results are being written (``hold_signals``), a further Ctrl-C or SIGTERM waits until the files are
+complete. Python allows signal handlers only in the main thread; elsewhere both are no-ops.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def sigterm_as_interrupt(received: list[int] | None = None) -> Iterator[list[int]]:
+    """Within the block, SIGTERM raises ``KeyboardInterrupt`` (and is appended to the yielded list)."""
+    seen = received if received is not None else []
+    if not _main_thread():
+        yield seen
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def hold_signals() -> Iterator[list[int]]:
+    """Within the block, SIGINT and SIGTERM are recorded, not acted on, so the files being written are finished;
+    the yielded list says which arrived."""
+    held: list[int] = []
+    if not _main_thread():
+        yield held
+        return
+
+    def record(signum: int, _frame: object) -> None:
+        held.append(signum)
+
+    previous = {s: signal.signal(s, record) for s in HELD}
+    try:
+        yield held
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if held:
+            logging.getLogger("vital_fv").warning(
+                f"{signal.Signals(held[0]).name} arrived while results were being written: they were finished first")
