@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vital_fv
-from vital_fv import Result, VitalError, cli, references
+from vital_fv import Result, UnitTarget, VitalError, cli, references
 from vital_fv.result import png_bytes
 
 
@@ -81,3 +81,23 @@ def test_bad_options_are_refused_before_any_work(options, message, tiny_spec, re
     with pytest.raises(VitalError, match=message):
         vital_fv.visualize(tiny_spec, "one", refs, out=tmp_path / "o", progress=False, **options)
     assert not list((tmp_path / "o").glob("*.png")) if (tmp_path / "o").exists() else True
+
+
+def test_targets_are_checked_before_any_reference_is_read(tiny_spec, tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(VitalError, match="unknown layer 'act9'"):
+        vital_fv.visualize(tiny_spec, UnitTarget("act9", 0), images=missing, progress=False)
+    with pytest.raises(VitalError, match="channel 99 is out of range"):
+        vital_fv.visualize(tiny_spec, UnitTarget("act2", 99), images=missing, progress=False)
+    with pytest.raises(VitalError, match="position @40,1 is outside"):
+        vital_fv.visualize(tiny_spec, UnitTarget("act2", 1, (40, 1)), images=missing, progress=False)
+    with pytest.raises(VitalError, match="class index 9 is out of range: the model has 4 classes"):
+        vital_fv.visualize(tiny_spec, 9, missing, progress=False)
+
+
+def test_fewer_references_than_asked_and_references_of_another_unit_are_named(tiny_spec, refs_dir, tmp_path):
+    with pytest.warns(UserWarning, match="3 reference images where --n-refs asks for 50.*--augment"):
+        vital_fv.visualize(tiny_spec, 1, refs_dir, steps=1, progress=False)
+    mined = references.resolve(tiny_spec, UnitTarget("act2", 0), images=refs_dir, n=2, progress=False)
+    with pytest.warns(UserWarning, match="mined for act2:0, not act2:1"):
+        vital_fv.visualize(tiny_spec, UnitTarget("act2", 1), mined, steps=1, n_refs=2, progress=False)

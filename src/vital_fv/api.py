@@ -165,6 +165,7 @@ def visualize(
         options["cache"] = False if cache is False else (cache if cache is not True else PrototypeCache(cache_dir))
     check_options(m, options)
     plain = [getattr(t, "target", t) for t in targets]  # a saved concept carries its DirectionTarget
+    _check_targets(spec, plain, size, device)  # before any reference is read or mined
     if m.needs_references:
         shared = None
         if references is not None or pool is not None:  # one source for every target, read once
@@ -182,6 +183,9 @@ def visualize(
         if given:
             raise VitalError(f"{m.name} uses no references: drop --{given[0]}")
         per_target = [None] * len(targets)
+    for original, t, r in zip(targets, plain, per_target, strict=True):
+        if r is not None:
+            _warn_about_references(t, r, n_refs, counted=original is t and not isinstance(references, ReferenceSet))
     jobs = [Job(t, r, s) for t, r in zip(plain, per_target, strict=True) for s in seed_list]
     log.info(_describe_run(spec, m.name, plain, per_target, preset, relevance, seed_list))
 
@@ -198,6 +202,36 @@ def visualize(
     if out_dir is not None:
         _save_all(results, out_dir, stems, alpha_percentile)
     return results if many or seeds is not None else results[0]
+
+
+def _check_targets(spec: ModelSpec, targets: list[Any], size: int | None, device: str) -> None:
+    """Classes in the model's range, units and directions on an existing layer and channel, before any work."""
+    from .device import frozen_on
+    from .targets import check_units
+
+    for t in targets:
+        if isinstance(t, ClassTarget):
+            t.resolve(spec.class_names, spec.class_synonyms)
+    units = [t for t in targets if not isinstance(t, ClassTarget)]
+    for layer in dict.fromkeys(u.layer for u in units):
+        resolve_layers(spec.module, [layer], spec.name)
+        dev = resolve_device(device)
+        with frozen_on(spec.module, dev):
+            check_units(spec, [u for u in units if u.layer == layer], size or spec.preprocess.input_size, dev)
+
+
+def _warn_about_references(target: Any, refs: ReferenceSet, n_refs: int, counted: bool) -> None:
+    """Say so when a run gets fewer references than asked for, or references mined for another unit."""
+    import warnings
+
+    mined_for = (refs.info.get("mining") or {}).get("unit")
+    if mined_for and isinstance(target, UnitTarget) and mined_for != target.label():
+        warnings.warn(f"the references were mined for {mined_for}, not {target.label()}: mine {target.label()}'s "
+                      "own (`vital mine` or --images DIR)", stacklevel=3)
+    if counted and not mined_for and refs.count < n_refs:  # read from a source by --n-refs (not a set given)
+        warnings.warn(f"{refs.count} reference image{'s' if refs.count != 1 else ''} where --n-refs asks for "
+                      f"{n_refs} ({refs.describe()['label']}): add images, or --augment to fill up with random crops",
+                      stacklevel=3)
 
 
 def _save_all(results: list[Result], out_dir: Path, stems: list[str], alpha_percentile: float) -> None:

@@ -117,7 +117,8 @@ class UnitTarget:
             inside = len(self.position) == len(grid) and all(0 <= p < g for p, g in pairs)
             if not inside:
                 where = "Y,X" if len(grid) == 2 else "TOKEN"
-                raise VitalError(f"unit {self.label()}: position {self.position} is outside layer {self.layer}'s "
+                at = "@" + ",".join(map(str, self.position))
+                raise VitalError(f"unit {self.label()}: position {at} is outside layer {self.layer}'s "
                                  f"{'x'.join(map(str, grid))} grid: write @{where} within it")
 
 
