@@ -104,6 +104,7 @@ def test_model_state_and_hooks_are_restored_even_after_an_exception(tiny_spec, r
     m = tiny_spec.module
     m.train()
     m.conv1.weight.requires_grad_(True)
+    m.conv2.weight.requires_grad_(False)
 
     def boom(*_a):
         raise RuntimeError("boom")

@@ -141,6 +141,13 @@ def visualize(
     targets = [_as_target(t) for t in (target if many else [target])]
     if not targets:
         raise VitalError("nothing to visualize: give at least one target")
+    kinds = {type(getattr(t, "target", t)) for t in targets}
+    if pool is not None and kinds != {ClassTarget}:
+        raise VitalError("--pool ranks images by a class's probability: for a unit or concept give --images DIR "
+                         "(its top patches or crops) or --refs")
+    if images is not None and ClassTarget in kinds:
+        raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or --pool "
+                         "DIR for a class")
     out_dir = ensure_writable_dir(out) if out is not None else None
     spec = model if isinstance(model, ModelSpec) else load_model(model, weights)
     if class_token is not None:
@@ -165,6 +172,10 @@ def visualize(
         options["cache"] = False if cache is False else (cache if cache is not True else PrototypeCache(cache_dir))
     check_options(m, options)
     plain = [getattr(t, "target", t) for t in targets]  # a saved concept carries its DirectionTarget
+    for t in targets:  # a concept's direction lives in the space of the model it was extracted on
+        made_on = getattr(t, "record", {}).get("model") if t is not getattr(t, "target", t) else None
+        if made_on and made_on != spec.name:
+            raise VitalError(f"the concepts were extracted on {made_on}, not {spec.name}: use --model {made_on}")
     _check_targets(spec, plain, size, device)  # before any reference is read or mined
     if m.needs_references:
         shared = None

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .cache import cache_key, cache_root
+from .device import holds_model
 from .errors import VitalError
 from .references import read_image
 from .result import Result, atomic_write_bytes, refuse_overwrite
@@ -48,6 +49,7 @@ class Ranking:
         return self.totals / pos if pos > 0 else np.zeros_like(self.totals)
 
 
+@holds_model
 def rank_channels(
     spec: Any,
     class_index: int,
@@ -168,6 +170,7 @@ class Circuit:
     ablation: dict[str, Any] | None = None
 
 
+@holds_model
 def build_circuit(
     spec: Any, ranking: Ranking, mine_images: str | os.PathLike[str], top: int = 3, n_refs: int = 50,
     seed: int = 0, progress: bool = True, cache_dir: str | os.PathLike[str] | None = None, patch: int = 64,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device import holds_model
 from .errors import VitalError
 from .features import capture, resolve_layers
 from .references import PatchScan, ReferenceSet, contact_sheet, from_files, scan_patches
@@ -198,6 +199,7 @@ def concept_importance(
     return np.mean(totals, 0), kind
 
 
+@holds_model
 def extract_concepts(
     spec: Any,
     class_index: int,
@@ -374,6 +376,7 @@ def load_concepts(text: str) -> list[SavedConcept]:
     return out
 
 
+@holds_model
 def concept_references_from(
     spec: Any, concept: SavedConcept, images: str | os.PathLike[str], k: int = 50, progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,

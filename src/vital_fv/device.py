@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
 
 from .errors import VitalError
+
+T = TypeVar("T")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -31,12 +35,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 @contextmanager
-def frozen_on(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode, no parameter gradients, on ``device``; the module's mode, flags and device come back after."""
-    training = module.training
+def frozen_on(module: torch.nn.Module, device: torch.device | None = None) -> Iterator[None]:
+    """Eval mode, no parameter gradients, on ``device`` (default: where it is); every submodule's mode, the
+    parameters' flags and the device come back after, so the caller's model is left as it was."""
+    modes = [(m, m.training) for m in module.modules()]
     flags = [(p, p.requires_grad) for p in module.parameters()]
     first = next(iter(module.parameters()), None)
-    home = first.device if first is not None else device
+    home = first.device if first is not None else (device or torch.device("cpu"))
+    device = device or home
     try:
         module.eval()
         module.requires_grad_(False)
@@ -44,6 +50,19 @@ def frozen_on(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
         yield
     finally:
         module.to(home)
-        module.train(training)
+        for m, mode in modes:
+            m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def holds_model(fn: Callable[..., T]) -> Callable[..., T]:
+    """For functions whose first argument is a ``ModelSpec``: they run with its module frozen where it is, and the
+    caller's module comes back exactly as it was (mode, gradient flags), also after an exception."""
+
+    @functools.wraps(fn)
+    def wrapper(spec: Any, *args: Any, **kwargs: Any) -> T:
+        with frozen_on(spec.module):
+            return fn(spec, *args, **kwargs)
+
+    return wrapper

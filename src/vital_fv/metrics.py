@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device import holds_model
 from .errors import VitalError
 
 
@@ -111,6 +112,7 @@ def topk_hits(logits: torch.Tensor, labels: Sequence[int], k: int) -> list[bool]
     return [int(lab) in row.tolist() for lab, row in zip(labels, top, strict=True)]
 
 
+@holds_model
 @torch.no_grad()
 def logits_and_features(spec: Any, images01: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
     """Logits and penultimate features (the classifier head's input) of images in [0, 1] at any size: each is

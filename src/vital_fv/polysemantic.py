@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .device import holds_model
 from .errors import VitalError
 from .features import resolve_layers
 from .references import PatchScan, ReferenceSet, scan_patches
@@ -86,6 +87,7 @@ def cluster(features: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return np.array([rank[int(c)] for c in labels])
 
 
+@holds_model
 def disentangle(
     spec: Any,
     unit: UnitTarget,

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .device import holds_model
 from .errors import VitalError, close_matches
 
 
@@ -159,6 +160,7 @@ class DirectionTarget:
         return torch.nn.functional.cosine_similarity(cp, self.vector.to(cp).unsqueeze(1), dim=0).max()
 
 
+@holds_model
 def check_units(model: Any, units: Sequence[UnitTarget | DirectionTarget], size: int, device: Any) -> None:
     """Fail clearly, before any work, when a unit's channel or position (or a direction's size) does not exist in
     its layer's output at ``size`` px; every unit must be on one layer."""

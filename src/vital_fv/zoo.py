@@ -272,10 +272,6 @@ class ModelSpec:
     preprocess_source: str = ""  # where ``preprocess`` comes from (which weights' metadata), for the record
     arch: Architecture = field(default_factory=Architecture)  # layout facts (stem, stages, last hidden, head)
 
-    def __post_init__(self) -> None:
-        self.module.eval()
-        self.module.requires_grad_(False)
-
     @property
     def skip_tokens(self) -> int:
         return 0 if self.class_token else self.prefix_tokens
@@ -293,8 +289,11 @@ class ModelSpec:
     def last_hidden_layer(self) -> str:
         """The last layer with positions before the head pools them (``bn2`` on Lite0, ``layer4`` on ResNet)."""
         if self.arch.last_hidden is None:
-            self.arch = replace(self.arch, last_hidden=discover_last_hidden(self.module, self.preprocess.input_size,
-                                                                            self.name))
+            from .device import frozen_on
+
+            with frozen_on(self.module):
+                found = discover_last_hidden(self.module, self.preprocess.input_size, self.name)
+            self.arch = replace(self.arch, last_hidden=found)
         return self.arch.last_hidden
 
     def classifier_head(self) -> nn.Module:
@@ -306,7 +305,10 @@ class ModelSpec:
     @torch.no_grad()
     def top5(self, images01: torch.Tensor) -> list[list[dict[str, Any]]]:
         """The model's top-5 classes for each image in [0, 1], with probabilities (empty lists without logits)."""
-        logits = self.module(self.preprocess.normalize(images01.to(self.device)))
+        from .device import frozen_on
+
+        with frozen_on(self.module):
+            logits = self.module(self.preprocess.normalize(images01.to(self.device)))
         if logits.dim() != 2:
             return [[] for _ in range(images01.shape[0])]
         probs = logits.float().softmax(-1)
@@ -520,7 +522,7 @@ def _load_lite(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
     pre = Preprocess(size, int(round(size / crop_pct)), (127 / 255,) * 3, (128 / 255,) * 3, "bicubic")
     return ModelSpec(
         name=name,
-        module=module,
+        module=module.eval().requires_grad_(False),  # built here: ours to freeze
         preprocess=pre,
         class_names=imagenet_class_names(),
         class_synonyms=imagenet_synonyms(),
@@ -638,7 +640,7 @@ def _load_torchvision(name: str, weights: str | os.PathLike[str] | None, random_
     categories = chosen.meta.get("categories") or []
     return ModelSpec(
         name=name,
-        module=module,
+        module=module.eval().requires_grad_(False),  # built here: ours to freeze
         preprocess=pre,
         class_names=list(categories),
         class_synonyms=imagenet_synonyms() if len(categories) == 1000 else None,
@@ -687,7 +689,7 @@ def _load_timm(name: str, weights: str | os.PathLike[str] | None, random_init: b
     embed = getattr(module, "patch_embed", None)
     return ModelSpec(
         name=name,
-        module=module,
+        module=module.eval().requires_grad_(False),  # built here: ours to freeze
         preprocess=pre,
         class_names=imagenet_class_names() if imagenet else [str(i) for i in range(module.num_classes)],
         class_synonyms=imagenet_synonyms() if imagenet else None,

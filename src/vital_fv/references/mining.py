@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..cache import cache_key, cache_root
+from ..device import holds_model
 from ..errors import VitalError
 from ..features import capture
 from ..result import atomic_write_bytes, png_bytes, refuse_overwrite
@@ -81,6 +82,7 @@ def mine(
     return mine_many(model, [unit], folder, patch, stride, batch_size, progress, cache_dir)[0]
 
 
+@holds_model
 @torch.no_grad()
 def mine_many(
     model: Any,

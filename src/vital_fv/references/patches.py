@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..cache import cache_key, cache_root
+from ..device import holds_model
 from ..errors import VitalError
 from ..features import as_channels_positions, capture
 from .scan import TensorStore, scan_images
@@ -96,6 +97,7 @@ class PatchScan:
                                                              **(info or {})}})
 
 
+@holds_model
 def scan_patches(
     model: Any,
     layers: Sequence[str],

@@ -309,29 +309,32 @@ def from_pool(
     """Class references from an unlabelled folder: the ``n`` images the model itself rates most probable."""
     from tqdm.auto import tqdm
 
+    from ..device import frozen_on
+
     paths = [p for p in list_images(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise VitalError(f"pool folder {folder} holds no image files")
     scored: list[tuple[float, Path, torch.Tensor, str]] = []
     device = model.device
-    for start in tqdm(range(0, len(paths), batch_size), desc="scoring pool", disable=not progress, unit="batch"):
-        chunk = paths[start : start + batch_size]
-        images, sources, hashes = [], [], []
-        for p in chunk:
-            try:
-                img, h = read_image(p)
-            except VitalError as exc:
-                warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
+    with frozen_on(model.module):  # the caller's module is left as it was
+        for start in tqdm(range(0, len(paths), batch_size), desc="scoring pool", disable=not progress, unit="batch"):
+            chunk = paths[start : start + batch_size]
+            images, sources, hashes = [], [], []
+            for p in chunk:
+                try:
+                    img, h = read_image(p)
+                except VitalError as exc:
+                    warnings.warn(f"skipping {p}: {exc}", stacklevel=2)
+                    continue
+                images.append(img)
+                sources.append(p)
+                hashes.append(h)
+            if not images:
                 continue
-            images.append(img)
-            sources.append(p)
-            hashes.append(h)
-        if not images:
-            continue
-        batch = ReferenceSet(images, [str(s) for s in sources], hashes, n=len(images)).prepare(model.preprocess)
-        probs = model.module(model.preprocess.normalize(batch.to(device))).softmax(-1)[:, class_index]
-        for prob, p, img, h in zip(probs.tolist(), sources, images, hashes, strict=True):
-            scored.append((prob, p, img, h))
+            batch = ReferenceSet(images, [str(s) for s in sources], hashes, n=len(images)).prepare(model.preprocess)
+            probs = model.module(model.preprocess.normalize(batch.to(device))).softmax(-1)[:, class_index]
+            for prob, p, img, h in zip(probs.tolist(), sources, images, hashes, strict=True):
+                scored.append((prob, p, img, h))
     if not scored:
         raise VitalError(f"no readable images in pool folder {folder}")
     scored.sort(key=lambda t: -t[0])
