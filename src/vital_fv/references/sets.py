@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import warnings
@@ -77,7 +78,8 @@ class ReferenceSet:
             if self.fit == "stretch":
                 out.append(F.resize(img, [size, size], interpolation=mode, antialias=True))
                 continue
-            x = F.resize(img, [preprocess.resize_size], interpolation=mode, antialias=True)
+            x = F.resize(_bounded(img, size, preprocess.resize_size), [preprocess.resize_size], interpolation=mode,
+                         antialias=True)
             out.append(F.center_crop(x, [size, size]))
         extra = self.count - len(self.images)
         if extra > 0:
@@ -111,29 +113,71 @@ class ReferenceSet:
         }
 
 
-def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
+def _bounded(img: torch.Tensor, size: int, resize: int) -> torch.Tensor:
+    """A very elongated image (20000 x 10) is cut to the part the final center crop can reach (with a margin for
+    the resampling filter) before it is resized, instead of resizing all of it (gigabytes) and cropping after.
+    Images of ordinary shape are left whole, so their result is exactly the model's own preprocessing."""
+    h, w = img.shape[-2:]
+    short, long = min(h, w), max(h, w)
+    span = math.ceil(short * size / resize) + 2 * (math.ceil(short / resize) * 2 + 2)
+    if long <= 4 * span:
+        return img
+    start = (long - span) // 2
+    return img[..., start : start + span, :] if h > w else img[..., start : start + span]
+
+
+BACKGROUND = (128, 128, 128)  # transparent pixels are shown on mid-grey: no colour of their own, no edge to the model
+
+
+def _to_uint8_chw(img: Image.Image, notes: list[str] | None = None) -> torch.Tensor:
+    """uint8 (3, H, W) by the image's own bit depth; transparency composited on mid-grey (``notes`` says so)."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        else:  # 16-bit samples (also 16-bit data Pillow keeps as 32-bit "I")
+            top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.round(arr / top * 255), 0, 255).astype(np.uint8)
+        if notes is not None and top != 255.0:
+            notes.append(f"{mode} samples scaled from 0-{top:g} to 8 bits")
+        return torch.from_numpy(np.stack([gray] * 3)).contiguous()
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        alpha = np.asarray(rgba, dtype=np.uint8)[..., 3]
+        if alpha.min() < 255:
+            flat = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+            flat.alpha_composite(rgba)
+            rgba = flat
+            if notes is not None:
+                notes.append(f"transparent pixels composited on grey {BACKGROUND[0]}")
+        img = rgba
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str | os.PathLike[str]) -> tuple[torch.Tensor, str]:
+def read_image(path: str | os.PathLike[str], notes: list[str] | None = None) -> tuple[torch.Tensor, str]:
     """Decode one image file to uint8 (3, H, W) and the sha256 of its bytes; VitalError names unreadable files."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except OSError as exc:
-        raise VitalError(f"cannot read image {p}: {exc}") from None
-    return decode_image(data, p), hashlib.sha256(data).hexdigest()
+        raise VitalError(f"cannot read image {p}: {exc.strerror or exc}") from None
+    return decode_image(data, p, notes), hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, name: str | os.PathLike[str]) -> torch.Tensor:
-    """Decode image bytes already read (``name`` for the error) to uint8 (3, H, W)."""
+def decode_image(data: bytes, name: str | os.PathLike[str], notes: list[str] | None = None) -> torch.Tensor:
+    """Decode image bytes already read (``name`` for the error) to uint8 (3, H, W), by bit depth and with
+    transparency on mid-grey; a note per conversion goes to ``notes``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return _to_uint8_chw(im)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise VitalError(f"cannot read image {name}: {exc}") from None
+            return _to_uint8_chw(im, notes)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).strip() or type(exc).__name__
+        if "BytesIO" in reason:  # Pillow names its in-memory buffer, not the file
+            reason = "not an image file Pillow can decode"
+        raise VitalError(f"cannot read image {name}: {reason}") from None
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -156,11 +200,15 @@ def image_paths(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     return paths, where
 
 
-def _load_many(paths: Sequence[Path], label: str) -> tuple[list[torch.Tensor], list[str], list[str]]:
+def _load_many(paths: Sequence[Path], label: str,
+               decoding: dict[str, list[str]] | None = None) -> tuple[list[torch.Tensor], list[str], list[str]]:
     images, sources, hashes = [], [], []
     for p in paths:
+        notes: list[str] = []
         try:
-            img, h = read_image(p)
+            img, h = read_image(p, notes)
+            if notes and decoding is not None:
+                decoding[str(p)] = notes
         except VitalError as exc:
             warnings.warn(f"skipping {p}: {exc}", stacklevel=3)
             continue
@@ -180,8 +228,10 @@ def from_files(
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise VitalError(f"reference files not found: {', '.join(missing[:5])}")
-    images, sources, hashes = _load_many(paths, "the given files")
-    return ReferenceSet(images, sources, hashes, n=n or len(images), augment=augment, seed=seed, label="files")
+    decoding: dict[str, list[str]] = {}
+    images, sources, hashes = _load_many(paths, "the given files", decoding)
+    return ReferenceSet(images, sources, hashes, n=n or len(images), augment=augment, seed=seed, label="files",
+                        info={"decoding": decoding} if decoding else {})
 
 
 def from_folder(
@@ -203,11 +253,15 @@ def from_folder(
     order = list(range(len(paths)))
     random.Random(seed).shuffle(order)
     images, sources, hashes = [], [], []
+    decoding: dict[str, list[str]] = {}
     for i in order:
         if len(images) >= n:
             break
+        notes: list[str] = []
         try:
-            img, h = read_image(paths[i])
+            img, h = read_image(paths[i], notes)
+            if notes:
+                decoding[str(paths[i])] = notes
         except VitalError as exc:
             warnings.warn(f"skipping {paths[i]}: {exc}", stacklevel=2)
             continue
@@ -216,7 +270,8 @@ def from_folder(
         hashes.append(h)
     if not images:
         raise VitalError(f"no readable images in {folder}: give a folder with JPEG/PNG images")
-    return ReferenceSet(images, sources, hashes, n=n, augment=augment, seed=seed, label=str(folder))
+    return ReferenceSet(images, sources, hashes, n=n, augment=augment, seed=seed, label=str(folder),
+                        info={"decoding": decoding} if decoding else {})
 
 
 def from_tensor(images: torch.Tensor, n: int | None = None, augment: bool = False, seed: int = 0) -> ReferenceSet:
@@ -224,7 +279,20 @@ def from_tensor(images: torch.Tensor, n: int | None = None, augment: bool = Fals
     if images.dim() != 4 or images.shape[1] != 3:
         raise VitalError(f"reference tensor must be (N, 3, H, W), got {tuple(images.shape)}")
     if images.dtype != torch.uint8:
-        images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        x = images.detach().float()
+        if not torch.isfinite(x).all():
+            raise VitalError("the reference tensor holds NaN or infinite values: give images in [0, 1] (or uint8)")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0:
+            raise VitalError(f"the reference tensor has values below 0 (min {lo:.3g}): it looks normalized; give "
+                             "images in [0, 1] (or uint8), before the model's normalization")
+        if hi > 1:
+            if hi > 255:
+                raise VitalError(f"the reference tensor has values up to {hi:.3g}: give images in [0, 1] (or uint8)")
+            warnings.warn(f"the reference tensor's values reach {hi:.3g}: read as 0-255 and divided by 255",
+                          stacklevel=2)
+            x = x / 255
+        images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     imgs = [im.cpu().contiguous() for im in images]
     hashes = [hashlib.sha256(im.numpy().tobytes()).hexdigest() for im in imgs]
     sources = [f"tensor[{i}]" for i in range(len(imgs))]
