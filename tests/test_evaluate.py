@@ -46,3 +46,23 @@ def test_evaluate_names_bad_files_and_scores_the_rest(results_folder, tmp_path, 
 def test_evaluate_an_empty_folder_is_an_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "no result records" in capsys.readouterr().err
+
+
+def test_evaluate_with_too_few_or_unsorted_real_images_computes_the_rest(results_folder, tmp_path, capsys):
+    from PIL import Image
+
+    one = tmp_path / "one" / "espresso"
+    one.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (90, 60, 30)).save(one / "a.png")
+    with pytest.warns(UserWarning, match="1 real images of the same classes, so FD and KID are n/a"):
+        assert main(["evaluate", str(results_folder), "--real", str(tmp_path / "one"), "--out", str(tmp_path / "r1"),
+                     "--no-plots", "--n-boot", "5"]) == 0
+    rows = list(csv.DictReader((tmp_path / "r1" / "table.csv").read_text().splitlines()))
+    assert rows and all(r["judge_top5"] != "" for r in rows)  # what can be computed, is
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (40, 40)).save(flat / "b.png")
+    with pytest.warns(UserWarning, match="no class sub-folders, so FD and KID cannot be computed"):
+        assert main(["evaluate", str(results_folder), "--real", str(flat), "--out", str(tmp_path / "r2"),
+                     "--no-plots"]) == 0
+    capsys.readouterr()

@@ -269,3 +269,17 @@ def test_architecture_facts_of_lite0_and_of_a_plain_module(lite0, tiny_spec):
     assert lite0.arch.stem in names and all(s in names for s in lite0.arch.stages)
     assert tiny_spec.arch.family == "generic" and tiny_spec.arch.last_hidden is None  # found when asked
     assert tiny_spec.last_hidden_layer() == "act2" and tiny_spec.classifier_head() is tiny_spec.module.fc
+
+
+def test_python_api_types_and_input_sizes_are_checked_with_advice():
+    from torch import nn
+
+    from vital_fv import visualize
+
+    with pytest.raises(VitalError, match="load_model takes a zoo name or an nn.Module, not Tensor"):
+        load_model(torch.zeros(3))
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))  # 32 px input only
+    with pytest.raises(VitalError, match="fails on a 1x3x224x224 input.*preprocess=Preprocess"):
+        load_model(small)
+    with pytest.raises(VitalError, match="model must be a ModelSpec or a zoo name, not Tensor"):
+        visualize(torch.zeros(3), 1)

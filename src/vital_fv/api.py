@@ -149,6 +149,9 @@ def visualize(
         raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or --pool "
                          "DIR for a class")
     out_dir = ensure_writable_dir(out) if out is not None else None
+    if not isinstance(model, (ModelSpec, str)):
+        raise VitalError(f"model must be a ModelSpec or a zoo name, not {type(model).__name__}: wrap a module with "
+                         "vital_fv.load_model(module, preprocess=...)")
     spec = model if isinstance(model, ModelSpec) else load_model(model, weights)
     if class_token is not None:
         spec = replace(spec, class_token=class_token)

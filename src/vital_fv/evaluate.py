@@ -111,7 +111,12 @@ def real_images(real: str | os.PathLike[str] | None, spec: Any, wanted: dict[int
     root = Path(real)
     if not root.is_dir():
         raise VitalError(f"--real {root} is not a folder (expected one sub-folder per class)")
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+    subs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not subs:
+        warnings.warn(f"--real {root} has no class sub-folders, so FD and KID cannot be computed: put each class's "
+                      "images in a sub-folder named by the class (name, underscores for spaces, or index)",
+                      stacklevel=2)
+    for sub in subs:
         idx = None
         for name in (sub.name.replace("_", " "), sub.name):
             try:
@@ -262,11 +267,16 @@ def evaluate(
 def _frechet_row(row: dict[str, Any], group: list[Item], real_feats: dict[int, np.ndarray], n_boot: int) -> None:
     feats = [it.scores["_feat"] for it in group if "_feat" in it.scores and it.record["target"]["index"]
              in real_feats]
+    classes = [it.record["target"]["index"] for it in group if it.record["target"]["index"] in real_feats]
+    real = np.concatenate([real_feats[c] for c in sorted(set(classes))]) if classes else np.zeros((0, 1))
+    if real_feats and (len(feats) < 2 or len(real) < 2):
+        warnings.warn(f"{row['method']}: {len(feats)} visualizations and {len(real)} real images of the same classes, "
+                      "so FD and KID are n/a (each needs at least two): give more images per class in --real, or "
+                      "more seeds", stacklevel=2)
+        return
     if len(feats) < 2:
         return
     fv = np.stack(feats)
-    classes = [it.record["target"]["index"] for it in group if it.record["target"]["index"] in real_feats]
-    real = np.concatenate([real_feats[c] for c in sorted(set(classes))])
     fd = metrics.frechet_distance(fv, real)
     row["fd"] = round(fd, 2)
     row["fd_ci"] = [round(v, 2) for v in metrics.bootstrap_ci(metrics.frechet_distance, fv, real, n_boot)]

@@ -456,7 +456,10 @@ def load_model(
     them. An ``nn.Module`` needs ``preprocess`` unless it takes ImageNet-normalized 224 px input.
     ``random_init`` builds a torchvision or timm architecture without weights (listing layers, tests, timing).
     """
+    if not isinstance(model, (str, nn.Module)):
+        raise VitalError(f"load_model takes a zoo name or an nn.Module, not {type(model).__name__}")
     if isinstance(model, nn.Module):
+        _check_input(model, preprocess or imagenet_preprocess(), name or type(model).__name__)
         spec = ModelSpec(
             name=name or type(model).__name__,
             module=model,
@@ -478,6 +481,23 @@ def load_model(
     if layers:
         spec.preset = LayerPreset.user(layers, layer_weights, spec.preset)
     return spec
+
+
+def _check_input(module: nn.Module, preprocess: Preprocess, name: str) -> None:
+    """One forward of a blank image at the input size, so a module built for another size fails here with advice
+    instead of deep inside a run (the caller's module is left as it was)."""
+    from .device import frozen_on
+
+    size = preprocess.input_size
+    first = next(iter(module.parameters()), None)
+    try:
+        with frozen_on(module), torch.no_grad():
+            module(torch.zeros(1, 3, size, size, device=first.device if first is not None else "cpu"))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise VitalError(f"{name} fails on a 1x3x{size}x{size} input ({reason}): give its input size and "
+                         "normalization, load_model(module, preprocess=Preprocess(input_size, resize_size, mean, "
+                         "std))") from None
 
 
 def imagenet_preprocess(size: int = 224, resize: int = 256) -> Preprocess:

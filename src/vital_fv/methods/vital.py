@@ -61,6 +61,7 @@ class OptimPreset(Preset):
     jitter: int = 30
     init_std: float = 1.0  # std of the N(0, s) pixel initialization, in normalized space
     scale_jitter: float = 0.0  # random zoom in [1 - s, 1 + s] after the roll (0: the authors' roll only)
+    grad_blur: float = 0.0  # std (px) of a Gaussian low-pass on the pixel gradient before Adam (0: none)
 
     def overridden(self, steps: int | None = None, lr: float | None = None) -> OptimPreset:
         """A shorter run keeps at most a fifth of its steps as warm-up."""
@@ -435,6 +436,13 @@ def _optimize(
     curves = torch.zeros(opt.steps, len(names), len(jobs))
     skip = model.skip_tokens
     alpha = torch.zeros_like(x)  # |d loss / d x| summed over steps: the transparency map (SPEC §4)
+    if opt.grad_blur:
+        # Adam normalizes each pixel's update, so gradient components the stride-2 stem barely sees (pixel-level
+        # colour alternations) get full-size steps; a low-pass on the gradient keeps them out of the image.
+        from torchvision.transforms.functional import gaussian_blur
+
+        k = 2 * math.ceil(2 * opt.grad_blur) + 1
+        x.register_hook(lambda g: gaussian_blur(g, [k, k], [opt.grad_blur, opt.grad_blur]))
 
     with capture(model.module, names, model.name) as feats:
 
