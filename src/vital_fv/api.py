@@ -47,13 +47,19 @@ def _slug(target: Any, model: ModelSpec) -> str:
     return target.slug(model.class_names, model.class_synonyms)
 
 
+def check_name(name: str | None) -> None:
+    """``--name`` is a file name stem inside ``--out``: no folders, nothing hidden or empty."""
+    if name is not None and (not name or name in (".", "..") or "/" in name or os.sep in name or "\x00" in name
+                             or name.startswith(".")):
+        raise VitalError(f"--name '{name}' must be a plain file name stem (no folders, not hidden, not '.' or '..'); "
+                         "the folder is --out")
+
+
 def output_stems(model: ModelSpec, targets: Sequence[Any], seeds: Sequence[int], method: str,
                  name: str | None = None) -> list[str]:
     """File stems, target-major then seed (the order of the results): ``MODEL-TARGET[-METHOD]-sSEED`` by default;
     ``name`` replaces the default (with ``-TARGET`` for several targets and ``-sSEED`` for several seeds)."""
-    if name is not None and (not name or name in (".", "..") or "/" in name or os.sep in name or "\x00" in name):
-        raise VitalError(f"--name '{name}' must be a plain file name stem (no folders, not '.' or '..'); the folder "
-                         "is --out")
+    check_name(name)
     suffix = "" if method == "vital" else f"-{method}"
     model_slug = re.sub(r"[^\w.+-]+", "-", model.name)  # timm:convnext_tiny -> timm-convnext_tiny (a file name)
     stems = []
@@ -148,6 +154,7 @@ def visualize(
     if images is not None and ClassTarget in kinds:
         raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or --pool "
                          "DIR for a class")
+    check_name(name)
     out_dir = ensure_writable_dir(out) if out is not None else None
     if not isinstance(model, (ModelSpec, str)):
         raise VitalError(f"model must be a ModelSpec or a zoo name, not {type(model).__name__}: wrap a module with "
@@ -269,7 +276,8 @@ def _describe_run(spec: ModelSpec, method: str, targets: list[Any], refs: list[A
     if method != "vital":
         return f"visualizing {what} on {spec.name} with {method}, preset {preset}, seeds {seeds_text}"
     counts = ", ".join(dict.fromkeys(str(r.count) for r in refs))
+    noun = "reference" if counts == "1" else "references"
     sources = "; ".join(dict.fromkeys(r.describe()["label"] for r in refs))
     rel = relevance if relevance != "auto" else ("none" if isinstance(targets[0], ClassTarget) else "lrp")
-    return (f"visualizing {what} on {spec.name} from {counts} references ({sources}), preset {preset}, relevance "
+    return (f"visualizing {what} on {spec.name} from {counts} {noun} ({sources}), preset {preset}, relevance "
             f"{rel or 'none'}, seeds {seeds_text}")

@@ -60,7 +60,7 @@ def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
     if existing and not overwrite:
         raise VitalError(
             f"{existing[0]} already exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}: "
-            "pass --overwrite (overwrite=True) to replace it, or choose another --out / --name"
+            "pass --overwrite to replace it (overwrite=True in Python), or choose another --out / --name"
         )
 
 
