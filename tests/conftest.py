@@ -44,3 +44,16 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def lite0():
     return load_model("efficientnet_lite0")
+
+
+@pytest.fixture
+def refs_dir(tmp_path):
+    """A folder of three small random-colour PNGs (references for the tiny model)."""
+    from vital_fv.result import png_bytes
+
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(3)
+    for i in range(3):
+        (folder / f"r{i}.png").write_bytes(png_bytes(torch.rand(3, 40, 40, generator=g)))
+    return folder

@@ -9,17 +9,6 @@ import torch
 
 import vital_fv
 from vital_fv import Result, UnitTarget, VitalError, cli, references
-from vital_fv.result import png_bytes
-
-
-@pytest.fixture
-def refs_dir(tmp_path):
-    folder = tmp_path / "refs"
-    folder.mkdir()
-    g = torch.Generator().manual_seed(3)
-    for i in range(3):
-        (folder / f"r{i}.png").write_bytes(png_bytes(torch.rand(3, 40, 40, generator=g)))
-    return folder
 
 
 @pytest.fixture

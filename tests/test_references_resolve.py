@@ -1,20 +1,8 @@
 """Reference sources resolve in the library, for the CLI and Python alike: exactly one source, checked first."""
 
 import pytest
-import torch
 
 from vital_fv import ClassTarget, UnitTarget, VitalError, references
-from vital_fv.result import png_bytes
-
-
-@pytest.fixture
-def refs_dir(tmp_path):
-    folder = tmp_path / "refs"
-    folder.mkdir()
-    g = torch.Generator().manual_seed(3)
-    for i in range(3):
-        (folder / f"r{i}.png").write_bytes(png_bytes(torch.rand(3, 40, 40, generator=g)))
-    return folder
 
 
 def test_reference_sources_resolve_in_the_library(tiny_spec, refs_dir):
