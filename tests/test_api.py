@@ -6,6 +6,8 @@ import functools
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import vital_fv
 from vital_fv import Result, UnitTarget, VitalError, cli, references
@@ -90,3 +92,36 @@ def test_fewer_references_than_asked_and_references_of_another_unit_are_named(ti
     mined = references.resolve(tiny_spec, UnitTarget("act2", 0), images=refs_dir, n=2, progress=False)
     with pytest.warns(UserWarning, match="mined for act2:0, not act2:1"):
         vital_fv.visualize(tiny_spec, UnitTarget("act2", 1), mined, steps=1, n_refs=2, progress=False)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lr=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+       steps=st.one_of(st.none(), st.integers(-5, 10**6)), size=st.one_of(st.none(), st.integers(-10, 10**5)),
+       seeds=st.lists(st.integers(-3, 3), max_size=4), n_refs=st.integers(-3, 100),
+       alpha=st.floats(allow_nan=True, allow_infinity=True), name=st.one_of(st.none(), st.text(max_size=6)),
+       method=st.sampled_from(["vital", "maco", "fourier", "deepinversion", "nope"]),
+       preset=st.sampled_from(["paper", "quick", "slow"]))
+def test_any_options_either_run_or_get_our_error_before_any_work(tiny_spec, refs_dir, tmp_path, monkeypatch, lr,
+                                                                 steps, size, seeds, n_refs, alpha, name, method,
+                                                                 preset):
+    ran = []
+
+    def no_work(run):
+        @functools.wraps(run)  # the method's own signature, so its own options are checked
+        def fake(model, jobs, **_k):
+            ran.append(1)
+            return [Result(torch.zeros(3, 8, 8), {"seed": j.seed, "status": "complete"}) for j in jobs]
+
+        return fake
+
+    for m in vital_fv.method_names():
+        meth = vital_fv.get_method(m)
+        monkeypatch.setattr(meth, "run", no_work(meth.run))
+    try:
+        vital_fv.visualize(tiny_spec, "one", refs_dir if method == "vital" else None, method=method, preset=preset,
+                           lr=lr, steps=steps, size=size, seeds=seeds, n_refs=n_refs, alpha_percentile=alpha,
+                           name=name, out=tmp_path / "o", overwrite=True, progress=False)
+    except VitalError:
+        assert not ran  # refused before the method ran
+    else:
+        assert ran

@@ -41,3 +41,21 @@ def test_on_white_blends_the_image_over_white_through_its_transparency():
     out = Result(img, {}, alpha=alpha, alpha_percentile=100).on_white()
     assert out[:, 0, 0].tolist() == [0.0, 0.0, 0.0] and bool((out[:, 1:, :] == 1).all())
     assert torch.equal(Result(img, {}).on_white(), img)
+
+
+def test_a_failure_while_writing_the_transparency_map_keeps_the_image_and_record(tmp_path, monkeypatch):
+    import vital_fv.result as result_mod
+
+    real = result_mod.png_bytes
+
+    def no_rgba(image):
+        if image.shape[0] == 4:
+            raise OSError("disk full")
+        return real(image)
+
+    monkeypatch.setattr(result_mod, "png_bytes", no_rgba)
+    r = Result(torch.rand(3, 8, 8), {"status": "interrupted", "seed": 0}, alpha=torch.rand(3, 8, 8))
+    with pytest.raises(OSError, match="disk full"):
+        r.save(tmp_path / "x.png")
+    assert (tmp_path / "x.png").stat().st_size > 0 and (tmp_path / "x.json").is_file()
+    assert not list(tmp_path.glob(".*.tmp"))

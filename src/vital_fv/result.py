@@ -126,6 +126,10 @@ class Result:
         record = dict(self.record, files={"png": png.name, "json": js.name, **(
             {"rgba": extra[0].name, "alpha": extra[1].name, "alpha_percentile": self.alpha_percentile}
             if extra else {})})
+        # The image and its record first: a failure in the transparency files below cannot cost them.
+        atomic_write_bytes(png, png_bytes(self.image))
+        atomic_write_bytes(js, (json.dumps(record, indent=1, default=_json_default) + "\n").encode())
+        self.path = png
         if extra:
             import io
 
@@ -133,9 +137,6 @@ class Result:
             buf = io.BytesIO()
             np.save(buf, self.alpha.detach().float().cpu().numpy())
             atomic_write_bytes(extra[1], buf.getvalue())
-        atomic_write_bytes(png, png_bytes(self.image))
-        atomic_write_bytes(js, (json.dumps(record, indent=1, default=_json_default) + "\n").encode())
-        self.path = png
         return png, js
 
 
