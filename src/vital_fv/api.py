@@ -23,6 +23,7 @@ from .features import resolve_layers
 from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
 from .methods.base import check_options
 from .references import ReferenceSet
+from .relevance import parse_method
 from .result import Result, ensure_writable_dir, refuse_overwrite
 from .signals import hold_signals
 from .targets import ClassTarget, DirectionTarget, UnitTarget
@@ -155,6 +156,14 @@ def visualize(
         raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or --pool "
                          "DIR for a class")
     check_name(name)
+    options: dict[str, Any] = {}
+    if relevance != "auto" and (m.name == "vital" or relevance not in (None, "none")):
+        options["relevance"] = parse_method(relevance) if m.name == "vital" else relevance
+    if spectrum is not None:
+        options["spectrum"] = spectrum
+    if m.needs_references and (cache is not True or cache_dir is not None):  # the prototype cache
+        options["cache"] = False if cache is False else (cache if cache is not True else PrototypeCache(cache_dir))
+    check_options(m, {**options, "layers": layers or None})  # method-specific options, before the model loads
     out_dir = ensure_writable_dir(out) if out is not None else None
     if not isinstance(model, (ModelSpec, str)):
         raise VitalError(f"model must be a ModelSpec or a zoo name, not {type(model).__name__}: wrap a module with "
@@ -166,7 +175,6 @@ def visualize(
     if out_dir is not None:
         refuse_overwrite([out_dir / f"{s}{ext}" for s in stems for ext in OUTPUT_SUFFIXES], overwrite)
 
-    options: dict[str, Any] = {}
     if layers:
         if isinstance(layers, LayerPreset):
             options["layers"] = layers
@@ -174,13 +182,6 @@ def visualize(
             resolve_layers(spec.module, list(layers), spec.name)
             options["layers"] = LayerPreset.user(list(layers), list(layer_weights) if layer_weights else None,
                                                  spec.preset, "user (--layers)")
-    if relevance != "auto" and (m.name == "vital" or relevance not in (None, "none")):
-        options["relevance"] = relevance.replace("-", "_") if isinstance(relevance, str) else relevance
-    if spectrum is not None:
-        options["spectrum"] = spectrum
-    if m.needs_references and (cache is not True or cache_dir is not None):  # the prototype cache
-        options["cache"] = False if cache is False else (cache if cache is not True else PrototypeCache(cache_dir))
-    check_options(m, options)
     plain = [getattr(t, "target", t) for t in targets]  # a saved concept carries its DirectionTarget
     for t in targets:  # a concept's direction lives in the space of the model it was extracted on
         made_on = getattr(t, "record", {}).get("model") if t is not getattr(t, "target", t) else None
