@@ -22,7 +22,7 @@ from .methods import NonFiniteLossError, get_method, method_names, preset_names
 from .methods.maco import write_spectrum
 from .references import ScanInterrupted
 from .result import Result, ensure_writable_dir, refuse_overwrite
-from .signals import sigterm_as_interrupt
+from .signals import hold_signals, sigterm_as_interrupt
 from .targets import ClassTarget, UnitTarget
 from .zoo import DEFAULT_MODEL, EMBEDDED_MODELS, ModelSpec, load_model
 
@@ -318,14 +318,15 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, out=args.out, name=args.name, overwrite=args.overwrite,
         alpha_percentile=args.alpha_percentile, progress=not args.quiet,
     )
-    for r in results:
-        _report_saved(r, r.path)
-    rec = results[0].record
-    extra = (f", references {rec['reference_seconds']:.1f} s, prototypes {rec['prototypes']['cache']}"
-             if "prototypes" in rec else "")
-    print(f"time: {time.perf_counter() - start:.1f} s ({rec['seconds_per_step'] * 1000:.1f} ms/step{extra})")
-    if _exit_code(results):
-        print("interrupted: the images so far are saved and marked 'interrupted' in their records")
+    with hold_signals():  # the files are written: a late Ctrl-C must not turn the report into a false one
+        for r in results:
+            _report_saved(r, r.path)
+        rec = results[0].record
+        extra = (f", references {rec['reference_seconds']:.1f} s, prototypes {rec['prototypes']['cache']}"
+                 if "prototypes" in rec else "")
+        print(f"time: {time.perf_counter() - start:.1f} s ({rec['seconds_per_step'] * 1000:.1f} ms/step{extra})")
+        if _exit_code(results):
+            print("interrupted: the images so far are saved and marked 'interrupted' in their records")
     return _exit_code(results)
 
 
@@ -491,5 +492,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "layers": cmd_layers, "classes": cmd_classes,
 }
 
+def console_main() -> int:
+    """The ``vital`` command: ``main``, then no signal can change the exit code while the interpreter shuts down
+    (the work is done and written; a late Ctrl-C would otherwise end the process with SIGINT's own status)."""
+    import signal
+
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
