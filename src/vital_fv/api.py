@@ -235,9 +235,9 @@ def _check_targets(spec: ModelSpec, targets: list[Any], size: int | None, device
         if isinstance(t, ClassTarget):
             t.resolve(spec.class_names, spec.class_synonyms)
     units = [t for t in targets if not isinstance(t, ClassTarget)]
+    dev = resolve_device(device) if units else None
     for layer in dict.fromkeys(u.layer for u in units):
         resolve_layers(spec.module, [layer], spec.name)
-        dev = resolve_device(device)
         with frozen_on(spec.module, dev):
             check_units(spec, [u for u in units if u.layer == layer], size or spec.preprocess.input_size, dev)
 
