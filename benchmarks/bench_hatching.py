@@ -26,14 +26,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
     ap.add_argument("changes", help="a Python dict of OptimPreset fields, e.g. \"{'grad_blur': 1.0}\"")
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--preset", default="quick", help="the OPTIM_PRESETS entry to change (default quick)")
+    ap.add_argument("--steps", type=int, help="default: the preset's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", help="folder for the images (NAME-CLASS.png)")
     args = ap.parse_args()
     changes = ast.literal_eval(args.changes)
     spec, judge = load_model("efficientnet_lite0"), load_model("efficientnet_lite2")
     classes = references.bundled_classes()
-    preset = replace(OPTIM_PRESETS["quick"], name=args.name, **changes)
+    preset = replace(OPTIM_PRESETS[args.preset], name=args.name, **changes)
     jobs = [Job(ClassTarget(c), references.bundled(c), args.seed) for c in classes]
     t = time.perf_counter()
     res = visualize_batch(spec, jobs, preset=preset, steps=args.steps, progress=False)
@@ -48,7 +49,7 @@ def main() -> int:
         if args.save:
             r.save(Path(args.save) / f"{args.name}-{c}.png", overwrite=True)
     n = len(rows)
-    print(f"| {args.name} | {changes} | {sum(r[1] for r in rows)}/{n} | {sum(r[2] for r in rows)}/{n} | "
+    print(f"| {args.name} | {args.preset} | {args.seed} | {changes} | {sum(r[1] for r in rows)}/{n} | {sum(r[2] for r in rows)}/{n} | "
           f"{sum(r[3] for r in rows) / n:.3f} | {sum(r[4] for r in rows) / n:.2f} | {wall:.0f} |")
     for r in rows:
         print(f"  {r[0]}: Lite0 top-1 {r[1]}, Lite2 top-5 {r[2]}, HF share {r[3]:.3f}, slope {r[4]:.2f}")

@@ -1,7 +1,13 @@
+import functools
 import json
 
 import pytest
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
+import vital_fv
+from vital_fv import Result
 from vital_fv.cli import main
 
 
@@ -288,3 +294,136 @@ def test_a_concept_from_another_model_or_with_a_pool_is_refused(capsys, tmp_path
     assert main(["visualize", "--concept", f"{path}:0", "--pool", str(tmp_path / "imgs"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "--pool ranks images by a class" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- issue 15's table, row by row
+# (issue row, arguments after `vital visualize --class espresso --preset quick --steps 5`, the error's words).
+# Every one of these is answered by the light parse: before torch is imported, so before any model or work.
+LIGHT_ROWS = [
+    (1, ["--alpha-percentile", "150"], "--alpha-percentile must be in (0, 100], got 150.0"),
+    (8, ["--lr", "0"], "--lr must be a positive number (got 0.0)"),
+    (8, ["--lr", "inf"], "--lr must be a positive number (got inf)"),
+    (8, ["--lr", "nan"], "--lr must be a positive number (got nan)"),
+    (8, ["--lr", "-1"], "--lr must be a positive number (got -1.0)"),
+    (8, ["--size", "100000"], "--size must be between 16 and 4096 px (got 100000)"),
+    (8, ["--size", "7"], "--size must be between 16 and 4096 px (got 7)"),
+    (8, ["--size", "0"], "--size must be between 16 and 4096 px (got 0)"),
+    (8, ["--device", "tpu"], "--device 'tpu' is not a device: use auto, cpu, cuda or cuda:N"),
+    (8, ["--n-refs", "0"], "--n-refs must be at least 1 (got 0)"),
+    (8, ["--n-refs", "-5"], "--n-refs must be at least 1 (got -5)"),
+    (8, ["--batch", "0"], "argument --batch: must be at least 1, got 0"),
+    (8, ["--seeds", "1,1"], "--seeds repeats a seed (1,1)"),
+    (8, ["--steps", "0"], "--steps must be at least 1 (got 0)"),
+    (9, ["--name", "../x"], "--name '../x' must be a plain file name stem"),
+    (9, ["--name", "sub/dir/x"], "--name 'sub/dir/x' must be a plain file name stem"),
+    (9, ["--name", ".."], "--name '..' must be a plain file name stem"),
+    (12, ["--layer-weights", "1,x"], "argument --layer-weights: expected comma-separated numbers, got '1,x'"),
+    (12, ["--seeds="], "--seeds is empty: give at least one seed"),
+    (12, ["--layers", "bn1", "--layer-weights", "1,2"], "--layer-weights gives 2 weights for 1 layers"),
+]
+BASE = ["visualize", "--class", "espresso", "--preset", "quick", "--steps", "5"]
+
+
+def _run_and_capture(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors (a value that is not a number)
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("row", "extra", "message"), LIGHT_ROWS, ids=[f"row{r}:{' '.join(e)}" for r, e, _ in
+                                                                       LIGHT_ROWS])
+def test_issue15_bad_options_are_answered_before_any_work(row, extra, message, capsys, tmp_path, monkeypatch):
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr("vital_fv.api.load_model", no_model)
+    code, err = _run_and_capture([*BASE, "--out", str(tmp_path / "o"), *extra], capsys)
+    assert code == 2 and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_options_are_answered_without_importing_torch(tmp_path):
+    """The light parse imports nothing heavy: errors come in a fraction of a second, not after torch's import."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom vital_fv.cli import main\ncodes = []\n"
+            f"for extra in {[e for _, e, _ in LIGHT_ROWS]!r}:\n"
+            "    try:\n"
+            f"        codes.append(main({BASE!r} + ['--out', {str(tmp_path / 'o')!r}] + extra))\n"
+            "    except SystemExit as exc:\n"
+            "        codes.append(exc.code)\n"
+            "print(json.dumps({'codes': codes, 'torch': 'torch' in sys.modules}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    report = json.loads(out.splitlines()[-1])
+    assert report == {"codes": [2] * len(LIGHT_ROWS), "torch": False}
+
+
+@pytest.mark.parametrize(("row", "extra", "message"), [
+    (12, ["--unit", "nope:1", "--refs", "/nonexistent"], "unknown layer 'nope'"),  # the layer before the references
+    (12, ["--unit", "blocks.5.2:17@7", "--images", "/nonexistent"], "position @7 is outside layer blocks.5.2's"),
+    (12, ["--unit", "blocks.5.2:999", "--images", "/nonexistent"], "channel 999 is out of range"),
+    (12, ["--class", "espresso", "--refs", "/nonexistent"], "reference files not found: /nonexistent"),
+    (8, ["--class", "espresso", "--layers", "bn1", "--method", "maco"], "option 'layers' does not apply to maco"),
+])
+def test_issue15_model_checks_come_before_references_and_work(row, extra, message, capsys, tmp_path):
+    code, err = _run_and_capture(["visualize", *extra, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and message in err
+    assert not any((tmp_path / "o").glob("*.png")) if (tmp_path / "o").exists() else True
+
+
+# Values the property test draws from for each option: valid ones, boundary ones, and junk.
+_JUNK = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=6)
+_OPTION_VALUES = {
+    "--lr": st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(str), _JUNK),
+    "--steps": st.one_of(st.integers(-3, 4).map(str), _JUNK),
+    "--size": st.one_of(st.sampled_from(["0", "7", "16", "32", "4097", "1e3"]), _JUNK),
+    "--seeds": st.one_of(st.lists(st.integers(-2, 2), max_size=3).map(lambda v: ",".join(map(str, v))), _JUNK),
+    "--n-refs": st.one_of(st.integers(-2, 4).map(str), _JUNK),
+    "--batch": st.one_of(st.integers(-1, 2).map(str), _JUNK),
+    "--alpha-percentile": st.one_of(st.floats(-10, 200).map(str), st.just("nan"), _JUNK),
+    "--name": st.one_of(st.sampled_from(["ok", "..", "a/b", ".hidden", ""]), _JUNK),
+    "--device": st.one_of(st.sampled_from(["cpu", "auto", "cuda:7", "tpu", "cpu:0"]), _JUNK),
+    "--layers": st.one_of(st.sampled_from(["act1", "act1,act2", "nope", ""]), _JUNK),
+    "--layer-weights": st.one_of(st.sampled_from(["1", "1,2", "-1", "nan", "x"]), _JUNK),
+    "--preset": st.sampled_from(["paper", "quick", "slow"]),
+    "--method": st.sampled_from(["vital", "maco", "fourier", "deepinversion", "nope"]),
+}
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chosen=st.dictionaries(st.sampled_from(sorted(_OPTION_VALUES)), st.just(None), max_size=6).flatmap(
+    lambda keys: st.fixed_dictionaries({k: _OPTION_VALUES[k] for k in keys})))
+def test_any_command_line_either_runs_or_gets_our_error_before_any_work(chosen, tiny_spec, refs_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+    """Property test of the option parser: whatever the values, `vital visualize` runs or answers with exit code 2
+    and a message naming the option, never a traceback, and nothing runs after a refusal."""
+    ran = []
+
+    def no_work(run):
+        @functools.wraps(run)  # the method's own signature, so its own options are checked
+        def fake(model, jobs, **_k):
+            ran.append(1)
+            return [Result(torch.zeros(3, 8, 8), {"seed": j.seed, "status": "complete", "seconds_per_step": 0.0})
+                    for j in jobs]
+
+        return fake
+
+    for m in vital_fv.method_names():
+        meth = vital_fv.get_method(m)
+        monkeypatch.setattr(meth, "run", no_work(meth.run))
+    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
+    argv = ["visualize", "--class", "one", "--out", str(tmp_path / "o"), "--overwrite", "--quiet"]
+    if chosen.get("--method", "vital") == "vital":
+        argv += ["--refs", str(refs_dir)]
+    for option, value in chosen.items():
+        argv.append(f"{option}={value}")  # '=' so a value starting with '-' stays a value
+    code, err = _run_and_capture(argv, capsys)
+    event(f"exit code {code}")
+    if code == 0:
+        assert ran
+    else:
+        assert code == 2 and not ran
+        assert "error:" in err and "Traceback" not in err

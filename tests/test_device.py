@@ -47,7 +47,8 @@ def test_frozen_on_restores_after_an_exception_and_devices_are_checked():
         assert not module.training and not any(p.requires_grad for p in module.parameters())
         raise RuntimeError
     assert module.training and all(p.requires_grad for p in module.parameters())
-    for bad, message in [("tpu", "is not a device"), ("meta", "not supported here"), ("cuda:x", "is not a device")]:
+    for bad, message in [("tpu", "is not a device"), ("meta", "is not a device"), ("cuda:x", "is not a device"),
+                         (torch.device("meta"), "not supported here")]:
         with pytest.raises(VitalError, match=message):
             resolve_device(bad)
     assert resolve_device("cpu").type == "cpu"

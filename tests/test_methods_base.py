@@ -96,7 +96,6 @@ def test_a_method_registered_from_outside_runs_through_python(toy, tiny_spec, tm
 
 
 def test_a_method_registered_from_outside_runs_through_the_cli(toy, tiny_spec, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: tiny_spec)
     monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
     code = cli.main(["visualize", "--method", "toy", "--class", "one", "--preset", "quick", "--out", str(tmp_path),
                      "--name", "t", "--quiet"])

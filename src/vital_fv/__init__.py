@@ -6,15 +6,49 @@
     results = visualize(model, 967, "photos/espresso", method="maco", seeds=[0, 1], out="out/")
 """
 
-from . import methods, references
-from .api import visualize
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import VitalError
-from .methods import Job, Method, NonFiniteLossError, get_method, method_names, register, run_method
-from .methods.vital import OPTIM_PRESETS, OptimPreset, visualize_batch
-from .result import Result
-from .targets import ClassTarget, DirectionTarget, UnitTarget
 from .version import __version__
-from .zoo import PRESETS, LayerPreset, ModelSpec, Preprocess, list_models, load_model
+
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
+    from . import methods, references
+    from .api import visualize
+    from .methods import Job, Method, NonFiniteLossError, get_method, method_names, register, run_method
+    from .methods.vital import OPTIM_PRESETS, OptimPreset, visualize_batch
+    from .result import Result
+    from .targets import ClassTarget, DirectionTarget, UnitTarget
+    from .zoo import PRESETS, LayerPreset, ModelSpec, Preprocess, list_models, load_model
+
+# Imported on first use (PEP 562): torch takes seconds to import, and `vital` answers a bad option before that.
+_LAZY = {
+    **dict.fromkeys(["visualize"], ".api"),
+    **dict.fromkeys(["Job", "Method", "NonFiniteLossError", "get_method", "method_names", "register", "run_method"],
+                    ".methods"),
+    **dict.fromkeys(["OPTIM_PRESETS", "OptimPreset", "visualize_batch"], ".methods.vital"),
+    "Result": ".result",
+    **dict.fromkeys(["ClassTarget", "DirectionTarget", "UnitTarget"], ".targets"),
+    **dict.fromkeys(["PRESETS", "LayerPreset", "ModelSpec", "Preprocess", "list_models", "load_model"], ".zoo"),
+}
+_SUBMODULES = ("methods", "references")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vital_fv' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "OPTIM_PRESETS",

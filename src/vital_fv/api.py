@@ -22,6 +22,7 @@ from .errors import VitalError
 from .features import resolve_layers
 from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
 from .methods.base import check_options
+from .options import check_alpha_percentile, check_layer_weights, check_n_refs, check_name, check_seeds, check_size
 from .references import ReferenceSet
 from .relevance import parse_method
 from .result import Result, ensure_writable_dir, refuse_overwrite
@@ -30,7 +31,6 @@ from .targets import ClassTarget, DirectionTarget, UnitTarget
 from .zoo import LayerPreset, ModelSpec, load_model
 
 log = logging.getLogger("vital_fv")
-MIN_SIZE, MAX_SIZE = 16, 4096  # generated resolution, px: below, a stride-32 network has no positions left
 OUTPUT_SUFFIXES = (".png", ".json", ".rgba.png", ".alpha.npy")
 
 
@@ -46,14 +46,6 @@ def _as_target(target: Any) -> Any:
 
 def _slug(target: Any, model: ModelSpec) -> str:
     return target.slug(model.class_names, model.class_synonyms)
-
-
-def check_name(name: str | None) -> None:
-    """``--name`` is a file name stem inside ``--out``: no folders, nothing hidden or empty."""
-    if name is not None and (not name or name in (".", "..") or "/" in name or os.sep in name or "\x00" in name
-                             or name.startswith(".")):
-        raise VitalError(f"--name '{name}' must be a plain file name stem (no folders, not hidden, not '.' or '..'); "
-                         "the folder is --out")
 
 
 def output_stems(model: ModelSpec, targets: Sequence[Any], seeds: Sequence[int], method: str,
@@ -129,21 +121,12 @@ def visualize(
     """
     m = get_method(method)
     get_preset(m, preset, steps, lr)  # every option is checked before any work
-    if not 0 < alpha_percentile <= 100:
-        raise VitalError(f"--alpha-percentile must be in (0, 100], got {alpha_percentile}")
-    if layer_weights is not None and not layers:
-        raise VitalError("--layer-weights needs --layers")
-    if layers and layer_weights is not None and len(layer_weights) != len(layers):
-        raise VitalError(f"--layer-weights gives {len(layer_weights)} weights for {len(layers)} layers: one per layer")
-    if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
-        raise VitalError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} px (got {size}); leave it out for the "
-                         "model's own input size")
+    check_alpha_percentile(alpha_percentile)
+    check_layer_weights(layers if not isinstance(layers, LayerPreset) else layers.layers, layer_weights)
+    check_size(size)
+    check_n_refs(n_refs)
     resolve_device(device)
-    seed_list = [int(s) for s in (seeds if seeds is not None else [seed])]
-    if not seed_list:
-        raise VitalError("--seeds is empty: give at least one seed")
-    if len(set(seed_list)) != len(seed_list):
-        raise VitalError(f"--seeds repeats a seed ({','.join(map(str, seed_list))}): each seed gives one image")
+    seed_list = check_seeds(seeds if seeds is not None else [seed])
     many = isinstance(target, (list, tuple))
     targets = [_as_target(t) for t in (target if many else [target])]
     if not targets:

@@ -21,6 +21,7 @@ import torch
 from .cache import cache_key, cache_root
 from .device import holds_model
 from .errors import VitalError
+from .options import check_positive
 from .references import read_image
 from .result import Result, atomic_write_bytes, refuse_overwrite
 from .targets import UnitTarget
@@ -182,8 +183,7 @@ def build_circuit(
     from .methods.vital import visualize_batch
     from .references import mine_many, mined_references
 
-    if top < 1:
-        raise VitalError("--top must be at least 1")
+    check_positive("--top", top)
     channels = ranking.order()[:top]
     units = [UnitTarget(ranking.layer, c) for c in channels]
     mined = mine_many(spec, units, mine_images, patch=patch, progress=progress, cache_dir=cache_dir)

@@ -1,4 +1,9 @@
-"""The ``vital`` command: argument parsing over the Python API, one library call per command, and the report."""
+"""The ``vital`` command: argument parsing over the Python API, one library call per command, and the report.
+
+Nothing heavy is imported before the options are checked: ``main`` parses with the registry's choices left
+open, runs the checks of ``options`` (no torch), and only then imports the library, so a bad number is answered
+at once; the command bodies import what they use.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,16 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import circuits, polysemantic, references
-from .api import visualize
-from .concepts import CONCEPTS_FILE, CONCEPTS_RECORD, extract_concepts, load_concepts, save_concepts
-from .device import frozen_on, resolve_device
+from . import options
 from .errors import VitalError
-from .evaluate import evaluate
-from .features import layer_shapes
-from .methods import NonFiniteLossError, get_method, method_names, preset_names
-from .methods.maco import write_spectrum
-from .references import ScanInterrupted
-from .result import Result, ensure_writable_dir, refuse_overwrite
+from .options import DEFAULT_MODEL
 from .signals import hold_signals, sigterm_as_interrupt
-from .targets import ClassTarget, UnitTarget
-from .zoo import DEFAULT_MODEL, EMBEDDED_MODELS, ModelSpec, load_model
+
+if TYPE_CHECKING:
+    from .result import Result
+    from .zoo import ModelSpec
 
 
 # ------------------------------------------------------------------------------------------------ argument types
@@ -69,8 +68,23 @@ def _run_args(sp: argparse.ArgumentParser, cache_help: str) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _optim_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--preset", default="paper", choices=preset_names(), help="optimization preset (default paper)")
+class _Registry:
+    """The method registry's names and descriptions for the parser's choices; ``None`` parts leave them open (the
+    first, light parse of ``main``, which must not import the methods and so torch)."""
+
+    def __init__(self, load: bool) -> None:
+        self.methods: list[str] | None = None
+        self.presets: list[str] | None = None
+        self.descriptions: dict[str, str] = {}
+        if load:
+            from .methods import get_method, method_names, preset_names
+
+            self.methods, self.presets = method_names(), preset_names()
+            self.descriptions = {m: get_method(m).description for m in self.methods}
+
+
+def _optim_args(sp: argparse.ArgumentParser, reg: _Registry) -> None:
+    sp.add_argument("--preset", default="paper", choices=reg.presets, help="optimization preset (default paper)")
     sp.add_argument("--steps", type=int, help="override the preset's step count")
     sp.add_argument("--lr", type=float, help="override the preset's learning rate")
 
@@ -79,7 +93,7 @@ def _relevance_arg(sp: argparse.ArgumentParser, default: str | None, what: str) 
     sp.add_argument("--relevance", choices=["lrp", "guided-backprop", "none"], default=default, help=what)
 
 
-def _add_visualize(sub: Any) -> None:
+def _add_visualize(sub: Any, reg: _Registry) -> None:
     v = sub.add_parser("visualize", help="optimize a visualization of a class, unit or concept")
     _model_args(v)
     what = v.add_mutually_exclusive_group(required=True)
@@ -99,7 +113,7 @@ def _add_visualize(sub: Any) -> None:
     v.add_argument("--n-refs", type=int, default=50, help="number of reference images (default 50)")
     v.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="make up missing references with random crops (default: on for bundled photos only)")
-    _optim_args(v)
+    _optim_args(v, reg)
     v.add_argument("--layers", type=_names, help="comma-separated layer names (default: the model's preset)")
     v.add_argument("--layer-weights", type=_floats, help="comma-separated loss weights, one per layer")
     v.add_argument("--size", type=int, help="generated resolution (default: the model's input size)")
@@ -111,15 +125,14 @@ def _add_visualize(sub: Any) -> None:
     v.add_argument("--alpha-percentile", type=float, default=98.0,
                    help="transparency map: clip at this percentile before scaling (default 98)")
     v.add_argument("--no-cache", action="store_true", help="neither read nor write cached prototypes")
-    methods = method_names()
-    v.add_argument("--method", default="vital", choices=methods,
-                   help="; ".join(f"{m}: {get_method(m).description}" for m in methods) + " (default vital)")
+    v.add_argument("--method", default="vital", choices=reg.methods,
+                   help="; ".join(f"{m}: {d}" for m, d in reg.descriptions.items()) + " (default vital)")
     v.add_argument("--spectrum", help="maco: magnitude spectrum file from `vital spectrum` (default: the shipped one)")
     v.add_argument("--batch", type=_positive, help="number of images (seeds 0..N-1), e.g. 64 for deepinversion")
     _run_args(v, "prototype and mining cache folder")
 
 
-def _add_mine(sub: Any) -> None:
+def _add_mine(sub: Any, reg: _Registry) -> None:
     mi = sub.add_parser("mine", help="find the patches of a folder that most activate a unit (its references)")
     _model_args(mi)
     mi.add_argument("--unit", required=True, help="LAYER:CHANNEL or LAYER:CHANNEL@Y,X")
@@ -134,7 +147,7 @@ def _add_mine(sub: Any) -> None:
     _run_args(mi, "where image scans are kept for resuming")
 
 
-def _add_concepts(sub: Any) -> None:
+def _add_concepts(sub: Any, reg: _Registry) -> None:
     co = sub.add_parser("concepts", help="CRAFT concepts of a class: NMF directions at the last hidden layer, ranked "
                                          "by Sobol importance, with their top crops")
     _model_args(co)
@@ -154,16 +167,16 @@ def _add_concepts(sub: Any) -> None:
     _run_args(co, "where image scans are kept for resuming")
 
 
-def _unit_vital_args(sp: argparse.ArgumentParser) -> None:
+def _unit_vital_args(sp: argparse.ArgumentParser, reg: _Registry) -> None:
     """Options of the commands that visualize units with VITAL (disentangle, circuit)."""
-    _optim_args(sp)
+    _optim_args(sp, reg)
     sp.add_argument("--seed", type=int, default=0, help="seed of the visualizations and of k-means (default 0)")
     _relevance_arg(sp, "lrp", "relevance weighting of the unit visualizations (default lrp)")
     sp.add_argument("--patch", type=int, default=64, help="patch size in px at the model's input scale")
     _run_args(sp, "where image scans are kept for resuming")
 
 
-def _add_disentangle(sub: Any) -> None:
+def _add_disentangle(sub: Any, reg: _Registry) -> None:
     ds = sub.add_parser("disentangle", help="polysemantic unit: cluster its top patches, one VITAL image per cluster")
     _model_args(ds)
     ds.add_argument("--unit", required=True, help="LAYER:CHANNEL")
@@ -176,10 +189,10 @@ def _add_disentangle(sub: Any) -> None:
     ds.add_argument("--n-refs", type=int, default=50, help="references per cluster: its top patches (default 50)")
     ds.add_argument("--out", required=True, help="output folder: cluster-C.png, cluster-C-patches.png, overview.png, "
                                                  "disentangle.json")
-    _unit_vital_args(ds)
+    _unit_vital_args(ds, reg)
 
 
-def _add_circuit(sub: Any) -> None:
+def _add_circuit(sub: Any, reg: _Registry) -> None:
     ci = sub.add_parser("circuit", help="a class's top channels of the last hidden layer by LRP relevance, "
                                         "visualized, in one figure")
     _model_args(ci)
@@ -190,10 +203,10 @@ def _add_circuit(sub: Any) -> None:
     ci.add_argument("--layer", help="layer whose channels are ranked (default: the last hidden layer)")
     ci.add_argument("--n-refs", type=int, default=50, help="references per channel (default 50)")
     ci.add_argument("--out", required=True, help="output folder: unit-C.png per channel, circuit.png, circuit.json")
-    _unit_vital_args(ci)
+    _unit_vital_args(ci, reg)
 
 
-def _add_evaluate(sub: Any) -> None:
+def _add_evaluate(sub: Any, reg: _Registry) -> None:
     ev = sub.add_parser("evaluate", help="score a folder of results: the paper's Table 1 (accuracy, FD/KID, CLIP, "
                                          "unit AUC/MAD)")
     ev.add_argument("results", help="folder of results (NAME.png + NAME.json), searched recursively")
@@ -212,7 +225,7 @@ def _add_evaluate(sub: Any) -> None:
     ev.add_argument("--overwrite", action="store_true")
 
 
-def _add_small_commands(sub: Any) -> None:
+def _add_small_commands(sub: Any, reg: _Registry) -> None:
     ph = sub.add_parser("photos", help="write the photos that ship with scikit-image/scikit-learn to a folder")
     ph.add_argument("--out", required=True, help="output folder")
     ph.add_argument("--only", type=_names, help="comma-separated photo names, e.g. coffee (default: all)")
@@ -233,15 +246,17 @@ def _add_small_commands(sub: Any) -> None:
     cl.add_argument("--grep", help="only names containing this text (case-insensitive)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``registry=False`` leaves the method and preset choices open (nothing heavy imported)."""
     p = argparse.ArgumentParser(
         prog="vital",
         description="VITAL feature visualization: images whose feature distributions match real references.",
     )
     sub = p.add_subparsers(dest="command", required=True)
+    reg = _Registry(registry)
     for add in (_add_visualize, _add_mine, _add_concepts, _add_disentangle, _add_circuit, _add_evaluate,
                 _add_small_commands):
-        add(sub)
+        add(sub, reg)
     return p
 
 
@@ -253,8 +268,43 @@ class _StderrHandler(logging.Handler):
         print(self.format(record), file=sys.stderr)
 
 
+# Count and size options by destination: (CLI name, least value, unit). Checked by ``_check_options``.
+_COUNTS = {"n_refs": ("--n-refs", 1, ""), "k": ("--k", 1, ""), "patch": ("--patch", 8, " px"),
+           "stride": ("--stride", 1, " px"), "batch": ("--batch", 1, ""), "batch_size": ("--batch-size", 1, ""),
+           "n_concepts": ("--n-concepts", 1, ""), "top": ("--top", 1, ""), "nb_design": ("--nb-design", 1, ""),
+           "sobol_images": ("--sobol-images", 0, ""), "clusters": ("--clusters", 2, ""),
+           "patches": ("--patches", 1, ""), "per_image": ("--per-image", 1, ""), "per_class": ("--per-class", 1, ""),
+           "n_boot": ("--n-boot", 0, "")}
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Every option that needs no model, whatever the command (each is checked where the command has it)."""
+    get = vars(args).get
+    options.check_steps(get("steps"))
+    options.check_lr(get("lr"))
+    options.check_size(get("size"))
+    options.check_device_name(get("device"))
+    options.check_name(get("name"))
+    options.check_layer_weights(get("layers"), get("layer_weights"))
+    if get("alpha_percentile") is not None:
+        options.check_alpha_percentile(get("alpha_percentile"))
+    if get("seeds") is not None and not get("batch"):
+        options.check_seeds(get("seeds"))
+    for dest, (flag, least, unit) in _COUNTS.items():
+        options.check_positive(flag, get(dest), least, unit)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not {"-h", "--help"} & set(argv):  # help lists the registry's choices: it needs the full parser
+        try:
+            _check_options(build_parser(registry=False).parse_args(argv))
+        except VitalError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
+    from .references import ScanInterrupted  # the library, imported once the options are sound
+
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     logger = logging.getLogger("vital_fv")
@@ -284,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace) -> ModelSpec:
+    from .zoo import load_model
+
     return load_model(args.model, args.weights)
 
 
@@ -302,6 +354,10 @@ def _relevance(args: argparse.Namespace) -> str | None:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
+    from .api import visualize
+    from .concepts import load_concepts
+    from .targets import UnitTarget
+
     if args.unit:
         target: Any = UnitTarget.parse(args.unit)
     elif args.concept:
@@ -331,6 +387,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from .features import layer_shapes
+    from .zoo import EMBEDDED_MODELS, load_model
+
     if args.weights is None and args.model not in EMBEDDED_MODELS:
         spec = load_model(args.model, random_init=True)  # names and shapes need no weights
     else:
@@ -354,6 +413,9 @@ def cmd_classes(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
+    from . import references
+    from .targets import UnitTarget
+
     unit = UnitTarget.parse(args.unit)
     record, refs = references.mine_to_folder(
         _load(args), unit, args.images, args.out, k=args.k, use=args.use, patch=args.patch, stride=args.stride,
@@ -366,6 +428,11 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_concepts(args: argparse.Namespace) -> int:
+    from .concepts import CONCEPTS_FILE, CONCEPTS_RECORD, extract_concepts, save_concepts
+    from .device import frozen_on, resolve_device
+    from .result import refuse_overwrite
+    from .targets import ClassTarget
+
     out = Path(args.out)
     refuse_overwrite([out / CONCEPTS_FILE, out / CONCEPTS_RECORD], args.overwrite)
     spec = _load(args)
@@ -393,6 +460,8 @@ def _vital_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _keep_on_nonfinite(run: Callable[[], list[Result]], pngs: list[Path]) -> list[Result]:
     """Run the visualizations; after a non-finite loss keep the last finite images and stop with an error."""
+    from .methods import NonFiniteLossError
+
     try:
         return run()
     except NonFiniteLossError as exc:
@@ -402,6 +471,11 @@ def _keep_on_nonfinite(run: Callable[[], list[Result]], pngs: list[Path]) -> lis
 
 
 def cmd_disentangle(args: argparse.Namespace) -> int:
+    from . import polysemantic
+    from .device import frozen_on, resolve_device
+    from .result import ensure_writable_dir, refuse_overwrite
+    from .targets import UnitTarget
+
     out = ensure_writable_dir(args.out)
     refuse_overwrite([out / polysemantic.RECORD, out / "overview.png"], args.overwrite)
     spec = _load(args)
@@ -427,6 +501,11 @@ def cmd_disentangle(args: argparse.Namespace) -> int:
 
 
 def cmd_circuit(args: argparse.Namespace) -> int:
+    from . import circuits
+    from .device import frozen_on, resolve_device
+    from .result import ensure_writable_dir, refuse_overwrite
+    from .targets import ClassTarget
+
     out = ensure_writable_dir(args.out)
     refuse_overwrite([out / circuits.RECORD, out / "circuit.png"], args.overwrite)
     spec = _load(args)
@@ -460,6 +539,8 @@ def cmd_circuit(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
     none = ("none", "")
     rows = evaluate(args.results, args.out, real=args.real,
                     judge=None if (args.judge or "").lower() in none else args.judge,
@@ -474,12 +555,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_photos(args: argparse.Namespace) -> int:
+    from . import references
+
     written = references.write_photos(args.out, only=args.only, overwrite=args.overwrite)
     print(f"{args.out}: {len(written)} photos ({', '.join(p.name for p in written)})")
     return 0
 
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
+    from .methods.maco import write_spectrum
+
     path, mag, count = write_spectrum(args.out, folder=args.folder, offline_photos=args.offline_photos,
                                       overwrite=args.overwrite)
     print(f"{path}: magnitude spectrum {tuple(mag.shape)} from {count} images")

@@ -25,6 +25,7 @@ import torch
 from .device import holds_model
 from .errors import VitalError
 from .features import capture, resolve_layers
+from .options import check_positive
 from .references import PatchScan, ReferenceSet, contact_sheet, from_files, scan_patches
 from .result import atomic_write_bytes, png_bytes, refuse_overwrite
 from .targets import DirectionTarget
@@ -221,8 +222,7 @@ def extract_concepts(
     NMF into ``n_concepts`` directions, Sobol total indices for the class logit on the whole images (a seeded
     sample of ``sobol_images`` of them; None for all), and each concept's ``top`` crops. The patch scan is cached
     per image (an interrupted run resumes)."""
-    if n_concepts < 1:
-        raise VitalError("--n-concepts must be at least 1")
+    check_positive("--n-concepts", n_concepts)
     if class_index < 0 or (spec.class_names and class_index >= len(spec.class_names)):
         raise VitalError(f"class index {class_index} is out of range: the model has {len(spec.class_names)} classes")
     layer = layer or spec.last_hidden_layer()

@@ -10,12 +10,14 @@ from typing import Any, TypeVar
 import torch
 
 from .errors import VitalError
+from .options import check_device_name
 
 T = TypeVar("T")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' (CUDA when there is one), or a torch device name, checked before any work starts."""
+    check_device_name(device)
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

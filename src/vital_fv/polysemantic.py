@@ -20,6 +20,7 @@ import numpy as np
 from .device import holds_model
 from .errors import VitalError
 from .features import resolve_layers
+from .options import check_positive
 from .references import PatchScan, ReferenceSet, scan_patches
 from .result import Result, atomic_write_bytes, refuse_overwrite
 from .targets import UnitTarget, check_units
@@ -107,8 +108,7 @@ def disentangle(
     the unit's own layer)."""
     if unit.position is not None:
         raise VitalError(f"disentangle a channel (LAYER:CHANNEL), not one neuron ({unit.label()})")
-    if clusters < 2:
-        raise VitalError("--clusters must be at least 2")
+    check_positive("--clusters", clusters, 2)
     layer = cluster_layer or unit.layer
     resolve_layers(spec.module, [unit.layer, layer], spec.name)
     check_units(spec, [unit], spec.preprocess.input_size, next(spec.module.parameters()).device)

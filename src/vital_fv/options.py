@@ -1,0 +1,89 @@
+"""Checks of the options that need neither a model nor torch, shared by the CLI and the Python API.
+
+The CLI runs them before it imports anything heavy, so a bad number is answered in a fraction of a second (torch
+alone takes seconds to import); the API runs the same functions, so both say the same thing, with the option's CLI
+name and the accepted range. Checks that need the model (layer names, channels, classes) live with the model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+
+from .errors import VitalError
+
+DEFAULT_MODEL = "efficientnet_lite0"
+MIN_SIZE, MAX_SIZE = 16, 4096  # generated resolution, px: below, a stride-32 network has no positions left
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_steps(steps: int | None, preset_steps: int | None = None) -> None:
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise VitalError(f"--steps must be at least 1 (got {steps})"
+                         + (f"; the preset's is {preset_steps}" if preset_steps else ""))
+
+
+def check_lr(lr: float | None, preset_lr: float | None = None) -> None:
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+                           or lr <= 0):
+        raise VitalError(f"--lr must be a positive number (got {lr})"
+                         + (f"; the preset's is {preset_lr}" if preset_lr else ""))
+
+
+def check_size(size: int | None) -> None:
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE):
+        raise VitalError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} px (got {size}); leave it out for the "
+                         "model's own input size")
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds as a list: at least one, none repeated (each seed is one image, one file)."""
+    seed_list = [int(s) for s in seeds]
+    if not seed_list:
+        raise VitalError("--seeds is empty: give at least one seed")
+    if len(set(seed_list)) != len(seed_list):
+        raise VitalError(f"--seeds repeats a seed ({','.join(map(str, seed_list))}): each seed gives one image")
+    return seed_list
+
+
+def check_alpha_percentile(alpha_percentile: float) -> None:
+    if not 0 < alpha_percentile <= 100:  # also refuses NaN
+        raise VitalError(f"--alpha-percentile must be in (0, 100], got {alpha_percentile}")
+
+
+def check_n_refs(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise VitalError(f"--n-refs must be at least 1 (got {n})")
+
+
+def check_layer_weights(layers: Sequence[str] | None, weights: Sequence[float] | None) -> None:
+    if weights is None:
+        return
+    if not layers:
+        raise VitalError("--layer-weights needs --layers")
+    if len(weights) != len(layers):
+        raise VitalError(f"--layer-weights gives {len(weights)} weights for {len(layers)} layers: one per layer")
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise VitalError(f"--layer-weights must be finite and not negative (got {','.join(map(str, weights))})")
+
+
+def check_name(name: str | None) -> None:
+    """``--name`` is a file name stem inside ``--out``: no folders, nothing hidden or empty."""
+    if name is not None and (not name or name in (".", "..") or "/" in name or os.sep in name or "\x00" in name
+                             or name.startswith(".")):
+        raise VitalError(f"--name '{name}' must be a plain file name stem (no folders, not hidden, not '.' or '..'); "
+                         "the folder is --out")
+
+
+def check_device_name(device: object) -> None:
+    """The spelling only; whether the device exists is ``device.resolve_device``'s (it needs torch)."""
+    if isinstance(device, str) and not _DEVICE.fullmatch(device):
+        raise VitalError(f"--device '{device}' is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def check_positive(option: str, value: int | None, least: int = 1, unit: str = "") -> None:
+    """A count or size option (``--k``, ``--top``, ``--patch`` ...): a whole number of at least ``least``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise VitalError(f"{option} must be at least {least}{unit} (got {value})")
