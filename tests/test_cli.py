@@ -297,6 +297,11 @@ def test_a_concept_from_another_model_or_with_a_pool_is_refused(capsys, tmp_path
 
 
 # ------------------------------------------------------------------------------------- issue 15's table, row by row
+# Rows that need real work are tested where they live: 2, 3 (SIGTERM, repeated Ctrl-C) test_signals; 4, 5 (damaged
+# or unwritable caches) test_cache, test_references_scan; 6 (16-bit, RGBA, tensors) test_references_decoding; 7 (the
+# caller's module) test_device, test_zoo; 10 (fewer references, another unit's) and 13 (API types) test_api,
+# test_zoo; 11 (evaluate n/a) test_evaluate; 14 (a 20000x10 reference) test_references_decoding; a failure while
+# saving the transparency map test_result.
 # (issue row, arguments after `vital visualize --class espresso --preset quick --steps 5`, the error's words).
 # Every one of these is answered by the light parse: before torch is imported, so before any model or work.
 LIGHT_ROWS = [

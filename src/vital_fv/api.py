@@ -22,7 +22,16 @@ from .errors import VitalError
 from .features import resolve_layers
 from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
 from .methods.base import check_options
-from .options import check_alpha_percentile, check_layer_weights, check_n_refs, check_name, check_seeds, check_size
+from .options import (
+    CROPS,
+    check_alpha_percentile,
+    check_choice,
+    check_layer_weights,
+    check_n_refs,
+    check_name,
+    check_seeds,
+    check_size,
+)
 from .references import ReferenceSet
 from .relevance import parse_method
 from .result import Result, ensure_writable_dir, refuse_overwrite
@@ -95,6 +104,7 @@ def visualize(
     pool: str | os.PathLike[str] | None = None,
     images: str | os.PathLike[str] | None = None,
     augment: bool | None = None,
+    crops: str = "evidence",
     use: str = "patches",
     layers: Sequence[str] | LayerPreset | None = None,
     layer_weights: Sequence[float] | None = None,
@@ -125,6 +135,7 @@ def visualize(
     check_layer_weights(layers if not isinstance(layers, LayerPreset) else layers.layers, layer_weights)
     check_size(size)
     check_n_refs(n_refs)
+    check_choice("--crops", crops, CROPS)
     resolve_device(device)
     seed_list = check_seeds(seeds if seeds is not None else [seed])
     many = isinstance(target, (list, tuple))
@@ -175,12 +186,12 @@ def visualize(
         shared = None
         if references is not None or pool is not None:  # one source for every target, read once
             shared = refs_mod.resolve(spec, plain[0], references, pool=pool, n=n_refs, augment=augment,
-                                      device=device, progress=progress, cache_dir=cache_dir)
+                                      crops=crops, device=device, progress=progress, cache_dir=cache_dir)
         per_target = [
             shared if shared is not None else
             _concept_references(spec, t, images, n_refs, device, progress, cache_dir) if t is not p else
-            refs_mod.resolve(spec, p, images=images, n=n_refs, augment=augment, use=use, device=device,
-                             progress=progress, cache_dir=cache_dir)
+            refs_mod.resolve(spec, p, images=images, n=n_refs, augment=augment, crops=crops, use=use,
+                             device=device, progress=progress, cache_dir=cache_dir)
             for t, p in zip(targets, plain, strict=True)
         ]
     else:

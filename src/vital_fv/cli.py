@@ -112,7 +112,10 @@ def _add_visualize(sub: Any, reg: _Registry) -> None:
                    help="with --images: the mined patches (default) or their whole source images")
     v.add_argument("--n-refs", type=int, default=50, help="number of reference images (default 50)")
     v.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="make up missing references with random crops (default: on for bundled photos only)")
+                   help="make up missing references with crops (default: on for bundled photos only)")
+    v.add_argument("--crops", choices=options.CROPS, default="evidence",
+                   help="classes: keep the crops the model rates most probable for the class (evidence, default) "
+                        "or random ones")
     _optim_args(v, reg)
     v.add_argument("--layers", type=_names, help="comma-separated layer names (default: the model's preset)")
     v.add_argument("--layer-weights", type=_floats, help="comma-separated loss weights, one per layer")
@@ -369,7 +372,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         args.model, target, args.refs, weights=args.weights, method=args.method, preset=args.preset,
         seeds=list(range(args.batch)) if args.batch else args.seeds, steps=args.steps, lr=args.lr, size=args.size,
         device=args.device, n_refs=args.n_refs, pool=args.pool, images=args.images, augment=args.augment,
-        use=args.use, layers=args.layers, layer_weights=args.layer_weights, relevance=args.relevance or "auto",
+        crops=args.crops, use=args.use, layers=args.layers, layer_weights=args.layer_weights,
+        relevance=args.relevance or "auto",
         class_token=False if args.no_class_token else None, spectrum=args.spectrum, cache=not args.no_cache,
         cache_dir=args.cache_dir, out=args.out, name=args.name, overwrite=args.overwrite,
         alpha_percentile=args.alpha_percentile, progress=not args.quiet,

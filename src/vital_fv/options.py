@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .errors import VitalError
 
 DEFAULT_MODEL = "efficientnet_lite0"
+CROPS = ("evidence", "random")  # how a class's augmentation crops are chosen (``references.resolve``)
 MIN_SIZE, MAX_SIZE = 16, 4096  # generated resolution, px: below, a stride-32 network has no positions left
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -87,3 +88,8 @@ def check_positive(option: str, value: int | None, least: int = 1, unit: str = "
     """A count or size option (``--k``, ``--top``, ``--patch`` ...): a whole number of at least ``least``."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
         raise VitalError(f"{option} must be at least {least}{unit} (got {value})")
+
+
+def check_choice(option: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise VitalError(f"{option} must be one of {', '.join(choices)} (got '{value}')")

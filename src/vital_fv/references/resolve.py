@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VitalError
-from ..options import check_n_refs
+from ..options import CROPS, check_choice, check_n_refs
 from ..targets import ClassTarget, UnitTarget
+from .evidence import evidence_crops
 from .mining import mine_checked, mined_references
 from .sets import BUNDLED, ReferenceSet, bundled, from_files, from_folder, from_pool
 
@@ -25,6 +26,7 @@ def resolve(
     n: int = 50,
     augment: bool | None = None,
     use: str = "patches",
+    crops: str = "evidence",
     device: Any = "auto",
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -34,12 +36,24 @@ def resolve(
     ``refs``: a ``ReferenceSet``, a folder (a ``vital mine`` folder is read as such) or image files; ``pool``: an
     unlabelled folder, ranked by the model's probability for the class; ``images``: a folder the unit's top patches
     are mined from (cached and resumable); none of them: the bundled photo of a demo class. ``augment`` fills
-    missing references with random crops (default: on for the bundled photo only).
+    missing references with crops (default: on for the bundled photo only); for a class, ``crops="evidence"``
+    keeps the crops the model rates most probable for it (``references.evidence``), ``"random"`` random ones.
     """
     given = [name for name, v in (("refs", refs), ("pool", pool), ("images", images)) if v is not None]
     if len(given) > 1:
         raise VitalError(f"give one reference source, not {' and '.join('--' + g for g in given)}")
     check_n_refs(n)
+    check_choice("--crops", crops, CROPS)
+    found = _source(model, target, refs, pool, images, n, augment, use, device, progress, cache_dir)
+    makes_crops = found.augment and found.count > len(found.images) and found.boxes is None
+    if crops == "evidence" and isinstance(target, ClassTarget) and makes_crops:
+        index, _ = target.resolve(model.class_names, model.class_synonyms)
+        found = evidence_crops(found, model, index, device=device)
+    return found
+
+
+def _source(model: Any, target: Any, refs: Any, pool: Any, images: Any, n: int, augment: bool | None, use: str,
+            device: Any, progress: bool, cache_dir: Any) -> ReferenceSet:
     if isinstance(refs, ReferenceSet):
         return refs
     if images is not None:

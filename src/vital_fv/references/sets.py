@@ -33,7 +33,9 @@ class ReferenceSet:
     """Images (uint8, 3 x H x W, native size) with where they came from and how many the run should use.
 
     When ``augment`` is set and the set holds fewer images than ``n``, random resized crops and flips of the
-    images (seeded) make up the difference; the record says so.
+    images (seeded) make up the difference; the record says so. ``boxes`` replaces the random crops with chosen
+    ones, ``(image, top, left, height, width, flip)`` each (``references.evidence`` picks them by the model's
+    evidence for the target).
     """
 
     images: list[torch.Tensor]
@@ -46,6 +48,7 @@ class ReferenceSet:
     crop_scale: tuple[float, float] = (0.5, 1.0)
     info: dict[str, Any] = field(default_factory=dict)
     fit: str = "crop"  # "crop": the model's resize + center crop; "stretch": straight to the input size (patches)
+    boxes: list[tuple[int, int, int, int, int, bool]] | None = None
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -63,6 +66,8 @@ class ReferenceSet:
         parts = [self.hashes, self.count, self.augment, self.seed, list(self.crop_scale)]
         if self.fit != "crop":
             parts.append(self.fit)
+        if self.boxes is not None:
+            parts.append([list(b) for b in self.boxes])
         blob = json.dumps(parts).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -82,20 +87,33 @@ class ReferenceSet:
                          antialias=True)
             out.append(F.center_crop(x, [size, size]))
         extra = self.count - len(self.images)
-        if extra > 0:
-            from torchvision.transforms import RandomResizedCrop
-
-            g = torch.Generator().manual_seed(self.seed)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                for k in range(extra):
-                    img = self.images[k % len(self.images)]
-                    top, left, h, w = RandomResizedCrop.get_params(img, scale=self.crop_scale, ratio=(3 / 4, 4 / 3))
-                    x = F.resized_crop(img, top, left, h, w, [size, size], interpolation=mode, antialias=True)
-                    if torch.rand((), generator=g) < 0.5:
-                        x = x.flip(-1)
-                    out.append(x)
+        boxes = self.boxes[:extra] if self.boxes is not None else self.random_boxes(extra)
+        for i, top, left, h, w, flip in boxes:
+            x = F.resized_crop(self.images[i], top, left, h, w, [size, size], interpolation=mode, antialias=True)
+            out.append(x.flip(-1) if flip else x)
         return (torch.stack(out).float() / 255.0).clamp(0, 1)
+
+    def random_boxes(self, count: int, seed: int | None = None) -> list[tuple[int, int, int, int, int, bool]]:
+        """``count`` seeded random crops and flips, cycling over the images: the augmentation's crops, and the
+        candidates ``references.evidence`` chooses from. Aspect 3/4..4/3 (log-uniform); the area a ``crop_scale``
+        fraction of the largest box of that aspect that fits, so a wide photo (two objects side by side) gets
+        crops all over it. (torchvision's RandomResizedCrop measures the fraction against the whole image and
+        falls back to one centre crop when no such box fits: every crop of a 3:1 image was the same.)"""
+        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        lo, hi = self.crop_scale
+        boxes = []
+        for k in range(max(0, count)):
+            i = k % len(self.images)
+            height, width = self.images[i].shape[-2:]
+            u = torch.rand(5, generator=g, dtype=torch.float64).tolist()
+            aspect = math.exp(math.log(3 / 4) + u[0] * math.log(16 / 9))
+            area = math.sqrt(lo + u[1] * (hi - lo))
+            w_max = min(width, height * aspect)
+            w = max(1, min(width, round(w_max * area)))
+            h = max(1, min(height, round(w_max / aspect * area)))
+            top, left = int(u[2] * (height - h + 1)), int(u[3] * (width - w + 1))
+            boxes.append((i, top, left, h, w, u[4] < 0.5))
+        return boxes
 
     def describe(self) -> dict[str, Any]:
         return {
