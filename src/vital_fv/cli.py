@@ -228,6 +228,35 @@ def _add_evaluate(sub: Any, reg: _Registry) -> None:
     ev.add_argument("--overwrite", action="store_true")
 
 
+def _add_atlas(sub: Any, reg: _Registry) -> None:
+    at = sub.add_parser("atlas", help="a whole model's classes and units as one resumable, batched job")
+    steps = at.add_subparsers(dest="atlas_command", required=True)
+    pl = steps.add_parser("plan", help="plan a job: targets x methods x seeds, checked before it exists")
+    _model_args(pl)
+    pl.add_argument("--classes", help="all | A-B (e.g. 0-99) | comma-separated names or indices | FILE (one per line)")
+    pl.add_argument("--units", nargs="+", help="LAYER:all | LAYER:A-B | LAYER:C1,C2 (several allowed)")
+    pl.add_argument("--refs", help="VITAL's class references: a folder with one sub-folder per class (index or name)")
+    pl.add_argument("--pool", help="VITAL's class references: an unlabelled folder, ranked per class by the model")
+    pl.add_argument("--images", help="VITAL's unit references: a folder their top patches are mined from")
+    pl.add_argument("--methods", type=_names, default=["vital"], help="comma-separated methods (default vital)")
+    pl.add_argument("--preset", default="quick", choices=reg.presets, help="optimization preset (default quick)")
+    pl.add_argument("--steps", type=int, help="override the preset's step count")
+    pl.add_argument("--lr", type=float, help="override the preset's learning rate")
+    pl.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
+    pl.add_argument("--n-refs", type=int, default=50, help="references per target (default 50)")
+    pl.add_argument("--out", required=True, help="the job folder (atlas.sqlite, images/)")
+    pl.add_argument("--overwrite", action="store_true", help="plan anew over an existing job")
+    ru = steps.add_parser("run", help="run a planned job (the same command resumes it)")
+    ru.add_argument("job", help="the job folder")
+    ru.add_argument("--batch", type=int, default=8, help="items optimized together (default 8)")
+    ru.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    ru.add_argument("--max-attempts", type=int, default=3, help="tries per item before it is marked failed")
+    ru.add_argument("--retry-failed", action="store_true", help="queue the failed items again")
+    ru.add_argument("--quiet", action="store_true", help="no progress bar")
+    st = steps.add_parser("status", help="done / running / failed / left, images per hour, ETA")
+    st.add_argument("job", help="the job folder")
+
+
 def _add_small_commands(sub: Any, reg: _Registry) -> None:
     ph = sub.add_parser("photos", help="write the photos that ship with scikit-image/scikit-learn to a folder")
     ph.add_argument("--out", required=True, help="output folder")
@@ -258,7 +287,7 @@ def build_parser(registry: bool = True) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     reg = _Registry(registry)
     for add in (_add_visualize, _add_mine, _add_concepts, _add_disentangle, _add_circuit, _add_evaluate,
-                _add_small_commands):
+                _add_atlas, _add_small_commands):
         add(sub, reg)
     return p
 
@@ -277,7 +306,7 @@ _COUNTS = {"n_refs": ("--n-refs", 1, ""), "k": ("--k", 1, ""), "patch": ("--patc
            "n_concepts": ("--n-concepts", 1, ""), "top": ("--top", 1, ""), "nb_design": ("--nb-design", 1, ""),
            "sobol_images": ("--sobol-images", 0, ""), "clusters": ("--clusters", 2, ""),
            "patches": ("--patches", 1, ""), "per_image": ("--per-image", 1, ""), "per_class": ("--per-class", 1, ""),
-           "n_boot": ("--n-boot", 0, "")}
+           "n_boot": ("--n-boot", 0, ""), "max_attempts": ("--max-attempts", 1, "")}
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -575,10 +604,41 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from . import atlas
+
+    if args.atlas_command == "plan":
+        ledger = atlas.plan_atlas(
+            args.model, args.out, weights=args.weights, classes=args.classes, units=args.units, refs=args.refs,
+            pool=args.pool, images=args.images, methods=args.methods, preset=args.preset, seeds=args.seeds,
+            steps=args.steps, lr=args.lr, n_refs=args.n_refs, overwrite=args.overwrite)
+        counts, plan = ledger.counts(), ledger.plan
+        ledger.close()
+        print(f"{args.out}: {sum(counts.values())} items ({', '.join(plan['methods'])}; seeds "
+              f"{','.join(map(str, plan['seeds']))}; preset {plan['preset']}); run it: vital atlas run {args.out}")
+        return 0
+    if args.atlas_command == "run":
+        counts = atlas.run_atlas(args.job, batch=args.batch, device=args.device, max_attempts=args.max_attempts,
+                                 retry_failed=args.retry_failed, progress=not args.quiet)
+        print(f"{args.job}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} left")
+        return 0 if counts["failed"] == 0 else 1
+    st = atlas.atlas_status(args.job)
+    c = st["counts"]
+    rate = f"{st['images_per_hour']:.0f} images per hour" if st["images_per_hour"] else "no image yet"
+    eta = f", ETA {st['eta_seconds'] / 3600:.1f} h" if st["eta_seconds"] else ""
+    print(f"{args.job}: {st['plan']['model']}, {st['total']} items: {c['done']} done, {c['running']} running, "
+          f"{c['failed']} failed, {c['pending']} left; {rate}{eta}")
+    for w, wc in st["workers"].items():
+        print(f"  worker {w}: {wc['done']} done, {wc['running']} running, {wc['failed']} failed")
+    for f in st["failed"][:10]:
+        print(f"  failed: {f['label']} ({f['method']}, seed {f['seed']}, {f['attempts']} attempts): {f['error']}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "visualize": cmd_visualize, "mine": cmd_mine, "concepts": cmd_concepts, "disentangle": cmd_disentangle,
     "circuit": cmd_circuit, "evaluate": cmd_evaluate, "photos": cmd_photos, "spectrum": cmd_spectrum,
-    "layers": cmd_layers, "classes": cmd_classes,
+    "layers": cmd_layers, "classes": cmd_classes, "atlas": cmd_atlas,
 }
 
 def console_main() -> int:

@@ -91,7 +91,7 @@ class ReferenceSet:
         for i, top, left, h, w, flip in boxes:
             x = F.resized_crop(self.images[i], top, left, h, w, [size, size], interpolation=mode, antialias=True)
             out.append(x.flip(-1) if flip else x)
-        return (torch.stack(out).float() / 255.0).clamp(0, 1)
+        return (torch.stack(out).to(torch.get_default_dtype()) / 255.0).clamp(0, 1)
 
     def random_boxes(self, count: int, seed: int | None = None) -> list[tuple[int, int, int, int, int, bool]]:
         """``count`` seeded random crops and flips, cycling over the images: the augmentation's crops, and the

@@ -1,0 +1,16 @@
+"""Atlas jobs: a whole model's classes and units × methods × seeds as one resumable, batched job.
+
+- ``selection``: which targets (``--classes all | 0-99 | LIST | FILE``, ``--units LAYER:all``)
+- ``ledger``: the job's SQLite ledger (plan, one row per item, one driver at a time)
+- ``plan``: ``plan_atlas``, every option and reference source checked before the job exists
+- ``run``: ``run_atlas`` (the driver), ``work_batch`` (a worker's whole job), the executors, ``atlas_status``
+
+It uses the methods and the core; nothing outside this package imports it.
+"""
+
+from .ledger import Item, Ledger
+from .plan import plan_atlas
+from .run import Executor, InProcess, Outcome, atlas_status, run_atlas, work_batch
+
+__all__ = ["Executor", "InProcess", "Item", "Ledger", "Outcome", "atlas_status", "plan_atlas", "run_atlas",
+           "work_batch"]

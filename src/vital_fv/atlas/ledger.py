@@ -1,0 +1,243 @@
+"""The job ledger: one SQLite database (WAL) per atlas job, holding the plan and one row per item.
+
+Every state change is one committed transaction, so whatever stops a driver (Ctrl-C, kill -9, a power cut) the
+ledger says exactly which items are done (their files complete on disk, written before the row changes), which
+were running (given back on the next run) and which are left. One driver at a time holds the job's lock file
+(``fcntl.flock``: the OS releases it when the process dies, so a killed driver never blocks the next one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import VitalError
+
+SCHEMA_VERSION = 1
+LEDGER_FILE = "atlas.sqlite"
+LOCK_FILE = "driver.lock"
+STATUSES = ("pending", "running", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,          -- JSON: {"kind": "class", "index": 967} or {"kind": "unit", ...}
+    label TEXT NOT NULL,           -- what a person reads: "967 espresso", "blocks.5.2:17"
+    method TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    refs TEXT,                     -- the reference source (a folder, "bundled", "pool:DIR", "images:DIR") or NULL
+    stem TEXT NOT NULL UNIQUE,     -- output files images/STEM.png (+ .json ...): one copy per item
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    started REAL,
+    finished REAL,
+    seconds REAL,
+    outputs TEXT,                  -- JSON list of the files written
+    error TEXT,
+    UNIQUE (target, method, seed)
+);
+CREATE INDEX IF NOT EXISTS items_status ON items (status, method, id);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One row of the ledger: a target × method × seed and where its files go."""
+
+    id: int
+    target: dict[str, Any]
+    label: str
+    method: str
+    seed: int
+    refs: str | None
+    stem: str
+    status: str
+    attempts: int
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit; transactions are explicit
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.row_factory = sqlite3.Row
+    return con
+
+
+class Ledger:
+    """An atlas job's ledger (``FOLDER/atlas.sqlite``): create it with ``create``, open it with ``open``."""
+
+    def __init__(self, folder: Path, con: sqlite3.Connection) -> None:
+        self.folder = folder
+        self._con = con
+
+    # -------------------------------------------------------------------------------------------- opening
+    @classmethod
+    def create(cls, folder: str | os.PathLike[str], plan: dict[str, Any], items: Sequence[dict[str, Any]],
+               overwrite: bool = False) -> Ledger:
+        """A new job: the plan and its items, written in one transaction (a job is all there or not at all)."""
+        folder = Path(folder)
+        path = folder / LEDGER_FILE
+        if path.exists():
+            if not overwrite:
+                raise VitalError(f"{folder} already holds an atlas job: `vital atlas run {folder}` continues it; "
+                                 "pass --overwrite to plan it anew (its images are kept until replaced)")
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{LEDGER_FILE}.tmp"
+        tmp.unlink(missing_ok=True)
+        con = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            con.executescript(_SCHEMA)
+            con.execute("BEGIN")
+            con.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("schema_version", str(SCHEMA_VERSION)), ("plan", json.dumps(plan)), ("created", str(time.time()))])
+            con.executemany(
+                "INSERT INTO items (target, label, method, seed, refs, stem) VALUES (?, ?, ?, ?, ?, ?)",
+                [(json.dumps(it["target"], sort_keys=True), it["label"], it["method"], it["seed"], it.get("refs"),
+                  it["stem"]) for it in items])
+            con.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            con.close()
+            tmp.unlink(missing_ok=True)
+            raise VitalError(f"the plan repeats an item (the same target, method and seed, or file name): {exc}") \
+                from None
+        finally:
+            con.close()
+        os.replace(tmp, path)  # the job appears complete or not at all
+        return cls.open(folder)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str]) -> Ledger:
+        folder = Path(folder)
+        path = folder / LEDGER_FILE
+        if not path.is_file():
+            raise VitalError(f"{folder} is not an atlas job (no {LEDGER_FILE}): make one with `vital atlas plan ... "
+                             f"--out {folder}`")
+        try:
+            con = _connect(path)
+            version = int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
+            raise VitalError(f"cannot read the atlas ledger {path}: {exc}") from None
+        if version > SCHEMA_VERSION:
+            con.close()
+            raise VitalError(f"the atlas job {folder} was made by a newer vital-fv (ledger version {version}, this "
+                             f"one reads up to {SCHEMA_VERSION}): upgrade vital-fv")
+        return cls(folder, con)
+
+    def close(self) -> None:
+        self._con.close()
+
+    # ---------------------------------------------------------------------------------------------- reading
+    @property
+    def plan(self) -> dict[str, Any]:
+        return json.loads(self._con.execute("SELECT value FROM meta WHERE key = 'plan'").fetchone()[0])
+
+    def items(self, status: str | None = None) -> list[Item]:
+        sql = "SELECT * FROM items" + (" WHERE status = ?" if status else "") + " ORDER BY id"
+        return [self._item(r) for r in self._con.execute(sql, (status,) if status else ())]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every item with all its columns (for status and the gallery)."""
+        return [dict(r) for r in self._con.execute("SELECT * FROM items ORDER BY id")]
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self._con.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
+        return {s: int(found.get(s, 0)) for s in STATUSES}
+
+    @staticmethod
+    def _item(r: sqlite3.Row) -> Item:
+        return Item(r["id"], json.loads(r["target"]), r["label"], r["method"], r["seed"], r["refs"], r["stem"],
+                    r["status"], r["attempts"])
+
+    # ---------------------------------------------------------------------------------------------- writing
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._con.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._con
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        self._con.execute("COMMIT")
+
+    def requeue(self, statuses: Sequence[str] = ("running",), reset_attempts: bool = False) -> int:
+        """Give items in ``statuses`` back to the queue: ``running`` ones a stopped driver left (their attempt is
+        not counted), or ``failed`` ones for ``--retry-failed`` (their attempts start again)."""
+        with self._transaction() as con:
+            before = con.total_changes
+            if "running" in statuses:
+                con.execute("UPDATE items SET status = 'pending', attempts = MAX(attempts - 1, 0), worker = NULL "
+                            "WHERE status = 'running'")
+            others = [s for s in statuses if s != "running"]
+            if others:
+                marks = ",".join("?" * len(others))
+                con.execute(f"UPDATE items SET status = 'pending', worker = NULL, error = NULL"
+                            f"{', attempts = 0' if reset_attempts else ''} WHERE status IN ({marks})", others)
+            return con.total_changes - before
+
+    def claim(self, n: int, worker: str) -> list[Item]:
+        """Up to ``n`` pending items of one method (the first pending item's), marked running for ``worker``."""
+        with self._transaction() as con:
+            first = con.execute("SELECT method FROM items WHERE status = 'pending' ORDER BY id LIMIT 1").fetchone()
+            if first is None:
+                return []
+            rows = con.execute("SELECT id FROM items WHERE status = 'pending' AND method = ? ORDER BY id LIMIT ?",
+                               (first[0], n)).fetchall()
+            ids = [r[0] for r in rows]
+            marks = ",".join("?" * len(ids))
+            con.execute(f"UPDATE items SET status = 'running', attempts = attempts + 1, worker = ?, started = ?, "
+                        f"error = NULL WHERE id IN ({marks})", [worker, time.time(), *ids])
+            return [self._item(r) for r in con.execute(f"SELECT * FROM items WHERE id IN ({marks}) ORDER BY id", ids)]
+
+    def release(self, items: Sequence[Item]) -> None:
+        """Back to pending without counting the attempt (the driver was stopped, not the item's fault)."""
+        with self._transaction() as con:
+            con.executemany("UPDATE items SET status = 'pending', attempts = MAX(attempts - 1, 0), worker = NULL "
+                            "WHERE id = ? AND status = 'running'", [(it.id,) for it in items])
+
+    def done(self, item: Item, outputs: Sequence[str], seconds: float) -> None:
+        """Mark ``item`` done: call only after its files are complete on disk."""
+        with self._transaction() as con:
+            con.execute("UPDATE items SET status = 'done', finished = ?, seconds = ?, outputs = ?, error = NULL "
+                        "WHERE id = ?", (time.time(), seconds, json.dumps(list(outputs)), item.id))
+
+    def failed(self, item: Item, error: str, max_attempts: int) -> str:
+        """Record a failure: back to pending while attempts are left, else ``failed``. Returns the new status."""
+        with self._transaction() as con:
+            attempts = con.execute("SELECT attempts FROM items WHERE id = ?", (item.id,)).fetchone()[0]
+            status = "failed" if attempts >= max_attempts else "pending"
+            con.execute("UPDATE items SET status = ?, error = ?, finished = ? WHERE id = ?",
+                        (status, error[-2000:], time.time(), item.id))
+            return status
+
+    # ------------------------------------------------------------------------------------------ one driver
+    @contextmanager
+    def driver(self) -> Iterator[None]:
+        """Hold the job's driver lock for the duration; a second driver is refused, naming the first."""
+        import fcntl
+
+        path = self.folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                raise VitalError(f"another `vital atlas run` is driving {self.folder} ({holder}): wait for it, or "
+                                 "stop it (Ctrl-C) and run again to continue") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.ctime()}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock

@@ -1,0 +1,162 @@
+"""``vital atlas plan``: a whole model's targets × methods × seeds as items in a new job ledger, every option and
+every target's reference source checked before the job exists."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import VitalError
+from ..options import check_n_refs, check_seeds
+from ..targets import ClassTarget, UnitTarget
+from ..version import __version__
+from .ledger import Ledger
+from .selection import select_classes, select_units
+
+IMAGES_DIR = "images"
+
+
+def target_json(target: ClassTarget | UnitTarget) -> dict[str, Any]:
+    if isinstance(target, ClassTarget):
+        return {"kind": "class", "index": int(target.cls)}
+    return {"kind": "unit", "layer": target.layer, "channel": target.channel}
+
+
+def target_from_json(data: dict[str, Any]) -> ClassTarget | UnitTarget:
+    if data["kind"] == "class":
+        return ClassTarget(int(data["index"]))
+    return UnitTarget(data["layer"], int(data["channel"]))
+
+
+def _class_folder(root: Path, index: int, name: str) -> Path | None:
+    """A class's reference folder under ``root``: named by index, by name, or by name with '_' for spaces."""
+    for key in (str(index), f"{index:04d}", name, name.replace(" ", "_"), name.lower().replace(" ", "_")):
+        if (root / key).is_dir():
+            return root / key
+    return None
+
+
+def plan_atlas(
+    model: str,
+    out: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    classes: str | None = None,
+    units: Sequence[str] | None = None,
+    refs: str | os.PathLike[str] | None = None,
+    pool: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+    methods: Sequence[str] = ("vital",),
+    preset: str = "quick",
+    seeds: Sequence[int] = (0,),
+    steps: int | None = None,
+    lr: float | None = None,
+    n_refs: int = 50,
+    overwrite: bool = False,
+) -> Ledger:
+    """Plan an atlas job in ``out``: ``classes`` (all | A-B | names/indices | FILE) and/or ``units``
+    (LAYER:all | LAYER:A-B | LAYER:LIST) × ``methods`` × ``seeds``. VITAL's class references: ``refs`` (a folder
+    with one sub-folder per class, named by index or name), ``pool`` (an unlabelled folder) or the bundled photos;
+    its unit references are mined from ``images``. Returns the new job's ledger."""
+    from ..api import output_stems
+    from ..features import layer_shapes
+    from ..methods import get_method, get_preset
+    from ..references import BUNDLED
+    from ..zoo import load_model
+
+    if not classes and not units:
+        raise VitalError("an atlas needs targets: give --classes (all, 0-99, names or a file) and/or --units "
+                         "(LAYER:all)")
+    ms = [get_method(m) for m in dict.fromkeys(methods)]
+    if not ms:
+        raise VitalError("--methods is empty: give at least one, e.g. vital,fourier")
+    for m in ms:
+        get_preset(m, preset, steps, lr)
+    seed_list = check_seeds(seeds)
+    check_n_refs(n_refs)
+    if refs is not None and pool is not None:
+        raise VitalError("give one class reference source, not --refs and --pool")
+    for option, folder in (("--refs", refs), ("--pool", pool), ("--images", images)):
+        if folder is not None and not Path(folder).is_dir():
+            raise VitalError(f"{option} {folder} is not a folder")
+    out = Path(out)
+    if (out / "atlas.sqlite").exists() and not overwrite:
+        raise VitalError(f"{out} already holds an atlas job: `vital atlas run {out}` continues it; pass --overwrite "
+                         "to plan it anew")
+
+    spec = load_model(model, weights)
+    targets: list[ClassTarget | UnitTarget] = []
+    if classes:
+        targets += select_classes(classes, spec.class_names, spec.class_synonyms)
+    if units:
+        shapes = dict(layer_shapes(spec.module, spec.preprocess.input_size))
+
+        def channels_of(layer: str) -> int:
+            from ..features import resolve_layers
+
+            resolve_layers(spec.module, [layer], spec.name)  # unknown layers: our error with close matches
+            if layer not in shapes:
+                raise VitalError(f"layer {layer} does not run in a forward pass of {spec.name}")
+            shape = shapes[layer]
+            return int(shape[0] if len(shape) == 3 else shape[-1])
+
+        targets += select_units(units, channels_of)
+
+    uses_refs = any(m.needs_references for m in ms)
+    class_refs: dict[int, str] = {}
+    if uses_refs:
+        missing = []
+        for t in targets:
+            if isinstance(t, UnitTarget):
+                if images is None:
+                    raise VitalError(f"VITAL needs references for the units ({t.label()} ...): give --images DIR to "
+                                     "mine them from, or plan only baseline --methods")
+                continue
+            index, name = t.resolve(spec.class_names, spec.class_synonyms)
+            if refs is not None:
+                folder = _class_folder(Path(refs), index, name)
+                if folder is None:
+                    missing.append(f"{index} {name}")
+                else:
+                    class_refs[index] = str(folder.resolve())
+            elif pool is not None:
+                class_refs[index] = f"pool:{Path(pool).resolve()}"
+            elif name.lower() in BUNDLED:
+                class_refs[index] = "bundled"
+            else:
+                missing.append(f"{index} {name}")
+        if missing:
+            where = (f"no sub-folder of {refs} for" if refs is not None else "no references for")
+            raise VitalError(f"{where} {len(missing)} of the classes ({', '.join(missing[:5])}"
+                             f"{' ...' if len(missing) > 5 else ''}): give --refs DIR with one sub-folder per class "
+                             "(named by index or name), or --pool DIR")
+
+    items = []
+    for t in targets:
+        for m in ms:
+            stems = output_stems(spec, [t], seed_list, m.name)
+            for seed, stem in zip(seed_list, stems, strict=True):
+                if not m.needs_references:
+                    source = None
+                elif isinstance(t, UnitTarget):
+                    source = f"images:{Path(images).resolve()}"  # type: ignore[arg-type]
+                else:
+                    source = class_refs[int(t.cls)]
+                label = t.label() if isinstance(t, UnitTarget) else "{} {}".format(
+                    *t.resolve(spec.class_names, spec.class_synonyms))
+                items.append({"target": target_json(t), "label": label, "method": m.name, "seed": seed,
+                              "refs": source, "stem": stem})
+    plan = {
+        "vital_fv": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": spec.name, "weights": str(Path(weights).resolve()) if weights else None,
+        "weights_sha256": spec.weights_id, "methods": [m.name for m in ms], "preset": preset, "steps": steps,
+        "lr": lr, "seeds": seed_list, "n_refs": n_refs,
+        "sources": {"refs": str(Path(refs).resolve()) if refs else None,
+                    "pool": str(Path(pool).resolve()) if pool else None,
+                    "images": str(Path(images).resolve()) if images else None},
+        "targets": {"classes": classes, "units": list(units or [])},
+    }
+    return Ledger.create(out, plan, items, overwrite=overwrite)

@@ -1,0 +1,67 @@
+"""The atlas ledger: items move pending -> running -> done / failed in committed steps; one driver at a time."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from vital_fv.atlas.ledger import Ledger
+from vital_fv.errors import VitalError
+
+
+def _items(n: int, methods=("vital",)):
+    return [{"target": {"kind": "class", "index": i}, "label": f"{i} c{i}", "method": m, "seed": 0,
+             "refs": "bundled", "stem": f"m-{i}-{m}"} for m in methods for i in range(n)]
+
+
+def test_claims_group_one_method_and_every_change_is_committed(tmp_path):
+    ledger = Ledger.create(tmp_path / "job", {"model": "x"}, _items(3, ("vital", "maco")))
+    first = ledger.claim(4, "w1")
+    assert [it.method for it in first] == ["vital"] * 3 and all(it.attempts == 1 for it in first)
+    ledger.done(first[0], ["images/a.png"], 1.5)
+    assert ledger.failed(first[1], "boom", max_attempts=2) == "pending"
+    ledger.release([first[2]])
+    other = Ledger.open(tmp_path / "job")  # what another process reads: every step is already committed
+    assert other.counts() == {"pending": 5, "running": 0, "done": 1, "failed": 0}
+    again = ledger.claim(2, "w1")
+    assert [it.id for it in again] == [first[1].id, first[2].id] and [it.attempts for it in again] == [2, 1]
+    assert ledger.failed(again[0], "boom again", max_attempts=2) == "failed"
+    ledger.done(again[1], [], 1.0)
+    assert ledger.claim(10, "w2")[0].method == "maco"
+    assert ledger.requeue(("running",)) == 3  # a stopped driver's items, their attempt not counted
+    assert ledger.requeue(("failed",), reset_attempts=True) == 1
+    assert ledger.counts() == {"pending": 4, "running": 0, "done": 2, "failed": 0}
+    assert ledger.plan == {"model": "x"}
+
+
+def test_one_driver_at_a_time_and_a_job_is_never_planned_twice(tmp_path):
+    ledger = Ledger.create(tmp_path / "job", {}, _items(1))
+    second = Ledger.open(tmp_path / "job")
+    with ledger.driver(), pytest.raises(VitalError, match=r"another `vital atlas run` is driving .*\(pid \d+"), \
+            second.driver():
+        pass
+    with Ledger.open(tmp_path / "job").driver():  # released when the first driver stopped
+        pass
+    with pytest.raises(VitalError, match="already holds an atlas job"):
+        Ledger.create(tmp_path / "job", {}, _items(1))
+    assert Ledger.create(tmp_path / "job", {}, _items(2), overwrite=True).counts()["pending"] == 2
+    with pytest.raises(VitalError, match="the plan repeats an item"):
+        Ledger.create(tmp_path / "dup", {}, _items(1) * 2)
+    assert not (tmp_path / "dup" / "atlas.sqlite").exists()  # a job is all there or not at all
+
+
+def test_unreadable_and_newer_ledgers_are_named(tmp_path):
+    with pytest.raises(VitalError, match="is not an atlas job"):
+        Ledger.open(tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "atlas.sqlite").write_text("not a database")
+    with pytest.raises(VitalError, match="cannot read the atlas ledger"):
+        Ledger.open(tmp_path / "bad")
+    Ledger.create(tmp_path / "new", {}, _items(1)).close()
+    con = sqlite3.connect(tmp_path / "new" / "atlas.sqlite")
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(VitalError, match="made by a newer vital-fv"):
+        Ledger.open(tmp_path / "new")

@@ -1,0 +1,145 @@
+"""Running an atlas job: batches of different targets, resuming after Ctrl-C and kill -9, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vital_fv import ClassTarget, Job, references, run_method
+from vital_fv.atlas import InProcess, Ledger, atlas_status, plan_atlas, run_atlas
+from vital_fv.cli import main
+
+
+def test_a_target_in_a_batch_gives_the_image_it_gives_alone(tiny_spec):
+    """Bit for bit in float64: each batch item has its own seeded start, jitter, prototypes and loss. (In float32
+    the CPU's kernels sum in a batch-size-dependent order, and Adam, which divides each pixel's gradient by its
+    running size, grows those last-bit differences: 4e-5 after one step, ~0.2 after 20 on this model.)"""
+    tiny_spec.module.double()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        red = references.from_tensor(torch.rand(2, 3, 36, 36, generator=torch.Generator().manual_seed(1)))
+        blue = references.from_tensor(torch.rand(3, 3, 36, 36, generator=torch.Generator().manual_seed(2)))
+        jobs = [Job(ClassTarget(1), red, 0), Job(ClassTarget(2), blue, 5), Job(ClassTarget(3), red, 7)]
+        together = run_method("vital", tiny_spec, jobs, preset="quick", steps=12, progress=False)
+        for job, batched in zip(jobs, together, strict=True):
+            (alone,) = run_method("vital", tiny_spec, [job], preset="quick", steps=12, progress=False)
+            assert torch.equal(alone.image, batched.image), job
+            assert alone.record["loss"] == batched.record["loss"]
+        assert not torch.equal(together[0].image, together[2].image)  # same references, other seed and class
+    finally:
+        torch.set_default_dtype(default)
+
+
+@pytest.fixture(scope="module")
+def small_job(tmp_path_factory):
+    """Two bundled classes x vital, fourier on Lite0, 2 steps: planned once, copied per test."""
+    folder = tmp_path_factory.mktemp("atlas") / "job"
+    plan_atlas("efficientnet_lite0", folder, classes="espresso,tripod", methods=["vital", "fourier"], steps=2,
+               n_refs=4).close()
+    return folder
+
+
+def _copy(job, tmp_path):
+    import shutil
+
+    return shutil.copytree(job, tmp_path / "job")
+
+
+class StopsAfter(InProcess):
+    """The in-process executor, with a Ctrl-C arriving during the n-th batch."""
+
+    def __init__(self, n, *args):
+        super().__init__(*args)
+        self.left = n
+
+    def run(self, batch):
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+        return super().run(batch)
+
+
+def test_plan_run_status_and_resume_after_ctrl_c(small_job, tmp_path, capsys):
+    job = _copy(small_job, tmp_path)
+    ledger = Ledger.open(job)
+    plan = ledger.plan
+    assert ledger.counts()["pending"] == 4 and plan["weights_sha256"] and plan["methods"] == ["vital", "fourier"]
+    from vital_fv.atlas.run import load_plan_model
+
+    ex = StopsAfter(2, load_plan_model(plan), plan, job, "cpu", False)
+    with pytest.raises(KeyboardInterrupt):
+        run_atlas(job, batch=2, device="cpu", progress=False, executor=ex)
+    assert ledger.counts() == {"pending": 2, "running": 0, "done": 2, "failed": 0}  # the stopped batch is queued
+    done_before = {r["stem"]: r["finished"] for r in ledger.rows() if r["status"] == "done"}
+    assert main(["atlas", "run", str(job), "--batch", "2", "--device", "cpu", "--quiet"]) == 0
+    rows = ledger.rows()
+    assert all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
+    assert {r["stem"]: r["finished"] for r in rows if r["stem"] in done_before} == done_before  # nothing redone
+    files = sorted(p.name for p in (job / "images").iterdir())
+    assert len([f for f in files if f.endswith(".json")]) == 4  # one copy per item
+    for r in rows:
+        assert all((job / o).is_file() for o in json.loads(r["outputs"]))
+        record = json.loads((job / "images" / f"{r['stem']}.json").read_text())
+        assert record["atlas"]["item"] == r["id"] and record["steps_done"] == 2
+    status = atlas_status(job)
+    assert status["counts"]["done"] == 4 and status["images_per_hour"] > 0 and status["eta_seconds"] == 0
+    assert main(["atlas", "status", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "4 items: 4 done, 0 running, 0 failed, 0 left" in out and "images per hour" in out
+
+
+def test_bad_plans_are_refused_before_the_job_exists(tmp_path, capsys):
+    out = str(tmp_path / "j")
+    for argv, message in [
+        (["--classes", "0-99999"], "class range 0-99999 is outside the model's 1000 classes"),
+        (["--classes", "goldfish"], "no references for 1 of the classes (1 goldfish)"),
+        (["--units", "blocks.5.2:all"], "give --images DIR to mine them from"),
+        (["--units", "nope:all", "--images", str(tmp_path)], "unknown layer 'nope'"),
+        (["--classes", "espresso", "--methods", "vital,lucid"], "unknown method 'lucid'"),
+        (["--classes", "espresso", "--seeds", "1,1"], "--seeds repeats a seed"),
+        ([], "an atlas needs targets"),
+    ]:
+        assert main(["atlas", "plan", *argv, "--out", out]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+        assert not (tmp_path / "j" / "atlas.sqlite").exists()
+    assert main(["atlas", "run", str(tmp_path), "--batch", "0"]) == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err
+    assert main(["atlas", "run", str(tmp_path)]) == 2
+    assert "is not an atlas job" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_driver_killed_with_sigkill_resumes_without_redoing_or_duplicating(small_job, tmp_path):
+    job = _copy(small_job, tmp_path)
+    con = sqlite3.connect(job / "atlas.sqlite")
+    con.execute("UPDATE meta SET value = json_set(value, '$.steps', 40) WHERE key = 'plan'")  # slow enough to kill
+    con.commit()
+    cmd = [sys.executable, "-m", "vital_fv.cli", "atlas", "run", str(job), "--batch", "1", "--device", "cpu",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if con.execute("SELECT COUNT(*) FROM items WHERE status = 'done'").fetchone()[0] >= 1:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    counts = dict(con.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
+    assert counts.get("done", 0) >= 1 and counts.get("done", 0) < 4
+    done_before = dict(con.execute("SELECT stem, finished FROM items WHERE status = 'done'").fetchall())
+    assert subprocess.run(cmd, capture_output=True).returncode == 0  # the lock died with the killed driver
+    rows = con.execute("SELECT stem, status, finished, attempts FROM items").fetchall()
+    assert all(s == "done" for _, s, _, _ in rows)
+    assert {stem: f for stem, _, f, _ in rows if stem in done_before} == done_before
+    assert all(a == 1 for *_, a in rows)  # the killed attempt was not counted against the item
+    jsons = sorted(p.name for p in (job / "images").glob("*.json"))
+    assert len(jsons) == 4 and not list((job / "images").glob("*.tmp*"))
