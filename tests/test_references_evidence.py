@@ -77,6 +77,6 @@ def test_random_crops_fit_any_image_and_vary(h, w, lo, seed):
     refs.crop_scale = (lo, 1.0)
     boxes = refs.random_boxes(12)
     for i, top, left, bh, bw, _ in boxes:
-        assert i == 0 and 0 <= top and top + bh <= h and 0 <= left and left + bw <= w and bh >= 1 and bw >= 1
+        assert i == 0 and top >= 0 and top + bh <= h and left >= 0 and left + bw <= w and bh >= 1 and bw >= 1
     if min(h, w) >= 64 and lo < 0.9:
         assert len({b[1:5] for b in boxes}) > 1  # not one fallback crop repeated (a wide image included)
