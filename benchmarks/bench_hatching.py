@@ -49,7 +49,8 @@ def main() -> int:
         if args.save:
             r.save(Path(args.save) / f"{args.name}-{c}.png", overwrite=True)
     n = len(rows)
-    print(f"| {args.name} | {args.preset} | {args.seed} | {changes} | {sum(r[1] for r in rows)}/{n} | {sum(r[2] for r in rows)}/{n} | "
+    print(f"| {args.name} | {args.preset} | {args.seed} | {changes} | {sum(r[1] for r in rows)}/{n} | "
+          f"{sum(r[2] for r in rows)}/{n} | "
           f"{sum(r[3] for r in rows) / n:.3f} | {sum(r[4] for r in rows) / n:.2f} | {wall:.0f} |")
     for r in rows:
         print(f"  {r[0]}: Lite0 top-1 {r[1]}, Lite2 top-5 {r[2]}, HF share {r[3]:.3f}, slope {r[4]:.2f}")
