@@ -57,15 +57,15 @@ def _copy(job, tmp_path):
 class StopsAfter(InProcess):
     """The in-process executor, with a Ctrl-C arriving during the n-th batch."""
 
-    def __init__(self, n, *args):
-        super().__init__(*args)
+    def __init__(self, n, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.left = n
 
-    def run(self, batch):
+    def wait(self):
         self.left -= 1
         if self.left == 0:
             raise KeyboardInterrupt
-        return super().run(batch)
+        return super().wait()
 
 
 def test_plan_run_status_and_resume_after_ctrl_c(small_job, tmp_path, capsys):
@@ -73,9 +73,7 @@ def test_plan_run_status_and_resume_after_ctrl_c(small_job, tmp_path, capsys):
     ledger = Ledger.open(job)
     plan = ledger.plan
     assert ledger.counts()["pending"] == 4 and plan["weights_sha256"] and plan["methods"] == ["vital", "fourier"]
-    from vital_fv.atlas.run import load_plan_model
-
-    ex = StopsAfter(2, load_plan_model(plan), plan, job, "cpu", False)
+    ex = StopsAfter(2, plan, job, "cpu")
     with pytest.raises(KeyboardInterrupt):
         run_atlas(job, batch=2, device="cpu", progress=False, executor=ex)
     assert ledger.counts() == {"pending": 2, "running": 0, "done": 2, "failed": 0}  # the stopped batch is queued
@@ -143,3 +141,34 @@ def test_a_driver_killed_with_sigkill_resumes_without_redoing_or_duplicating(sma
     assert all(a == 1 for *_, a in rows)  # the killed attempt was not counted against the item
     jsons = sorted(p.name for p in (job / "images").glob("*.json"))
     assert len(jsons) == 4 and not list((job / "images").glob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_local_workers_retry_the_batch_of_a_worker_killed_mid_batch(small_job, tmp_path):
+    from vital_fv.atlas import LocalWorkers
+
+    class KillsOne(LocalWorkers):
+        killed = None
+        started: list = []
+
+        def _start(self, device):
+            name = super()._start(device)
+            self.started.append(self._workers[name][0])
+            return name
+
+        def wait(self):
+            if self.killed is None:  # the first batch out: kill its worker (SIGKILL) before it can finish
+                self.killed = next(iter(self._busy))
+                os.kill(self._workers[self.killed][0].pid, signal.SIGKILL)
+            return super().wait()
+
+    job = _copy(small_job, tmp_path)
+    plan = Ledger.open(job).plan
+    ex = KillsOne(plan, job, 2, ["cpu"])
+    counts = run_atlas(job, batch=1, device="cpu", progress=False, executor=ex)
+    assert counts == {"pending": 0, "running": 0, "done": 4, "failed": 0}
+    rows = Ledger.open(job).rows()
+    assert sorted(r["attempts"] for r in rows) == [1, 1, 1, 2]  # the killed batch's item ran again, once
+    assert {r["worker"] for r in rows} <= {"worker-0", "worker-1", "worker-2"}
+    assert len(list((job / "images").glob("*.json"))) == 4
+    assert len(ex.started) == 3 and not any(p.is_alive() for p in ex.started)  # replaced, then all stopped

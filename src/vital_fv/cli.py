@@ -250,6 +250,12 @@ def _add_atlas(sub: Any, reg: _Registry) -> None:
     ru.add_argument("job", help="the job folder")
     ru.add_argument("--batch", type=int, default=8, help="items optimized together (default 8)")
     ru.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    ru.add_argument("--workers", type=int, help="local worker processes (or Ray actors with --ray), each loading "
+                                                "the model once (default: this process)")
+    ru.add_argument("--devices", type=_names, help="comma-separated devices the workers are pinned to, round robin "
+                                                   "(e.g. cuda:0,cuda:1)")
+    ru.add_argument("--ray", help="run on a Ray cluster: auto (a running one, else a local one) or its address "
+                                  "(ray://head:10001); needs pip install 'vital-fv[ray]'")
     ru.add_argument("--max-attempts", type=int, default=3, help="tries per item before it is marked failed")
     ru.add_argument("--retry-failed", action="store_true", help="queue the failed items again")
     ru.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -306,7 +312,8 @@ _COUNTS = {"n_refs": ("--n-refs", 1, ""), "k": ("--k", 1, ""), "patch": ("--patc
            "n_concepts": ("--n-concepts", 1, ""), "top": ("--top", 1, ""), "nb_design": ("--nb-design", 1, ""),
            "sobol_images": ("--sobol-images", 0, ""), "clusters": ("--clusters", 2, ""),
            "patches": ("--patches", 1, ""), "per_image": ("--per-image", 1, ""), "per_class": ("--per-class", 1, ""),
-           "n_boot": ("--n-boot", 0, ""), "max_attempts": ("--max-attempts", 1, "")}
+           "n_boot": ("--n-boot", 0, ""), "max_attempts": ("--max-attempts", 1, ""),
+           "workers": ("--workers", 1, "")}
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -315,7 +322,8 @@ def _check_options(args: argparse.Namespace) -> None:
     options.check_steps(get("steps"))
     options.check_lr(get("lr"))
     options.check_size(get("size"))
-    options.check_device_name(get("device"))
+    for device in [get("device"), *(get("devices") or [])]:
+        options.check_device_name(device)
     options.check_name(get("name"))
     options.check_layer_weights(get("layers"), get("layer_weights"))
     if get("alpha_percentile") is not None:
@@ -618,7 +626,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
               f"{','.join(map(str, plan['seeds']))}; preset {plan['preset']}); run it: vital atlas run {args.out}")
         return 0
     if args.atlas_command == "run":
-        counts = atlas.run_atlas(args.job, batch=args.batch, device=args.device, max_attempts=args.max_attempts,
+        counts = atlas.run_atlas(args.job, batch=args.batch, device=args.device, workers=args.workers,
+                                 devices=args.devices, ray=args.ray, max_attempts=args.max_attempts,
                                  retry_failed=args.retry_failed, progress=not args.quiet)
         print(f"{args.job}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} left")
         return 0 if counts["failed"] == 0 else 1

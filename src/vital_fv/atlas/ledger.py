@@ -200,6 +200,10 @@ class Ledger:
                         f"error = NULL WHERE id IN ({marks})", [worker, time.time(), *ids])
             return [self._item(r) for r in con.execute(f"SELECT * FROM items WHERE id IN ({marks}) ORDER BY id", ids)]
 
+    def assign(self, items: Sequence[Item], worker: str) -> None:
+        with self._transaction() as con:
+            con.executemany("UPDATE items SET worker = ? WHERE id = ?", [(worker, it.id) for it in items])
+
     def release(self, items: Sequence[Item]) -> None:
         """Back to pending without counting the attempt (the driver was stopped, not the item's fault)."""
         with self._transaction() as con:

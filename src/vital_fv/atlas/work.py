@@ -1,0 +1,96 @@
+"""A worker's whole job: one batch of items of one method, optimized together and written to the job folder.
+
+``work_batch`` runs the same in the driver's process, in a local worker process and in a Ray actor: the batch's
+references (read once per target; prototypes cached as for ``visualize``), one ``run_method`` call for all its
+targets (each with its own seed, prototypes and loss, as seeds already are), each result written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import VitalError
+from .ledger import Item
+from .plan import IMAGES_DIR, target_from_json
+
+
+@dataclass
+class Outcome:
+    """What a worker reports for one item: the files it wrote, or the error, and the item's share of the time."""
+
+    item: Item
+    outputs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+    interrupted: bool = False
+
+
+def _references(spec: Any, plan: dict[str, Any], target: Any, source: str | None, device: Any, progress: bool) -> Any:
+    from .. import references
+
+    if source is None:
+        return None
+    n = plan["n_refs"]
+    if source == "bundled":
+        return references.resolve(spec, target, n=n, device=device, progress=progress)
+    kind, _, path = source.partition(":")
+    if kind == "pool":
+        return references.resolve(spec, target, pool=path, n=n, device=device, progress=progress)
+    if kind == "images":
+        return references.resolve(spec, target, images=path, n=n, device=device, progress=progress)
+    return references.resolve(spec, target, source, n=n, device=device, progress=progress)
+
+
+def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], batch: Sequence[Item],
+               device: Any = "auto", progress: bool = False) -> list[Outcome]:
+    """Optimize ``batch`` (items of one method) together and write each result to ``folder/images``."""
+    from ..methods import Job, NonFiniteLossError, run_method
+
+    start = time.perf_counter()
+    method = batch[0].method
+    targets = [target_from_json(it.target) for it in batch]
+    refs_by_target: dict[Any, Any] = {}
+    jobs = []
+    for it, t in zip(batch, targets, strict=True):
+        key = (t, it.refs)
+        if key not in refs_by_target:  # read once per target (its prototypes are cached as for `visualize`)
+            refs_by_target[key] = _references(spec, plan, t, it.refs, device, progress)
+        jobs.append(Job(t, refs_by_target[key], it.seed))
+    try:
+        results = run_method(method, spec, jobs, preset=plan["preset"], steps=plan["steps"], lr=plan["lr"],
+                             device=device, progress=progress)
+    except NonFiniteLossError as exc:
+        return [Outcome(it, error=f"non-finite loss: {exc}") for it in batch]
+    out = Path(folder) / IMAGES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    share = (time.perf_counter() - start) / len(batch)
+    outcomes = []
+    for it, r in zip(batch, results, strict=True):
+        if r.status == "interrupted":
+            outcomes.append(Outcome(it, interrupted=True))
+            continue
+        r.record["atlas"] = {"job": Path(folder).name, "item": it.id, "label": it.label}
+        png = out / f"{it.stem}.png"
+        r.save(png, overwrite=True)  # an item not yet done may have files from a stopped run: replaced whole
+        written = [p.name for p in sorted(out.glob(f"{it.stem}.*")) if p.name[len(it.stem):] in
+                   (".png", ".json", ".rgba.png", ".alpha.npy")]
+        outcomes.append(Outcome(it, outputs=[f"{IMAGES_DIR}/{w}" for w in written], seconds=share))
+    return outcomes
+
+
+def load_plan_model(plan: dict[str, Any]) -> Any:
+    """The plan's model, refused when its weights are not the ones the plan was made with."""
+    from ..zoo import load_model
+
+    spec = load_model(plan["model"], plan.get("weights"))
+    if plan.get("weights_sha256") and spec.weights_id != plan["weights_sha256"]:
+        raise VitalError(f"the weights of {plan['model']} changed since the job was planned (sha256 "
+                         f"{spec.weights_id[:12]} now, {plan['weights_sha256'][:12]} in the plan): plan a new job")
+    return spec
+
+
