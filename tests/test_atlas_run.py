@@ -172,3 +172,23 @@ def test_local_workers_retry_the_batch_of_a_worker_killed_mid_batch(small_job, t
     assert {r["worker"] for r in rows} <= {"worker-0", "worker-1", "worker-2"}
     assert len(list((job / "images").glob("*.json"))) == 4
     assert len(ex.started) == 3 and not any(p.is_alive() for p in ex.started)  # replaced, then all stopped
+
+
+@pytest.mark.slow
+def test_ray_with_two_local_workers_gives_the_in_process_ledger(small_job, tmp_path):
+    pytest.importorskip("ray")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    alone, on_ray = _copy(small_job, tmp_path / "a"), _copy(small_job, tmp_path / "b")
+    assert run_atlas(alone, batch=2, device="cpu", progress=False)["done"] == 4
+    assert main(["atlas", "run", str(on_ray), "--ray", "auto", "--workers", "2", "--batch", "2", "--quiet"]) == 0
+
+    def ledger(job):
+        return sorted((r["stem"], r["status"], r["attempts"], r["outputs"]) for r in Ledger.open(job).rows())
+
+    assert ledger(on_ray) == ledger(alone)
+    assert {r["worker"] for r in Ledger.open(on_ray).rows()} <= {"ray-0", "ray-1"}
+    for r in Ledger.open(on_ray).rows():
+        a = json.loads((alone / "images" / f"{r['stem']}.json").read_text())
+        b = json.loads((on_ray / "images" / f"{r['stem']}.json").read_text())
+        assert a["target"] == b["target"] and a["seed"] == b["seed"] and a["steps_done"] == b["steps_done"]
