@@ -65,3 +65,25 @@ def test_unreadable_and_newer_ledgers_are_named(tmp_path):
     con.close()
     with pytest.raises(VitalError, match="made by a newer vital-fv"):
         Ledger.open(tmp_path / "new")
+
+
+def test_mined_items_wait_for_every_shard_and_a_failed_shard_fails_them_by_name(tmp_path):
+    items = [{"target": {"kind": "shard", "layer": "l", "index": i}, "label": f"mine l shard {i + 1}/2",
+              "method": "mine", "seed": 0, "refs": f"s{i}.txt", "stem": f"mine-{i}"} for i in range(2)]
+    items += [{"target": {"kind": "unit", "layer": "l", "channel": c}, "label": f"l:{c}", "method": "vital",
+               "seed": 0, "refs": "mined:/job/mining/l", "stem": f"u{c}"} for c in range(2)]
+    items += [{"target": {"kind": "unit", "layer": "l", "channel": 0}, "label": "l:0", "method": "fourier",
+               "seed": 0, "refs": None, "stem": "f0"}]
+    ledger = Ledger.create(tmp_path / "job", {}, items)
+    shard = ledger.claim(1, "w")
+    assert [it.method for it in shard] == ["mine"]
+    second = ledger.claim(8, "w")
+    assert [it.label for it in second] == ["mine l shard 2/2"]
+    assert [it.method for it in ledger.claim(8, "w")] == ["fourier"]  # needs no mining: it need not wait
+    assert ledger.claim(8, "w") == []  # the units wait for both shards
+    ledger.done(shard[0], [], 1.0)
+    assert ledger.failed(second[0], "disk full", max_attempts=1) == "failed"
+    assert ledger.claim(8, "w") == []
+    assert ledger.blocked() == 2
+    failed = [r for r in ledger.rows() if r["method"] == "vital"]
+    assert all(r["status"] == "failed" and "mine l shard 2/2 failed" in r["error"] for r in failed)

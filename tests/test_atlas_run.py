@@ -192,3 +192,21 @@ def test_ray_with_two_local_workers_gives_the_in_process_ledger(small_job, tmp_p
         a = json.loads((alone / "images" / f"{r['stem']}.json").read_text())
         b = json.loads((on_ray / "images" / f"{r['stem']}.json").read_text())
         assert a["target"] == b["target"] and a["seed"] == b["seed"] and a["steps_done"] == b["steps_done"]
+
+
+@pytest.mark.slow
+def test_units_are_mined_in_shards_then_visualized(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    assert main(["photos", "--only", "coffee,chelsea,astronaut", "--out", str(photos)]) == 0
+    job = tmp_path / "job"
+    assert main(["atlas", "plan", "--units", "blocks.5.2:0-1", "--images", str(photos), "--shard-size", "2",
+                 "--steps", "2", "--n-refs", "2", "--out", str(job)]) == 0
+    ledger = Ledger.open(job)
+    assert [r["method"] for r in ledger.rows()] == ["mine", "mine", "vital", "vital"]
+    assert main(["atlas", "run", str(job), "--batch", "2", "--device", "cpu", "--quiet"]) == 0
+    assert ledger.counts()["done"] == 4
+    record = json.loads((job / "images" / "efficientnet_lite0-blocks-5-2-1-s0.json").read_text())
+    mining = record["references"]["mining"]
+    assert mining["shards"] == 2 and mining["images"] == 3 and len(mining["scores"]) == 2
+    assert main(["atlas", "status", str(job)]) == 0
+    assert "mining: 2/2 shards done" in capsys.readouterr().out

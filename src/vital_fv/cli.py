@@ -244,6 +244,8 @@ def _add_atlas(sub: Any, reg: _Registry) -> None:
     pl.add_argument("--lr", type=float, help="override the preset's learning rate")
     pl.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     pl.add_argument("--n-refs", type=int, default=50, help="references per target (default 50)")
+    pl.add_argument("--shard-size", type=int, default=256, help="images per mining shard (default 256)")
+    pl.add_argument("--patch", type=int, default=64, help="mining patch size in px at the model's input scale")
     pl.add_argument("--out", required=True, help="the job folder (atlas.sqlite, images/)")
     pl.add_argument("--overwrite", action="store_true", help="plan anew over an existing job")
     ru = steps.add_parser("run", help="run a planned job (the same command resumes it)")
@@ -313,7 +315,8 @@ _COUNTS = {"n_refs": ("--n-refs", 1, ""), "k": ("--k", 1, ""), "patch": ("--patc
            "sobol_images": ("--sobol-images", 0, ""), "clusters": ("--clusters", 2, ""),
            "patches": ("--patches", 1, ""), "per_image": ("--per-image", 1, ""), "per_class": ("--per-class", 1, ""),
            "n_boot": ("--n-boot", 0, ""), "max_attempts": ("--max-attempts", 1, ""),
-           "workers": ("--workers", 1, "")}
+           "workers": ("--workers", 1, ""),
+           "shard_size": ("--shard-size", 1, "")}
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -619,7 +622,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         ledger = atlas.plan_atlas(
             args.model, args.out, weights=args.weights, classes=args.classes, units=args.units, refs=args.refs,
             pool=args.pool, images=args.images, methods=args.methods, preset=args.preset, seeds=args.seeds,
-            steps=args.steps, lr=args.lr, n_refs=args.n_refs, overwrite=args.overwrite)
+            steps=args.steps, lr=args.lr, n_refs=args.n_refs, shard_size=args.shard_size, patch=args.patch,
+            overwrite=args.overwrite)
         counts, plan = ledger.counts(), ledger.plan
         ledger.close()
         print(f"{args.out}: {sum(counts.values())} items ({', '.join(plan['methods'])}; seeds "
@@ -637,6 +641,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     eta = f", ETA {st['eta_seconds'] / 3600:.1f} h" if st["eta_seconds"] else ""
     print(f"{args.job}: {st['plan']['model']}, {st['total']} items: {c['done']} done, {c['running']} running, "
           f"{c['failed']} failed, {c['pending']} left; {rate}{eta}")
+    if st["mining"]["shards"]:
+        print(f"  mining: {st['mining']['done']}/{st['mining']['shards']} shards done")
     for w, wc in st["workers"].items():
         print(f"  worker {w}: {wc['done']} done, {wc['running']} running, {wc['failed']} failed")
     for f in st["failed"][:10]:

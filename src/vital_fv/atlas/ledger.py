@@ -21,6 +21,8 @@ from typing import Any
 
 from ..errors import VitalError
 
+MINE = "mine"  # the method name of mining shard items (``atlas.mining``): they run before all others
+
 SCHEMA_VERSION = 1
 LEDGER_FILE = "atlas.sqlite"
 LOCK_FILE = "driver.lock"
@@ -187,13 +189,17 @@ class Ledger:
             return con.total_changes - before
 
     def claim(self, n: int, worker: str) -> list[Item]:
-        """Up to ``n`` pending items of one method (the first pending item's), marked running for ``worker``."""
+        """Up to ``n`` pending items of one method (the first pending item's), marked running for ``worker``.
+        Mining shards come first, and items whose references they make wait until every shard is done."""
+        ready = ("status = 'pending' AND (refs IS NULL OR refs NOT LIKE 'mined:%' OR NOT EXISTS "
+                 "(SELECT 1 FROM items AS m WHERE m.method = :mine AND m.status != 'done'))")
         with self._transaction() as con:
-            first = con.execute("SELECT method FROM items WHERE status = 'pending' ORDER BY id LIMIT 1").fetchone()
+            first = con.execute(f"SELECT method FROM items WHERE {ready} ORDER BY method != :mine, id LIMIT 1",
+                                {"mine": MINE}).fetchone()
             if first is None:
                 return []
-            rows = con.execute("SELECT id FROM items WHERE status = 'pending' AND method = ? ORDER BY id LIMIT ?",
-                               (first[0], n)).fetchall()
+            rows = con.execute(f"SELECT id FROM items WHERE {ready} AND method = :method ORDER BY id LIMIT :n",
+                               {"mine": MINE, "method": first[0], "n": n}).fetchall()
             ids = [r[0] for r in rows]
             marks = ",".join("?" * len(ids))
             con.execute(f"UPDATE items SET status = 'running', attempts = attempts + 1, worker = ?, started = ?, "
@@ -209,6 +215,19 @@ class Ledger:
         with self._transaction() as con:
             con.executemany("UPDATE items SET status = 'pending', attempts = MAX(attempts - 1, 0), worker = NULL "
                             "WHERE id = ? AND status = 'running'", [(it.id,) for it in items])
+
+    def blocked(self) -> int:
+        """Pending items nothing can unblock (a mining shard failed for good): marked failed, naming the shards."""
+        with self._transaction() as con:
+            bad = [r[0] for r in con.execute("SELECT label FROM items WHERE method = ? AND status = 'failed'",
+                                             (MINE,))]
+            if not bad:
+                return 0
+            before = con.total_changes
+            con.execute("UPDATE items SET status = 'failed', error = ? WHERE status = 'pending' AND refs LIKE "
+                        "'mined:%'", (f"the references could not be mined ({', '.join(bad[:3])} failed): fix the "
+                                      "cause and run with --retry-failed",))
+            return con.total_changes - before
 
     def done(self, item: Item, outputs: Sequence[str], seconds: float) -> None:
         """Mark ``item`` done: call only after its files are complete on disk."""

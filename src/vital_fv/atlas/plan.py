@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VitalError
-from ..options import check_n_refs, check_seeds
+from ..options import check_n_refs, check_positive, check_seeds
 from ..targets import ClassTarget, UnitTarget
 from ..version import __version__
 from .ledger import Ledger
+from .mining import MINE, layer_dir, write_shards
 from .selection import select_classes, select_units
 
 IMAGES_DIR = "images"
@@ -55,12 +56,15 @@ def plan_atlas(
     steps: int | None = None,
     lr: float | None = None,
     n_refs: int = 50,
+    shard_size: int = 256,
+    patch: int = 64,
     overwrite: bool = False,
 ) -> Ledger:
     """Plan an atlas job in ``out``: ``classes`` (all | A-B | names/indices | FILE) and/or ``units``
     (LAYER:all | LAYER:A-B | LAYER:LIST) × ``methods`` × ``seeds``. VITAL's class references: ``refs`` (a folder
     with one sub-folder per class, named by index or name), ``pool`` (an unlabelled folder) or the bundled photos;
-    its unit references are mined from ``images``. Returns the new job's ledger."""
+    its unit references are mined from ``images`` in one pass per layer, split into shards of ``shard_size``
+    images (items of their own, run before the units by the same executors). Returns the new job's ledger."""
     from ..api import output_stems
     from ..features import layer_shapes
     from ..methods import get_method, get_preset
@@ -77,6 +81,8 @@ def plan_atlas(
         get_preset(m, preset, steps, lr)
     seed_list = check_seeds(seeds)
     check_n_refs(n_refs)
+    check_positive("--shard-size", shard_size)
+    check_positive("--patch", patch, 8, " px")
     if refs is not None and pool is not None:
         raise VitalError("give one class reference source, not --refs and --pool")
     for option, folder in (("--refs", refs), ("--pool", pool), ("--images", images)):
@@ -134,7 +140,21 @@ def plan_atlas(
                              f"{' ...' if len(missing) > 5 else ''}): give --refs DIR with one sub-folder per class "
                              "(named by index or name), or --pool DIR")
 
-    items = []
+    items: list[dict[str, Any]] = []
+    mining: dict[str, Any] = {}
+    unit_layers = list(dict.fromkeys(t.layer for t in targets if isinstance(t, UnitTarget)))
+    if uses_refs and unit_layers:
+        from ..references import image_paths
+
+        files, _ = image_paths(images)  # type: ignore[arg-type]
+        for layer in unit_layers:
+            lists = write_shards(out, layer, files, shard_size)
+            mining[layer] = {"channels": [t.channel for t in targets if isinstance(t, UnitTarget) and t.layer == layer],
+                             "patch": patch, "stride": None, "shards": len(lists), "images": len(files),
+                             "dir": str(layer_dir(out, layer).relative_to(out))}
+            items += [{"target": {"kind": "shard", "layer": layer, "index": i}, "method": MINE, "seed": 0,
+                       "label": f"mine {layer} shard {i + 1}/{len(lists)}", "refs": str(lst.resolve()),
+                       "stem": f"{MINE}-{layer_dir(out, layer).name}-{i:04d}"} for i, lst in enumerate(lists)]
     for t in targets:
         for m in ms:
             stems = output_stems(spec, [t], seed_list, m.name)
@@ -142,7 +162,7 @@ def plan_atlas(
                 if not m.needs_references:
                     source = None
                 elif isinstance(t, UnitTarget):
-                    source = f"images:{Path(images).resolve()}"  # type: ignore[arg-type]
+                    source = f"mined:{layer_dir(out, t.layer).resolve()}"
                 else:
                     source = class_refs[int(t.cls)]
                 label = t.label() if isinstance(t, UnitTarget) else "{} {}".format(
@@ -157,6 +177,6 @@ def plan_atlas(
         "sources": {"refs": str(Path(refs).resolve()) if refs else None,
                     "pool": str(Path(pool).resolve()) if pool else None,
                     "images": str(Path(images).resolve()) if images else None},
-        "targets": {"classes": classes, "units": list(units or [])},
+        "targets": {"classes": classes, "units": list(units or [])}, "mining": mining,
     }
     return Ledger.create(out, plan, items, overwrite=overwrite)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..options import check_device_name, check_positive
 from .executors import Executor, make_executor
-from .ledger import Item, Ledger
+from .ledger import MINE, Item, Ledger
 from .work import Outcome
 
 log = logging.getLogger("vital_fv")
@@ -76,6 +76,8 @@ def _drive(ledger: Ledger, ex: Executor, batch: int, max_attempts: int, progress
                     inflight[items[0].id] = items
                     ledger.assign(items, ex.submit(items))
                 if not inflight:
+                    if ledger.counts()["pending"] and ledger.blocked():
+                        log.info("items left that depend on failed mining shards were marked failed")
                     return
                 for outcomes in ex.wait():
                     inflight.pop(outcomes[0].item.id, None)
@@ -116,19 +118,24 @@ def atlas_status(folder: str | os.PathLike[str]) -> dict[str, Any]:
         plan = ledger.plan
     finally:
         ledger.close()
-    done = [r for r in rows if r["status"] == "done" and r["seconds"]]
+    done = [r for r in rows if r["status"] == "done" and r["seconds"] and r["method"] != MINE]
     per_item = sum(r["seconds"] for r in done) / len(done) if done else None
+    shards = [r for r in rows if r["method"] == MINE]
+    shard_done = [r for r in shards if r["status"] == "done" and r["seconds"]]
+    per_shard = sum(r["seconds"] for r in shard_done) / len(shard_done) if shard_done else 0.0
     workers: dict[str, dict[str, int]] = {}
     for r in rows:
         if r["worker"]:
             w = workers.setdefault(r["worker"], {"done": 0, "running": 0, "failed": 0})
             if r["status"] in w:
                 w[r["status"]] += 1
-    left = counts["pending"] + counts["running"]
+    left = sum(r["status"] in ("pending", "running") for r in rows if r["method"] != MINE)
+    shards_left = sum(r["status"] in ("pending", "running") for r in shards)
     return {
         "plan": plan, "counts": counts, "total": len(rows), "workers": workers,
         "images_per_hour": 3600 / per_item if per_item else None,
-        "eta_seconds": left * per_item if per_item else None,
+        "eta_seconds": left * per_item + shards_left * per_shard if per_item else None,
+        "mining": {"shards": len(shards), "done": len(shard_done) if shards else 0, "seconds_per_shard": per_shard},
         "failed": [{"label": r["label"], "method": r["method"], "seed": r["seed"], "attempts": r["attempts"],
                     "error": (r["error"] or "").strip().splitlines()[-1] if r["error"] else ""}
                    for r in rows if r["status"] == "failed"],

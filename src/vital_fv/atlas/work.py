@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import VitalError
 from .ledger import Item
+from .mining import MINE, merged, mine_shard
 from .plan import IMAGES_DIR, target_from_json
 
 
@@ -43,6 +44,8 @@ def _references(spec: Any, plan: dict[str, Any], target: Any, source: str | None
         return references.resolve(spec, target, pool=path, n=n, device=device, progress=progress)
     if kind == "images":
         return references.resolve(spec, target, images=path, n=n, device=device, progress=progress)
+    if kind == "mined":  # the job's own shards, merged
+        return references.mined_references(merged(path, target), k=n)
     return references.resolve(spec, target, source, n=n, device=device, progress=progress)
 
 
@@ -53,6 +56,8 @@ def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], 
 
     start = time.perf_counter()
     method = batch[0].method
+    if method == MINE:
+        return [_mine(spec, plan, folder, it, device) for it in batch]
     targets = [target_from_json(it.target) for it in batch]
     refs_by_target: dict[Any, Any] = {}
     jobs = []
@@ -94,3 +99,15 @@ def load_plan_model(plan: dict[str, Any]) -> Any:
     return spec
 
 
+
+
+def _mine(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], item: Item, device: Any) -> Outcome:
+    """One shard item: every planned unit of its layer over the shard's files."""
+    from ..targets import UnitTarget
+
+    start = time.perf_counter()
+    layer = item.target["layer"]
+    m = plan["mining"][layer]
+    out = mine_shard(spec, [UnitTarget(layer, c) for c in m["channels"]], item.refs or "", m["patch"], m["stride"],
+                     device)
+    return Outcome(item, outputs=[str(out.relative_to(Path(folder).resolve()))], seconds=time.perf_counter() - start)

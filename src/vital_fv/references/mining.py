@@ -42,7 +42,7 @@ class MiningResult:
     cache: str = "miss"
 
     def top(self, k: int) -> list[dict[str, Any]]:
-        return sorted(self.entries, key=lambda e: -e["score"])[:k]
+        return sorted(self.entries, key=lambda e: (-e["score"], e["sha256"]))[:k]  # ties: by content, not order
 
 
 def _unit_scores(act: torch.Tensor, unit: Any) -> torch.Tensor:
