@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +211,41 @@ def test_units_are_mined_in_shards_then_visualized(tmp_path, capsys):
     assert mining["shards"] == 2 and mining["images"] == 3 and len(mining["scores"]) == 2
     assert main(["atlas", "status", str(job)]) == 0
     assert "mining: 2/2 shards done" in capsys.readouterr().out
+
+
+def _children(pid):
+    kids = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = Path(f"/proc/{stat}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(stat))
+    return kids
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_driver_stops_its_workers_and_queues_their_batches(small_job, tmp_path):
+    job = _copy(small_job, tmp_path)
+    con = sqlite3.connect(job / "atlas.sqlite")
+    con.execute("UPDATE meta SET value = json_set(value, '$.steps', 400) WHERE key = 'plan'")
+    con.commit()
+    cmd = [sys.executable, "-m", "vital_fv.cli", "atlas", "run", str(job), "--workers", "2", "--batch", "1",
+           "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    deadline = time.time() + 120
+    while time.time() < deadline and con.execute("SELECT COUNT(*) FROM items WHERE worker LIKE 'worker-%' AND "
+                                                 "status = 'running'").fetchone()[0] < 2:
+        time.sleep(0.2)
+    workers = [p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "the same command continues" in err
+    assert all(not Path(f"/proc/{p}").exists() or "spawn_main" not in Path(f"/proc/{p}/cmdline").read_text()
+               for p in workers)
+    assert dict(con.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall()) == {"pending": 4}
+    assert con.execute("SELECT MAX(attempts) FROM items").fetchone()[0] == 0  # a stop is not the items' fault

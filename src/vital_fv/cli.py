@@ -630,9 +630,15 @@ def cmd_atlas(args: argparse.Namespace) -> int:
               f"{','.join(map(str, plan['seeds']))}; preset {plan['preset']}); run it: vital atlas run {args.out}")
         return 0
     if args.atlas_command == "run":
-        counts = atlas.run_atlas(args.job, batch=args.batch, device=args.device, workers=args.workers,
-                                 devices=args.devices, ray=args.ray, max_attempts=args.max_attempts,
-                                 retry_failed=args.retry_failed, progress=not args.quiet)
+        try:
+            counts = atlas.run_atlas(args.job, batch=args.batch, device=args.device, workers=args.workers,
+                                     devices=args.devices, ray=args.ray, max_attempts=args.max_attempts,
+                                     retry_failed=args.retry_failed, progress=not args.quiet)
+        except KeyboardInterrupt:
+            counts = atlas.atlas_status(args.job)["counts"]
+            print(f"interrupted: {counts['done']} items done and kept, {counts['pending']} queued; the same command "
+                  "continues", file=sys.stderr)
+            return 130
         print(f"{args.job}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} left")
         return 0 if counts["failed"] == 0 else 1
     st = atlas.atlas_status(args.job)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,8 @@ def _worker_main(name: str, plan: dict[str, Any], folder: str, device: str, thre
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when workers stop (Ctrl-C reaches it)
+    # the driver's terminate(): unwind (temporary files removed, queues released) instead of dying on the spot
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     torch.set_num_threads(threads)
     try:
         spec = load_plan_model(plan)
@@ -175,6 +178,11 @@ class LocalWorkers:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+        for _, tasks, _ in self._workers.values():
+            tasks.close()
+            tasks.cancel_join_thread()
+        self._results.close()
+        self._results.cancel_join_thread()
         self._workers.clear()
         self._busy.clear()
 
