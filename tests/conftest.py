@@ -57,3 +57,34 @@ def refs_dir(tmp_path):
     for i in range(3):
         (folder / f"r{i}.png").write_bytes(png_bytes(torch.rand(3, 40, 40, generator=g)))
     return folder
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's, driven by Playwright: browsers cannot be downloaded here), shared by the
+    tests of the web pages. `make test` installs chromium; $VITAL_CHROMIUM points elsewhere."""
+    import os
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    path = os.environ.get("VITAL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("no chromium: `make test` installs it (apt-get install chromium), or set VITAL_CHROMIUM")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    """A fresh page that records console errors, page errors and dialogs (an alert would mean injected script)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.problems = []
+    pg.on("console", lambda m: pg.problems.append(f"console: {m.text}") if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.problems.append(f"page error: {e}"))
+    pg.on("dialog", lambda d: (pg.problems.append(f"dialog: {d.message}"), d.dismiss()))
+    yield pg
+    context.close()

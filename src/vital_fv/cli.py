@@ -265,6 +265,15 @@ def _add_atlas(sub: Any, reg: _Registry) -> None:
     st.add_argument("job", help="the job folder")
 
 
+def _add_gallery(sub: Any, reg: _Registry) -> None:
+    ga = sub.add_parser("gallery", help="a static site over a results folder or an atlas job (opens from disk)")
+    ga.add_argument("results", help="folder of vital results (searched recursively) or an atlas job")
+    ga.add_argument("--out", required=True, help="the site folder (index.html); a rebuild updates what changed")
+    ga.add_argument("--serve", type=int, metavar="PORT", help="then serve it on 127.0.0.1:PORT until Ctrl-C")
+    ga.add_argument("--overwrite", action="store_true", help="build into a folder that holds other files")
+    ga.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _add_small_commands(sub: Any, reg: _Registry) -> None:
     ph = sub.add_parser("photos", help="write the photos that ship with scikit-image/scikit-learn to a folder")
     ph.add_argument("--out", required=True, help="output folder")
@@ -295,7 +304,7 @@ def build_parser(registry: bool = True) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     reg = _Registry(registry)
     for add in (_add_visualize, _add_mine, _add_concepts, _add_disentangle, _add_circuit, _add_evaluate,
-                _add_atlas, _add_small_commands):
+                _add_atlas, _add_gallery, _add_small_commands):
         add(sub, reg)
     return p
 
@@ -656,10 +665,28 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from . import gallery
+
+    if args.serve is not None and not 1 <= args.serve <= 65535:
+        raise VitalError(f"--serve must be a port between 1 and 65535 (got {args.serve})")
+    made = gallery.build_gallery(args.results, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{made['site']}: {made['items']} items, {made['figures']} figures, {made['issues']} issues "
+          f"({made['made']} files made, {made['kept']} kept, {made['seconds']:.1f} s)")
+    if args.serve is not None:
+        try:
+            gallery.serve(args.out, args.results, args.serve)
+        except KeyboardInterrupt:
+            return 0
+        except OSError as exc:
+            raise VitalError(f"cannot serve on 127.0.0.1:{args.serve}: {exc.strerror}") from None
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "visualize": cmd_visualize, "mine": cmd_mine, "concepts": cmd_concepts, "disentangle": cmd_disentangle,
     "circuit": cmd_circuit, "evaluate": cmd_evaluate, "photos": cmd_photos, "spectrum": cmd_spectrum,
-    "layers": cmd_layers, "classes": cmd_classes, "atlas": cmd_atlas,
+    "layers": cmd_layers, "classes": cmd_classes, "atlas": cmd_atlas, "gallery": cmd_gallery,
 }
 
 def console_main() -> int:
