@@ -37,6 +37,9 @@ def results_folder(root: Path) -> Path:
             write_result(root / method, f"tiny-2-evil-{method}-s{seed}", index=2, name=HOSTILE, method=method,
                          seed=seed, colour=0.6)
     write_result(root / "units", "tiny-act2-3-s0", index=0, name="", unit="act2:3", colour=0.4)
+    (root / "circuit").mkdir()
+    (root / "circuit" / "circuit.json").write_text(json.dumps({"model": "tiny", "layer": "act2", "class_name": "one"}))
+    (root / "circuit" / "circuit.png").write_bytes(png_bytes(torch.rand(3, 40, 120)))
     (root / "broken.json").write_text("{not json")
     (root / "orphan.json").write_text(json.dumps({"method": "vital", "target": {"kind": "class", "index": 0}}))
     (root / "notes.json").write_text(json.dumps({"hello": "world"}))

@@ -28,7 +28,8 @@ def test_build_then_a_rebuild_remakes_only_what_changed(tmp_path):
     evil = next(it for it in data["items"] if it["name"] == HOSTILE)
     assert evil["thumb"].startswith("thumbs/") and evil["image"].startswith("../r/maco/")
     assert HOSTILE.lower() in evil["search"]
-    assert all((site / p).is_file() for p in ("index.html", "item.html", "compare.html", "issues.html", "app.js"))
+    assert all((site / p).is_file() for p in ("index.html", "item.html", "compare.html", "issues.html",
+                                              "figures.html", "app.js", "style.css"))
     thumbs = {p.name: p.stat().st_mtime_ns for p in (site / "thumbs").glob("*.jpg")}
     again = build_gallery(results, site, progress=False)
     assert again["made"] == 0 and again["kept"] == 18

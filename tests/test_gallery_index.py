@@ -21,6 +21,9 @@ def test_records_are_found_recursively_and_broken_ones_listed(tmp_path):
     assert set(problems) == {"broken.json", "orphan.json", "notes.json"}
     assert "unreadable JSON" in problems["broken.json"] and "image orphan.png is missing" in problems["orphan.json"]
     assert len({it["id"] for it in found.items}) == 9  # ids are unique
+    assert found.figures == [{"kind": "circuit", "folder": "circuit", "json": "circuit/circuit.json",
+                              "images": ["circuit/circuit.png"],
+                              "fields": {"model": "tiny", "layer": "act2", "class_name": "one"}}]
 
 
 def test_an_atlas_job_lists_its_unmade_items(tmp_path):

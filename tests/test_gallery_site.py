@@ -44,6 +44,12 @@ def test_the_site_from_disk_in_a_browser(page, tmp_path):
     assert page.locator("#compare tr").count() == 1 + 3  # header + 2 classes + 1 unit
     assert page.locator("#compare th").nth(1).text_content() in ("vital", "maco")
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+    page.goto((site / "figures.html").as_uri())
+    assert page.locator("#figures img").count() == 1 and "layer: act2" in page.text_content("#figures")
     page.goto((site / "issues.html").as_uri())
     assert "broken.json" in page.text_content("#issues")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.goto((site / "index.html").as_uri())
+    page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
     assert page.problems == []

@@ -24,7 +24,7 @@ from .index import Found, scan
 
 MANIFEST = ".gallery.json"
 THUMB = 192  # px, the grid's tiles
-PAGES = ("index.html", "item.html", "compare.html", "issues.html", "app.js", "style.css")
+PAGES = ("index.html", "item.html", "compare.html", "issues.html", "figures.html", "app.js", "style.css")
 MAX_CURVE = 200  # loss-curve points per layer on the item page
 
 

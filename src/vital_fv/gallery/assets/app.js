@@ -117,15 +117,18 @@
       document.getElementById("compare-link").href = "compare.html" + location.hash;
     };
     controls(render);
-    const figs = document.getElementById("figures");
-    if (INDEX.figures.length) {
-      figs.append(el("h2", { text: "Figures" }));
-      for (const f of INDEX.figures) {
-        const fields = Object.entries(f.fields).map(([k, v]) => k + ": " + v).join(", ");
-        figs.append(el("div", { class: "figure" }, el("h3", { text: f.kind + " — " + f.folder }),
-          el("p", {}, fields + " ", el("a", { href: f.json, text: "record" })),
-          ...f.images.map((src) => el("img", { src, alt: f.kind, loading: "lazy", style: "max-width:100%" }))));
-      }
+    const figs = document.getElementById("figures-link");
+    figs.textContent = "Figures (" + INDEX.figures.length + ")";
+  }
+
+  function figuresPage() {
+    const main = document.getElementById("figures");
+    if (!INDEX.figures.length) main.append(el("p", { text: "no figures in this folder" }));
+    for (const f of INDEX.figures) {
+      const fields = Object.entries(f.fields).map(([k, v]) => k + ": " + v).join(", ");
+      main.append(el("section", { class: "figure" }, el("h2", { text: f.kind + " — " + f.folder }),
+        el("p", {}, fields + " ", el("a", { href: f.json, text: "record" })),
+        ...f.images.map((src) => el("img", { src, alt: f.kind, loading: "lazy", class: "wide" }))));
     }
   }
 
@@ -249,6 +252,6 @@
     if (!failed.length) document.getElementById("failed").textContent = "none";
   }
 
-  const pages = { index: indexPage, item: itemPage, compare: comparePage, issues: issuesPage };
+  const pages = { index: indexPage, item: itemPage, compare: comparePage, issues: issuesPage, figures: figuresPage };
   pages[document.body.dataset.page]();
 })();
