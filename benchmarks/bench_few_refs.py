@@ -2,7 +2,8 @@
 (the coffee cup next to the motorcycle), that one composite as the class's only reference, made up to 50 with
 crops chosen at random or by the model's evidence (`references.evidence`). Lite0 is optimized (quick preset);
 Lite2, which never sees the optimization, judges: its probability for the distractor class in the visualization
-against the references' own (the bar: at most a third), and whether the target is in its top-5.
+against the references' own (the composite as random crops show it; the bar: at most a third), and whether the
+target is in its top-5.
 
     python benchmarks/bench_few_refs.py --seeds 0,1,2 --save /tmp/few        # ~8 min a variant on this CPU
 """
@@ -71,7 +72,9 @@ def main() -> int:
         probs = judge_probs(judge, images)
         totals = {"ok": 0, "top5": 0, "n": 0}
         for k, c in enumerate(classes):
-            ref_p = judge_probs(judge, sets[c].prepare(spec.preprocess))[:, dis[c]].mean().item()
+            # the references' own: the user's photo as the augmentation would crop it (random crops), for both
+            plain = replace(sets[c], boxes=None)
+            ref_p = judge_probs(judge, plain.prepare(spec.preprocess))[:, dis[c]].mean().item()
             rows = range(k * len(seeds), (k + 1) * len(seeds))
             vis_p = [probs[r, dis[c]].item() for r in rows]
             top5 = sum(idx[c] in probs[r].topk(5).indices.tolist() for r in rows)
