@@ -40,6 +40,9 @@ def results_folder(root: Path) -> Path:
     (root / "circuit").mkdir()
     (root / "circuit" / "circuit.json").write_text(json.dumps({"model": "tiny", "layer": "act2", "class_name": "one"}))
     (root / "circuit" / "circuit.png").write_bytes(png_bytes(torch.rand(3, 40, 120)))
+    (root / "report").mkdir()  # a `vital evaluate` report beside the results
+    (root / "report" / "items.csv").write_text("file,model,method,target,seed,judge_top5\n"
+                                               f"{root / 'vital' / 'tiny-1-one-vital-s0.png'},tiny,vital,one,0,1\n")
     (root / "broken.json").write_text("{not json")
     (root / "orphan.json").write_text(json.dumps({"method": "vital", "target": {"kind": "class", "index": 0}}))
     (root / "notes.json").write_text(json.dumps({"hello": "world"}))

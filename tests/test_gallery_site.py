@@ -31,6 +31,7 @@ def test_the_site_from_disk_in_a_browser(page, tmp_path):
     assert "checker" in page.get_attribute("#frame", "class")
     assert page.locator("#siblings .card").count() == 3  # the other seed and the other method
     assert page.locator("#loss polyline").count() == 2
+    assert page.is_visible("#metrics-box") and "judge_top5" in page.text_content("#metrics")  # evaluate's row
     page.screenshot(path=str(tmp_path / "item.png"), full_page=True)
     page.keyboard.press("ArrowRight")  # the next item of the filtered list
     page.wait_for_selector("#fields tr")
