@@ -59,18 +59,19 @@ def _row_order(model: str, method: str) -> tuple[str, int, str]:
 
 def load_results(folder: str | os.PathLike[str]) -> list[Item]:
     """Every result record under ``folder`` with its image; bad files are named in warnings and skipped."""
+    from .records import find_results
+
     root = Path(folder)
     if not root.is_dir():
         raise VitalError(f"results folder {root} does not exist")
+    found, problems = find_results(root)
+    for p in problems:
+        if p.kind == "unreadable":
+            warnings.warn(f"skipping {p.path}: not a readable JSON record ({p.reason})", stacklevel=2)
+        elif p.kind == "no-image":
+            warnings.warn(f"skipping {p.path}: its image is missing or unreadable ({p.reason})", stacklevel=2)
     items = []
-    for js in sorted(root.rglob("*.json")):
-        try:
-            rec = json.loads(js.read_text())
-        except (OSError, ValueError) as exc:
-            warnings.warn(f"skipping {js}: not a readable JSON record ({exc})", stacklevel=2)
-            continue
-        if not isinstance(rec, dict) or "vital_fv" not in rec or "method" not in rec or "target" not in rec:
-            continue  # another JSON file (a mining record, a report)
+    for js, rec in found:
         png = js.with_suffix(".png")
         try:
             img, _ = read_image(png)

@@ -47,40 +47,25 @@ def _target(rec: dict[str, Any]) -> dict[str, Any]:
     return {"kind": kind, "key": f"{kind}:{label}", "title": label, "layer": t.get("layer", "")}
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """A result record, or our error saying why it is not one (the build lists it and goes on)."""
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VitalError(f"unreadable JSON: {exc}") from None
-    if not isinstance(rec, dict) or "method" not in rec or "target" not in rec:
-        raise VitalError("not a vital result record (no method or target)")
-    if not path.with_suffix(".png").is_file():
-        raise VitalError(f"its image {path.with_suffix('.png').name} is missing")
-    return rec
-
-
 def scan(root: str | os.PathLike[str]) -> Found:
     """Every result, figure, atlas item and unreadable record under ``root``."""
+    from ..records import find_results
+
     root = Path(root)
     if not root.is_dir():
         raise VitalError(f"{root} is not a folder: give a folder of vital results or an atlas job")
     found = Found()
     stems: set[str] = set()
-    for path in sorted(root.rglob("*.json")):
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
+
+    def other_output(path: Path) -> bool:  # figures are shown apart; an atlas job's mining shards not at all
+        return path.name in FIGURE_RECORDS or path.name.startswith("shard-")
+
+    results, problems = find_results(root, skip=other_output)
+    found.figures = [_figure(root, p) for p in sorted(root.rglob("*.json")) if p.name in FIGURE_RECORDS and
+                     not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    found.issues = [{"file": str(p.path.relative_to(root)), "problem": p.reason} for p in problems]
+    for path, rec in results:
         rel = path.relative_to(root)
-        if path.name in FIGURE_RECORDS:
-            found.figures.append(_figure(root, path))
-            continue
-        if path.parent.name.startswith("shard-") or path.name.startswith("shard-"):
-            continue  # an atlas job's mining shards
-        try:
-            rec = read_record(path)
-        except VitalError as exc:
-            found.issues.append({"file": str(rel), "problem": str(exc)})
-            continue
         t = _target(rec)
         model = (rec.get("model") or {}).get("name", "?")
         stem = str(rel.with_suffix(""))
