@@ -4,24 +4,26 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean chromium
+.PHONY: demo test lint bench clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision first, pinned: these releases install from local disk (anything else is a large download)
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,ray]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,ray,study]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/vital visualize --class espresso --preset quick --out out --name demo-espresso --overwrite
 
-# The browser tests drive Debian's chromium (Playwright cannot download browsers here); installed once, as root.
-chromium:
-	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+# The browser tests drive Debian's chromium (Playwright cannot download browsers here) and the study scores labels
+# with Debian's WordNet 3.0; both installed once, as root.
+system-deps:
+	(command -v chromium >/dev/null && test -f /usr/share/wordnet/data.noun) || (apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium wordnet-base)
 
-test: $(STAMP) chromium
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

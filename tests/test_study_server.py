@@ -1,0 +1,112 @@
+"""The study's HTTP interface: a participant's whole path, answers stored once, the answer key never sent, and
+bad input refused with a clear 4xx while the server goes on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from study_helpers import study_results
+
+from vital_fv.study import Store, create_study
+from vital_fv.study.server import make_app
+
+
+@pytest.fixture
+def study(tmp_path):
+    create_study(study_results(tmp_path / "r"), tmp_path / "s", participants_per_subset=2)
+    return tmp_path / "s"
+
+
+def answer_for(trial):
+    return {"rate-class": 4, "rate-unit": 3, "label": "a cup of coffee",
+            "2afc": {"choice": "a", "confidence": 2}}[trial["part"]]
+
+
+def test_a_participant_goes_through_every_part_and_nothing_gives_the_key_away(study):
+    client = TestClient(make_app(study))
+    assert "A study of images" in client.get("/").text
+    token = client.post("/api/participants", json={"consent": True}).json()["token"]
+    assert client.post(f"/api/participants/{token}/demographics", json={"age": "25-34", "gender": None}).status_code \
+        == 200
+    seen_parts, sent = [], 0
+    while True:
+        trial = client.get(f"/api/participants/{token}/next").json()
+        if trial.get("done"):
+            break
+        text = json.dumps(trial)
+        assert "method" not in text and "vital" not in text and "maco" not in text  # the key stays on the server
+        if trial["part"] == "label":
+            assert "espresso" not in text and "tripod" not in text and "missile" not in text
+        for ident in trial.get("images", []) + trial.get("refs", []) + trial.get("queries", []):
+            r = client.get(f"/img/{ident}.png")
+            assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+        seen_parts.append(trial["part"])
+        r = client.post(f"/api/participants/{token}/answers", json={"n": trial["n"], "value": answer_for(trial),
+                                                                   "ms": 1234})
+        assert r.status_code == 200 and r.json()["stored"]
+        sent += 1
+    assert list(dict.fromkeys(seen_parts)) == ["rate-class", "rate-unit", "label", "2afc"]
+    store = Store(study)
+    rows = store.rows()
+    assert len(rows) == sent and all(r["ms"] == 1234 for r in rows) and all(r["finished"] for r in rows)
+    assert store.con.execute("SELECT age FROM demographics").fetchone()[0] == "25-34"
+    # the same answer again is stored once; another answer for it is refused
+    first = rows[0]
+    again = client.post(f"/api/participants/{token}/answers", json={"n": first["n"], "value": first["value"]})
+    assert again.status_code == 200 and not again.json()["stored"]
+    assert client.post(f"/api/participants/{token}/answers",
+                       json={"n": first["n"], "value": {"choice": "b", "confidence": 1}
+                             if first["part"] == "2afc" else 1 if first["part"] != "label" else "x"}
+                       ).status_code == 409
+    assert len(Store(study).rows()) == sent
+
+
+@pytest.mark.parametrize(("n", "value", "code", "words"), [
+    (None, 9, 422, "from 1 (worst) to 5"),
+    (None, "<script>alert(1)</script>" * 10, 422, "at most 200 characters"),
+    (999, 3, 404, "no trial 999"),
+    ("0", 3, 404, "no trial '0'"),
+])
+def test_bad_answers_get_a_clear_4xx_and_nothing_is_stored(study, n, value, code, words):
+    client = TestClient(make_app(study))
+    token = client.post("/api/participants", json={"consent": True}).json()["token"]
+    trial = client.get(f"/api/participants/{token}/next").json()
+    if isinstance(value, str) and trial["part"] != "label":  # find a label trial for the label case
+        store = Store(study)
+        trial = {"n": store.con.execute("SELECT n FROM trials WHERE token = ? AND part = 'label'",
+                                        (token,)).fetchone()[0]}
+    r = client.post(f"/api/participants/{token}/answers", json={"n": trial["n"] if n is None else n, "value": value})
+    assert r.status_code == code and words in r.json()["detail"]
+    assert Store(study).rows() == []
+    assert client.get("/api/study").status_code == 200  # still up
+
+
+def test_html_in_a_label_is_stored_as_text(study):
+    client = TestClient(make_app(study))
+    token = client.post("/api/participants", json={"consent": True}).json()["token"]
+    store = Store(study)
+    n = store.con.execute("SELECT n FROM trials WHERE token = ? AND part = 'label'", (token,)).fetchone()[0]
+    label = '<script>alert("x")</script>'
+    assert client.post(f"/api/participants/{token}/answers", json={"n": n, "value": label}).status_code == 200
+    assert [r["value"] for r in store.rows()] == [label]
+
+
+def test_tokens_images_and_admin_routes_are_guarded(study):
+    client = TestClient(make_app(study))
+    assert client.post("/api/participants", json={}).status_code == 400  # no consent, no participant
+    assert client.get("/api/participants/nope/next").status_code == 404
+    for path in ("/img/../study.sqlite", "/img/%2e%2e%2fstudy.sqlite", "/img/0123456789abcdef.png",
+                 "/img/..%2F..%2Fetc%2Fpasswd", "/static/../study.sqlite"):
+        assert client.get(path).status_code == 404, path
+    assert client.get("/api/admin/status").status_code == 401
+    assert client.get("/api/admin/export.csv", headers={"X-Admin-Token": "guess"}).status_code == 401
+    admin = Store(study).admin_token
+    assert client.get("/api/admin/status", headers={"X-Admin-Token": admin}).json()["started"] == 0
+    for _ in range(4):  # 2 subsets x 2 participants
+        assert client.post("/api/participants", json={"consent": True}).status_code == 200
+    full = client.post("/api/participants", json={"consent": True})
+    assert full.status_code == 409 and "the study is full" in full.json()["detail"]
+    subsets = [r[0] for r in Store(study).con.execute("SELECT subset FROM participants")]
+    assert sorted(subsets) == [0, 0, 1, 1]  # counterbalanced
