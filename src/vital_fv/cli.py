@@ -274,6 +274,41 @@ def _add_gallery(sub: Any, reg: _Registry) -> None:
     ga.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_study(sub: Any, reg: _Registry) -> None:
+    sd = sub.add_parser("study", help="the paper's human studies: create, serve, status, export, report, simulate")
+    steps = sd.add_subparsers(dest="study_command", required=True)
+    cr = steps.add_parser("create", help="make a study from a folder of results (two or more methods)")
+    cr.add_argument("results", help="folder of vital results (searched recursively) or an atlas job")
+    cr.add_argument("--parts", type=_names, default=["rate-class", "rate-unit", "label", "2afc"],
+                    help="comma-separated: rate-class, rate-unit, label, 2afc (default all)")
+    cr.add_argument("--participants-per-subset", type=int, default=20, help="participants per subset (default 20)")
+    cr.add_argument("--title", help="the study's title on its welcome page")
+    cr.add_argument("--out", required=True, help="the study folder (study.sqlite, images/)")
+    cr.add_argument("--overwrite", action="store_true", help="make it anew over an existing study")
+    se = steps.add_parser("serve", help="serve the study to participants (prints the admin token)")
+    se.add_argument("study", help="the study folder")
+    se.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    se.add_argument("--port", type=int, default=8000)
+    st = steps.add_parser("status", help="participants started / finished, answers per part and method")
+    st.add_argument("study", help="the study folder")
+    ex = steps.add_parser("export", help="every answer with its trial's key as CSV")
+    ex.add_argument("study", help="the study folder")
+    ex.add_argument("--out", required=True, help="CSV file")
+    ex.add_argument("--overwrite", action="store_true")
+    rp = steps.add_parser("report", help="table.md/csv and the paper's figures")
+    rp.add_argument("study", help="the study folder")
+    rp.add_argument("--out", required=True, help="report folder")
+    rp.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    rp.add_argument("--overwrite", action="store_true")
+    si = steps.add_parser("simulate", help="participants played by a classifier, over HTTP (a dry run)")
+    si.add_argument("study", help="the study folder")
+    si.add_argument("--participants", type=int, default=4, help="how many (default 4)")
+    si.add_argument("--model", default=DEFAULT_MODEL, help="the classifier that answers, or none (random answers)")
+    si.add_argument("--url", help="a running server (default: serve this study on a free local port meanwhile)")
+    si.add_argument("--concurrency", type=int, default=4)
+    si.add_argument("--device", default="auto")
+
+
 def _add_small_commands(sub: Any, reg: _Registry) -> None:
     ph = sub.add_parser("photos", help="write the photos that ship with scikit-image/scikit-learn to a folder")
     ph.add_argument("--out", required=True, help="output folder")
@@ -304,7 +339,7 @@ def build_parser(registry: bool = True) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     reg = _Registry(registry)
     for add in (_add_visualize, _add_mine, _add_concepts, _add_disentangle, _add_circuit, _add_evaluate,
-                _add_atlas, _add_gallery, _add_small_commands):
+                _add_atlas, _add_gallery, _add_study, _add_small_commands):
         add(sub, reg)
     return p
 
@@ -325,7 +360,8 @@ _COUNTS = {"n_refs": ("--n-refs", 1, ""), "k": ("--k", 1, ""), "patch": ("--patc
            "patches": ("--patches", 1, ""), "per_image": ("--per-image", 1, ""), "per_class": ("--per-class", 1, ""),
            "n_boot": ("--n-boot", 0, ""), "max_attempts": ("--max-attempts", 1, ""),
            "workers": ("--workers", 1, ""),
-           "shard_size": ("--shard-size", 1, "")}
+           "shard_size": ("--shard-size", 1, ""), "participants_per_subset": ("--participants-per-subset", 1, ""),
+           "participants": ("--participants", 1, ""), "concurrency": ("--concurrency", 1, "")}
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -683,10 +719,55 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    if args.study_command == "create":
+        from .study import create_study
+
+        store = create_study(args.results, args.out, parts=args.parts,
+                             participants_per_subset=args.participants_per_subset, title=args.title,
+                             overwrite=args.overwrite)
+        d = store.design
+        print(f"{args.out}: {len(d['targets']['class'])} classes, {len(d['targets']['unit'])} units, methods "
+              f"{', '.join(d['methods'])} in {d['subsets']} subsets of up to {d['participants_per_subset']}; "
+              f"serve it: vital study serve {args.out}")
+        return 0
+    if args.study_command == "serve":
+        if not 1 <= args.port <= 65535:
+            raise VitalError(f"--port must be between 1 and 65535 (got {args.port})")
+        from .study.server import serve
+
+        try:
+            serve(args.study, args.host, args.port)
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C stops the server; every answer was committed when it was given
+        return 0
+    from .study import report
+
+    if args.study_command == "status":
+        st = report.study_status(args.study)
+        print(f"{args.study}: {st['started']} participants started, {st['finished']} finished (capacity "
+              f"{st['capacity']}); answers per part: {st['answers_per_part'] or 'none'}; per method: "
+              f"{st['answers_per_method'] or 'none'}")
+        return 0
+    if args.study_command == "export":
+        print(f"{report.export_answers(args.study, args.out, args.overwrite)}: every answer")
+        return 0
+    if args.study_command == "report":
+        report.make_report(args.study, args.out, n_boot=args.n_boot, overwrite=args.overwrite)
+        print((Path(args.out) / "table.md").read_text(), end="")
+        return 0
+    from .study.simulate import simulate
+
+    done = simulate(args.study, args.participants, model=None if args.model.lower() == "none" else args.model,
+                    url=args.url, concurrency=args.concurrency, device=args.device)
+    print(f"{len(done)} simulated participants, {sum(d['answers'] for d in done)} answers")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "visualize": cmd_visualize, "mine": cmd_mine, "concepts": cmd_concepts, "disentangle": cmd_disentangle,
     "circuit": cmd_circuit, "evaluate": cmd_evaluate, "photos": cmd_photos, "spectrum": cmd_spectrum,
-    "layers": cmd_layers, "classes": cmd_classes, "atlas": cmd_atlas, "gallery": cmd_gallery,
+    "layers": cmd_layers, "classes": cmd_classes, "atlas": cmd_atlas, "gallery": cmd_gallery, "study": cmd_study,
 }
 
 def console_main() -> int:

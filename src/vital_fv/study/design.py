@@ -180,7 +180,7 @@ def _attention(stim: _Stimuli, parts: Sequence[str]) -> list[dict[str, Any]]:
     from ..result import png_bytes
 
     checks = []
-    for part, name in (("rate-class", "espresso"), ("label", "palace")):
+    for part, name in (("rate-class", "espresso"), ("label", "moped")):
         if part not in parts:
             continue
         img = references.bundled(name, n=1).images[0]

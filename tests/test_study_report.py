@@ -1,0 +1,65 @@
+"""Scoring and reporting a study: ratings, WordNet label scores, 2AFC correctness, exclusions, the figures."""
+
+from __future__ import annotations
+
+import csv
+
+from fastapi.testclient import TestClient
+from study_helpers import study_results
+
+from vital_fv.study import Store, create_study
+from vital_fv.study.report import make_report, score_rows, study_status
+from vital_fv.study.server import make_app
+
+
+def _participant(client, answer):
+    token = client.post("/api/participants", json={"consent": True}).json()["token"]
+    while not (trial := client.get(f"/api/participants/{token}/next").json()).get("done"):
+        client.post(f"/api/participants/{token}/answers", json={"n": trial["n"], "value": answer(trial)})
+    return token
+
+
+def test_scores_exclusions_and_the_report(tmp_path):
+    study = tmp_path / "s"
+    create_study(study_results(tmp_path / "r"), study, participants_per_subset=3)
+    client = TestClient(make_app(study))
+    store = Store(study)
+
+    photo = {c["image"] for c in store.design["attention"]}
+
+    def careful(trial):
+        part = trial["part"]
+        if part == "rate-class":
+            return 5
+        if part == "rate-unit":
+            return 2
+        if part == "label":
+            return "motorbike" if trial["images"][0] in photo else "espresso"
+        return {"choice": "a", "confidence": 3}
+
+    good = _participant(client, careful)
+    bad = _participant(client, lambda t: 1 if t["part"].startswith("rate") else "asdf" if t["part"] == "label"
+                       else {"choice": "b", "confidence": 1})
+    half = client.post("/api/participants", json={"consent": True}).json()["token"]
+    trial = client.get(f"/api/participants/{half}/next").json()
+    client.post(f"/api/participants/{half}/answers", json={"n": trial["n"], "value": careful(trial)})
+    scored, excluded = score_rows(store)
+    assert set(excluded) == {bad, half} and "attention check failed" in excluded[bad]
+    assert excluded[half] == "did not finish" and good not in excluded
+    labels = [r for r in scored if r["participant"] == good and r["part"] == "label" and not r["attention"]]
+    espresso = [r for r in labels if r["label"] == "espresso"]
+    assert espresso and espresso[0]["score"] == 1.0 and all(0 < r["score"] <= 1 for r in labels)
+    twoafc = [r for r in scored if r["participant"] == good and r["part"] == "2afc"]
+    assert twoafc and all(r["score"] in (0.0, 1.0) and r["confidence"] == 3 for r in twoafc)
+    table = make_report(study, tmp_path / "rep", n_boot=200)
+    rows = {(r["part"], r["method"]): r for r in table}
+    counted = [r for r in scored if r["participant"] == good and not r["attention"]]
+    assert sum(r["n"] for r in table) == len(counted)  # only the good participant, attention trials left out
+    assert all(r["mean"] == 5.0 for (p, _), r in rows.items() if p == "rate-class" and r["n"])
+    for name in ("table.md", "table.csv", "answers_scored.csv", "parts.png", "per_target.png", "2afc.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 100, name
+    text = (tmp_path / "rep" / "table.md").read_text()
+    assert "excluded 2" in text and "did not finish" in text
+    with (tmp_path / "rep" / "table.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(table)
+    assert study_status(study)["finished"] == 2
