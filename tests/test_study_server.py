@@ -110,3 +110,64 @@ def test_tokens_images_and_admin_routes_are_guarded(study):
     assert full.status_code == 409 and "the study is full" in full.json()["detail"]
     subsets = [r[0] for r in Store(study).con.execute("SELECT subset FROM participants")]
     assert sorted(subsets) == [0, 0, 1, 1]  # counterbalanced
+
+
+@pytest.mark.slow
+def test_fifty_participants_at_once_and_a_server_killed_mid_study(tmp_path):
+    """Bounded load on loopback: 50 simulated participants at once; the server is killed (SIGKILL) once half the
+    answers are in and started again; every participant finishes, every answer stored once."""
+    import os
+    import random
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vital_fv.study.simulate import random_answer, run_participant
+
+    study = tmp_path / "s"
+    create_study(study_results(tmp_path / "r"), study, participants_per_subset=25)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "vital_fv.cli", "study", "serve", str(study), "--port", str(port)]
+
+    def start():
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return proc
+            time.sleep(0.1)
+        raise AssertionError("the server did not start")
+
+    server = start()
+    store = Store(study)
+    per_participant = 12  # trials each (see the design: 4 + 2 + 4 + 2 with the attention checks)
+    total = 50 * per_participant
+    try:
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            rngs = [random.Random(i) for i in range(50)]
+            runs = [pool.submit(run_participant, f"http://127.0.0.1:{port}",
+                                lambda t, _g, r=rng: random_answer(t, r)) for rng in rngs]
+            deadline = time.time() + 120
+            while time.time() < deadline and len(store.rows()) < total // 2:
+                time.sleep(0.05)
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait()
+            killed_at = len(store.rows())
+            server = start()
+            results = [r.result(timeout=180) for r in runs]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert 0 < killed_at < total
+    rows = store.rows()
+    assert len(rows) == total == sum(r["answers"] for r in results)  # each answer once, none lost
+    counts = store.con.execute("SELECT COUNT(*), COUNT(finished) FROM participants").fetchone()
+    assert tuple(counts) == (50, 50)
+    trials = store.con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    assert trials == total
