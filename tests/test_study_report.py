@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from fastapi.testclient import TestClient
 from study_helpers import study_results
 
+from vital_fv.errors import VitalError
 from vital_fv.study import Store, create_study
 from vital_fv.study.report import make_report, score_rows, study_status
 from vital_fv.study.server import make_app
@@ -63,3 +65,34 @@ def test_scores_exclusions_and_the_report(tmp_path):
     with (tmp_path / "rep" / "table.csv").open() as f:
         assert len(list(csv.DictReader(f))) == len(table)
     assert study_status(study)["finished"] == 2
+
+
+def tiny_encoder(folder):
+    """A sentence encoder the test builds: a one-layer BERT over a 13-word vocabulary (random weights)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cup", "coffee", "espresso", "dog", "motorbike", "a",
+             "of", "red"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(folder)
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder
+
+
+def test_labels_scored_by_a_sentence_encoder_beside_wordnet(tmp_path):
+    study = tmp_path / "s"
+    create_study(study_results(tmp_path / "r"), study, parts=["rate-class", "label"], participants_per_subset=2)
+    client = TestClient(make_app(study))
+    photo = {c["image"] for c in Store(study).design["attention"]}
+    _participant(client, lambda t: 5 if t["part"] == "rate-class" else
+                 "motorbike" if t["images"][0] in photo else "a cup of coffee")
+    table = make_report(study, tmp_path / "rep", n_boot=50, text_model=tiny_encoder(tmp_path / "enc"))
+    cos = [r for r in table if r["part"] == "label-cosine" and r["n"]]
+    assert cos and all(-1 <= r["mean"] <= 1 for r in cos)
+    assert sum(r["n"] for r in cos) == sum(r["n"] for r in table if r["part"] == "label")
+    with pytest.raises(VitalError, match="is not a folder"):
+        make_report(study, tmp_path / "rep2", text_model=tmp_path / "none")

@@ -299,6 +299,7 @@ def _add_study(sub: Any, reg: _Registry) -> None:
     rp.add_argument("study", help="the study folder")
     rp.add_argument("--out", required=True, help="report folder")
     rp.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    rp.add_argument("--text-model", help="a sentence-transformers model folder: labels also scored by cosine")
     rp.add_argument("--overwrite", action="store_true")
     si = steps.add_parser("simulate", help="participants played by a classifier, over HTTP (a dry run)")
     si.add_argument("study", help="the study folder")
@@ -753,7 +754,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         print(f"{report.export_answers(args.study, args.out, args.overwrite)}: every answer")
         return 0
     if args.study_command == "report":
-        report.make_report(args.study, args.out, n_boot=args.n_boot, overwrite=args.overwrite)
+        report.make_report(args.study, args.out, n_boot=args.n_boot, text_model=args.text_model,
+                           overwrite=args.overwrite)
         print((Path(args.out) / "table.md").read_text(), end="")
         return 0
     from .study.simulate import simulate

@@ -38,9 +38,29 @@ def _bootstrap(values: list[float], n_boot: int, seed: int) -> tuple[float, floa
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def score_rows(store: Store) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Every answer with its score, and the excluded participants with why."""
+def text_encoder(folder: str | os.PathLike[str]) -> Any:
+    """The user's sentence encoder (a sentence-transformers model folder): label -> unit vector, loaded from
+    disk only (nothing is downloaded)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not Path(folder).is_dir():
+        raise VitalError(f"--text-model {folder} is not a folder: give a sentence-transformers model folder")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise VitalError("--text-model needs sentence-transformers: pip install 'vital-fv[study]'") from None
+    try:
+        model = SentenceTransformer(str(folder), device="cpu")
+    except Exception as exc:  # a folder that is not a model: say which, not a library traceback
+        raise VitalError(f"--text-model {folder}: cannot load a sentence encoder from it ({exc})") from None
+    return lambda texts: model.encode(list(texts), normalize_embeddings=True)
+
+
+def score_rows(store: Store, text_model: str | os.PathLike[str] | None = None
+               ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every answer with its score, and the excluded participants with why. Labels: Wu–Palmer in WordNet when the
+    class has a synset, the sentence encoder's cosine (``text_model``) beside it and where it has none."""
     rows = store.rows()
+    encode = text_encoder(text_model) if text_model else None
     wn = None
     needs_wordnet = any(r["part"] == "label" and r["key"].get("wnid") for r in rows)
     if needs_wordnet:
@@ -56,11 +76,16 @@ def score_rows(store: Store) -> tuple[list[dict[str, Any]], dict[str, str]]:
         if r["part"] in ("rate-class", "rate-unit"):
             out["score"] = float(v)
         elif r["part"] == "label":
+            if encode is not None:
+                a, b = encode([v, k.get("label") or ""])
+                out["cosine"] = round(float(a @ b), 4)
             if wn is not None and k.get("wnid"):
                 match = label_score(wn, v, synset_of(wn, k["wnid"]))
-                out["score"], out["matched"] = match["score"], match["matched"]
+                out["score"], out["matched"], out["scored_by"] = match["score"], match["matched"], "wordnet"
+            elif "cosine" in out:
+                out["score"], out["scored_by"] = out["cosine"], "sentence encoder"
             else:
-                out["score"] = None  # no synset for this label set: say so in the report
+                out["score"] = None  # no synset and no encoder: said in the report
         else:
             out["score"] = float(v["choice"] == k.get("correct"))
             out["confidence"] = v["confidence"]
@@ -94,13 +119,13 @@ def export_answers(folder: str | os.PathLike[str], out: str | os.PathLike[str], 
 
 
 def make_report(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, n_boot: int = 1000, seed: int = 0,
-                overwrite: bool = False) -> list[dict[str, Any]]:
+                text_model: str | os.PathLike[str] | None = None, overwrite: bool = False) -> list[dict[str, Any]]:
     """Write the report into ``out``; returns the table's rows (part, method, n, mean, interval, median)."""
     store = Store(folder)
     design = store.design
     out = Path(out)
     refuse_overwrite([out / name for name in OUTPUTS], overwrite)
-    scored, excluded = score_rows(store)
+    scored, excluded = score_rows(store, text_model)
     if not scored:
         raise VitalError(f"{folder} has no answers yet: nothing to report")
     kept = [r for r in scored if r["participant"] not in excluded and not r["attention"] and r["score"] is not None]
@@ -121,6 +146,13 @@ def make_report(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, 
                 row["confidence"] = float(np.mean(conf)) if conf else float("nan")
                 row["confidence_ci"] = _bootstrap(conf, n_boot, seed)
             table.append(row)
+        if part == "label" and text_model:  # the paper's second label score, beside WordNet's
+            for method in design["methods"]:
+                values = [r["cosine"] for r in groups.get((part, method), []) if "cosine" in r]
+                lo, hi = _bootstrap(values, n_boot, seed)
+                table.append({"part": "label-cosine", "method": method, "n": len(values),
+                              "mean": float(np.mean(values)) if values else float("nan"), "ci_low": lo,
+                              "ci_high": hi, "median": float(np.median(values)) if values else float("nan")})
     out.mkdir(parents=True, exist_ok=True)
     _write_tables(out, table, scored, excluded, design)
     _figures(out, groups, design, kept, n_boot, seed)
@@ -134,7 +166,7 @@ def _fmt(x: float) -> str:
 def _write_tables(out: Path, table: list[dict[str, Any]], scored: list[dict[str, Any]], excluded: dict[str, str],
                   design: dict[str, Any]) -> None:
     what = {"rate-class": "rating 1-5", "rate-unit": "rating 1-5", "label": "Wu-Palmer similarity 0-1 (WordNet 3.0)",
-            "2afc": "accuracy 0-1"}
+            "label-cosine": "sentence-encoder cosine", "2afc": "accuracy 0-1"}
     lines = [f"# {design['title']}", "", f"Methods: {', '.join(design['methods'])}; parts: "
              f"{', '.join(design['parts'])}. Means with bootstrap 95% intervals; attention-check trials and excluded "
              "participants left out.", "", "| part | method | n | mean | 95% interval | median | 2AFC confidence |",
@@ -144,8 +176,12 @@ def _write_tables(out: Path, table: list[dict[str, Any]], scored: list[dict[str,
         lines.append(f"| {r['part']} ({what[r['part']]}) | {r['method']} | {r['n']} | {_fmt(r['mean'])} | "
                      f"{_fmt(r['ci_low'])}-{_fmt(r['ci_high'])} | {_fmt(r['median'])} | {conf} |")
     unscored = sum(1 for r in scored if r["part"] == "label" and r["score"] is None)
+    by_encoder = sum(1 for r in scored if r.get("scored_by") == "sentence encoder")
     if unscored:
-        lines += ["", f"{unscored} labels could not be scored: their classes have no WordNet synset."]
+        lines += ["", f"{unscored} labels could not be scored: their classes have no WordNet synset (give "
+                      "--text-model to score them with a sentence encoder)."]
+    if by_encoder:
+        lines += ["", f"{by_encoder} labels were scored by the sentence encoder: their classes have no WordNet synset."]
     people = {r["participant"] for r in scored}
     lines += ["", f"Participants: {len(people)}, excluded {len(excluded)}:"]
     lines += [f"- `{token[:8]}`: {why}" for token, why in sorted(excluded.items())] or ["- none"]
