@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..db import connect, transaction
 from ..errors import VitalError
 
 MINE = "mine"  # the method name of mining shard items (``atlas.mining``): they run before all others
@@ -65,14 +66,6 @@ class Item:
     stem: str
     status: str
     attempts: int
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit; transactions are explicit
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
-    con.row_factory = sqlite3.Row
-    return con
 
 
 class Ledger:
@@ -127,7 +120,7 @@ class Ledger:
             raise VitalError(f"{folder} is not an atlas job (no {LEDGER_FILE}): make one with `vital atlas plan ... "
                              f"--out {folder}`")
         try:
-            con = _connect(path)
+            con = connect(path)
             version = int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
         except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
             raise VitalError(f"cannot read the atlas ledger {path}: {exc}") from None
@@ -163,15 +156,8 @@ class Ledger:
                     r["status"], r["attempts"])
 
     # ---------------------------------------------------------------------------------------------- writing
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._con.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._con
-        except BaseException:
-            self._con.execute("ROLLBACK")
-            raise
-        self._con.execute("COMMIT")
+    def _transaction(self) -> Any:
+        return transaction(self._con)
 
     def requeue(self, statuses: Sequence[str] = ("running",), reset_attempts: bool = False) -> int:
         """Give items in ``statuses`` back to the queue: ``running`` ones a stopped driver left (their attempt is

@@ -10,11 +10,10 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..db import connect, transaction
 from ..errors import VitalError
 
 DB_FILE = "study.sqlite"
@@ -86,23 +85,11 @@ class Store:
     def con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            con.row_factory = sqlite3.Row
-            self._local.con = con
+            con = self._local.con = connect(self.path, check_same_thread=False)
         return con
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        con = self.con
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+    def transaction(self) -> Any:
+        return transaction(self.con)
 
     def meta(self, key: str) -> str:
         row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
