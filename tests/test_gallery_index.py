@@ -10,7 +10,12 @@ from vital_fv.gallery import scan
 
 
 def test_records_are_found_recursively_and_broken_ones_listed(tmp_path):
-    found = scan(results_folder(tmp_path / "r"))
+    root = results_folder(tmp_path / "r")
+    cache = root / "mining" / "blocks.5.2" / "shard-0000.cache" / "mining"  # an atlas job's mining caches
+    cache.mkdir(parents=True)
+    (cache / "0a1b.json").write_text('{"entries": {}}')
+    (cache.parent.parent / "shard-0000.json").write_text('{"units": {}}')
+    found = scan(root)
     assert len(found.items) == 9
     assert {it["method"] for it in found.items} == {"vital", "maco"}
     evil = [it for it in found.items if it.get("name") == HOSTILE]

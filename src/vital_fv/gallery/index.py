@@ -58,7 +58,8 @@ def scan(root: str | os.PathLike[str]) -> Found:
     stems: set[str] = set()
 
     def other_output(path: Path) -> bool:  # figures are shown apart; an atlas job's mining shards not at all
-        return path.name in FIGURE_RECORDS or path.name.startswith("shard-")
+        return path.name in FIGURE_RECORDS or path.name.startswith("shard-") or \
+            any(part.endswith(".cache") for part in path.relative_to(root).parts)
 
     results, problems = find_results(root, skip=other_output)
     found.figures = [_figure(root, p) for p in sorted(root.rglob("*.json")) if p.name in FIGURE_RECORDS and
