@@ -91,6 +91,14 @@ def _thumb(source: Path, out: Path, box: list[int] | None = None, size: int = TH
     atomic_write_bytes(out, buf.getvalue())
 
 
+def _method_order(present: set[str]) -> list[str]:
+    """The registry's order (VITAL first, as the paper's figures), then any other method by name."""
+    from ..methods import method_names
+
+    known = [m for m in method_names() if m in present]
+    return known + sorted(present - set(known))
+
+
 def _synonyms(found: Found) -> list[list[str]] | None:
     if not any(it["kind"] == "class" for it in found.items):
         return None
@@ -197,6 +205,7 @@ def build_gallery(results: str | os.PathLike[str], out: str | os.PathLike[str], 
     figures = [{**f, "images": [_url(root / i, site) for i in f["images"]], "json": _url(root / f["json"], site)}
                for f in found.figures]
     data = {"title": root.name, "generated": time.strftime("%Y-%m-%d %H:%M"), "items": index,
+            "methods": _method_order({it["method"] for it in index}),
             "figures": figures, "issues": found.issues, "has_metrics": bool(found.metrics)}
     atomic_write_bytes(site / "data" / "index.js", f"window.VITAL_INDEX = {json.dumps(data)};\n".encode())
     assets = resources.files("vital_fv.gallery") / "assets"

@@ -224,7 +224,8 @@
     controls((state) => {
       writeState(state);
       const list = INDEX.items.filter((it) => matches(it, state) && it.thumb);
-      const methods = [...new Set(list.map((it) => it.method))];
+      const present = new Set(list.map((it) => it.method));
+      const methods = (INDEX.methods || [...present]).filter((m) => present.has(m));
       const targets = new Map();
       for (const it of list) {
         const key = it.model + " " + it.key;
