@@ -249,3 +249,48 @@ def test_ctrl_c_on_the_driver_stops_its_workers_and_queues_their_batches(small_j
                for p in workers)
     assert dict(con.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall()) == {"pending": 4}
     assert con.execute("SELECT MAX(attempts) FROM items").fetchone()[0] == 0  # a stop is not the items' fault
+
+
+def _concepts_file(folder):
+    """A concepts file for Lite0 in the format `vital concepts` writes (two directions at bn2, two crops each)."""
+    from safetensors.torch import save_file
+
+    from vital_fv.result import png_bytes
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(2):
+        crops = []
+        for k in range(2):
+            name = f"crops/concept-{i}/{k + 1:02d}.png"
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(png_bytes(torch.rand(3, 64, 64, generator=g)))
+            crops.append({"file": name, "coefficient": 1.0 - k / 10})
+        rows.append({"index": i, "importance": 0.5, "top_crops": crops})
+    record = {"model": "efficientnet_lite0", "layer": "bn2", "class_name": "espresso", "class_index": 967,
+              "concepts": rows}
+    directions = torch.nn.functional.normalize(torch.rand(2, 1280, generator=g), dim=1)
+    save_file({"directions": directions}, str(folder / "concepts.safetensors"), metadata={"record": json.dumps(record)})
+    return folder / "concepts.safetensors"
+
+
+def test_concepts_of_a_saved_file_are_atlas_items(tmp_path, capsys):
+    (tmp_path / "c").mkdir()
+    path = _concepts_file(tmp_path / "c")
+    job = tmp_path / "job"
+    assert main(["atlas", "plan", "--concepts", f"{path}:all", "--methods", "vital,fourier", "--out", str(job)]) == 2
+    assert "--methods fourier cannot show concepts" in capsys.readouterr().err
+    assert main(["atlas", "plan", "--concepts", f"{path}:all", "--seeds", "0,1", "--steps", "2",
+                 "--out", str(job)]) == 0
+    rows = Ledger.open(job).rows()
+    assert [(r["label"], r["seed"], r["refs"]) for r in rows] == [
+        ("bn2:espresso-concept0", 0, "concept"), ("bn2:espresso-concept0", 1, "concept"),
+        ("bn2:espresso-concept1", 0, "concept"), ("bn2:espresso-concept1", 1, "concept")]
+    assert main(["atlas", "run", str(job), "--batch", "4", "--device", "cpu", "--quiet"]) == 0
+    records = [json.loads(p.read_text()) for p in sorted((job / "images").glob("*.json"))]
+    assert len(records) == 4 and {r["target"]["kind"] for r in records} == {"direction"}
+    vital = [r for r in records if r["method"] == "vital"]
+    assert all(r["references"]["count"] == 2 and "concept" in r["references"]["label"] for r in vital)
+    assert main(["atlas", "plan", "--concepts", f"{path}:all", "--model", "efficientnet_lite1", "--out",
+                 str(tmp_path / "j2")]) == 2
+    assert "extracted on efficientnet_lite0, not efficientnet_lite1" in capsys.readouterr().err

@@ -235,6 +235,7 @@ def _add_atlas(sub: Any, reg: _Registry) -> None:
     _model_args(pl)
     pl.add_argument("--classes", help="all | A-B (e.g. 0-99) | comma-separated names or indices | FILE (one per line)")
     pl.add_argument("--units", nargs="+", help="LAYER:all | LAYER:A-B | LAYER:C1,C2 (several allowed)")
+    pl.add_argument("--concepts", nargs="+", help="FILE:all | FILE:0,2 from `vital concepts` (several allowed)")
     pl.add_argument("--refs", help="VITAL's class references: a folder with one sub-folder per class (index or name)")
     pl.add_argument("--pool", help="VITAL's class references: an unlabelled folder, ranked per class by the model")
     pl.add_argument("--images", help="VITAL's unit references: a folder their top patches are mined from")
@@ -666,7 +667,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
     if args.atlas_command == "plan":
         ledger = atlas.plan_atlas(
-            args.model, args.out, weights=args.weights, classes=args.classes, units=args.units, refs=args.refs,
+            args.model, args.out, weights=args.weights, classes=args.classes, units=args.units,
+            concepts=args.concepts, refs=args.refs,
             pool=args.pool, images=args.images, methods=args.methods, preset=args.preset, seeds=args.seeds,
             steps=args.steps, lr=args.lr, n_refs=args.n_refs, shard_size=args.shard_size, patch=args.patch,
             overwrite=args.overwrite)

@@ -196,4 +196,10 @@ def make_executor(plan: dict[str, Any], folder: Path, *, workers: int | None, de
         return RayWorkers(plan, folder, address=ray, workers=workers or 1, devices=devices)
     if workers:
         return LocalWorkers(plan, folder, workers, devices or [device])
+    if device == "auto" and not devices:  # "this machine, all its devices": one worker per GPU when there are several
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            return LocalWorkers(plan, folder, len(gpus), gpus)
     return InProcess(plan, folder, (devices or [device])[0], progress)

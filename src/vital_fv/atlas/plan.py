@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..concepts import CONCEPTS_FILE
 from ..errors import VitalError
 from ..options import check_n_refs, check_positive, check_seeds
 from ..targets import ClassTarget, UnitTarget
@@ -20,15 +21,22 @@ from .selection import select_classes, select_units
 IMAGES_DIR = "images"
 
 
-def target_json(target: ClassTarget | UnitTarget) -> dict[str, Any]:
+def target_json(target: Any) -> dict[str, Any]:
     if isinstance(target, ClassTarget):
         return {"kind": "class", "index": int(target.cls)}
-    return {"kind": "unit", "layer": target.layer, "channel": target.channel}
+    if isinstance(target, UnitTarget):
+        return {"kind": "unit", "layer": target.layer, "channel": target.channel}
+    return {"kind": "concept", "file": str((target.folder / CONCEPTS_FILE).resolve()), "index": target.index}
 
 
-def target_from_json(data: dict[str, Any]) -> ClassTarget | UnitTarget:
+def target_from_json(data: dict[str, Any]) -> Any:
+    """A class or unit target, or a saved concept (its ``target`` is the direction, ``references()`` its crops)."""
     if data["kind"] == "class":
         return ClassTarget(int(data["index"]))
+    if data["kind"] == "concept":
+        from ..concepts import load_concept
+
+        return load_concept(f"{data['file']}:{data['index']}")
     return UnitTarget(data["layer"], int(data["channel"]))
 
 
@@ -47,6 +55,7 @@ def plan_atlas(
     weights: str | os.PathLike[str] | None = None,
     classes: str | None = None,
     units: Sequence[str] | None = None,
+    concepts: Sequence[str] | None = None,
     refs: str | os.PathLike[str] | None = None,
     pool: str | os.PathLike[str] | None = None,
     images: str | os.PathLike[str] | None = None,
@@ -71,9 +80,9 @@ def plan_atlas(
     from ..references import BUNDLED
     from ..zoo import load_model
 
-    if not classes and not units:
-        raise VitalError("an atlas needs targets: give --classes (all, 0-99, names or a file) and/or --units "
-                         "(LAYER:all)")
+    if not classes and not units and not concepts:
+        raise VitalError("an atlas needs targets: give --classes (all, 0-99, names or a file), --units (LAYER:all) "
+                         "and/or --concepts (FILE:all)")
     ms = [get_method(m) for m in dict.fromkeys(methods)]
     if not ms:
         raise VitalError("--methods is empty: give at least one, e.g. vital,fourier")
@@ -94,7 +103,7 @@ def plan_atlas(
                          "to plan it anew")
 
     spec = load_model(model, weights)
-    targets: list[ClassTarget | UnitTarget] = []
+    targets: list[Any] = []
     if classes:
         targets += select_classes(classes, spec.class_names, spec.class_synonyms)
     if units:
@@ -110,12 +119,29 @@ def plan_atlas(
             return int(shape[0] if len(shape) == 3 else shape[-1])
 
         targets += select_units(units, channels_of)
+    for text in concepts or []:
+        from ..concepts import load_concepts
 
+        for concept in load_concepts(text):  # FILE:all or FILE:0,2: saved by `vital concepts`
+            if concept.record.get("model") != spec.name:
+                raise VitalError(f"--concepts {text}: extracted on {concept.record.get('model')}, not {spec.name}")
+            targets.append(concept)
+
+    kinds = {"class" if isinstance(t, ClassTarget) else "unit" if isinstance(t, UnitTarget) else "direction"
+             for t in targets}
+    for m in ms:
+        cannot = sorted(kinds - set(m.targets))
+        if cannot:
+            words = {"class": "classes", "unit": "units", "direction": "concepts"}
+            raise VitalError(f"--methods {m.name} cannot show {' or '.join(words[k] for k in cannot)} ({m.name} shows: "
+                             f"{', '.join(m.targets)}): plan those with other --methods, in a job of their own")
     uses_refs = any(m.needs_references for m in ms)
     class_refs: dict[int, str] = {}
     if uses_refs:
         missing = []
         for t in targets:
+            if not isinstance(t, (ClassTarget, UnitTarget)):
+                continue  # a concept's references are its saved top crops
             if isinstance(t, UnitTarget):
                 if images is None:
                     raise VitalError(f"VITAL needs references for the units ({t.label()} ...): give --images DIR to "
@@ -163,10 +189,12 @@ def plan_atlas(
                     source = None
                 elif isinstance(t, UnitTarget):
                     source = f"mined:{layer_dir(out, t.layer).resolve()}"
-                else:
+                elif isinstance(t, ClassTarget):
                     source = class_refs[int(t.cls)]
-                label = t.label() if isinstance(t, UnitTarget) else "{} {}".format(
-                    *t.resolve(spec.class_names, spec.class_synonyms))
+                else:
+                    source = "concept"
+                label = ("{} {}".format(*t.resolve(spec.class_names, spec.class_synonyms)) if isinstance(t, ClassTarget)
+                         else t.label() if isinstance(t, UnitTarget) else t.target.label())
                 items.append({"target": target_json(t), "label": label, "method": m.name, "seed": seed,
                               "refs": source, "stem": stem})
     plan = {
@@ -177,6 +205,7 @@ def plan_atlas(
         "sources": {"refs": str(Path(refs).resolve()) if refs else None,
                     "pool": str(Path(pool).resolve()) if pool else None,
                     "images": str(Path(images).resolve()) if images else None},
-        "targets": {"classes": classes, "units": list(units or [])}, "mining": mining,
+        "targets": {"classes": classes, "units": list(units or []), "concepts": list(concepts or [])},
+        "mining": mining,
     }
     return Ledger.create(out, plan, items, overwrite=overwrite)

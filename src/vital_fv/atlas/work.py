@@ -7,6 +7,7 @@ targets (each with its own seed, prototypes and loss, as seeds already are), eac
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -62,10 +63,11 @@ def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], 
     refs_by_target: dict[Any, Any] = {}
     jobs = []
     for it, t in zip(batch, targets, strict=True):
-        key = (t, it.refs)
+        key = (json.dumps(it.target, sort_keys=True), it.refs)
         if key not in refs_by_target:  # read once per target (its prototypes are cached as for `visualize`)
-            refs_by_target[key] = _references(spec, plan, t, it.refs, device, progress)
-        jobs.append(Job(t, refs_by_target[key], it.seed))
+            refs_by_target[key] = (t.references() if it.refs == "concept" else
+                                   _references(spec, plan, t, it.refs, device, progress))
+        jobs.append(Job(getattr(t, "target", t), refs_by_target[key], it.seed))  # a concept: its direction
     try:
         results = run_method(method, spec, jobs, preset=plan["preset"], steps=plan["steps"], lr=plan["lr"],
                              device=device, progress=progress)

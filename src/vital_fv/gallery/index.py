@@ -121,8 +121,8 @@ def _atlas_items(root: Path, found: Found, stems: set[str]) -> None:
         kind = target.get("kind")
         t = ({"kind": "class", "key": f"class:{target['index']}", "title": r["label"], "layer": "logits",
               "index": target["index"], "name": r["label"].split(" ", 1)[-1]} if kind == "class" else
-             {"kind": kind, "key": f"unit:{r['label']}", "title": r["label"], "layer": target.get("layer", ""),
-              "channel": target.get("channel")})
+             {"kind": kind, "key": f"{'direction' if kind == 'concept' else kind}:{r['label']}", "title": r["label"],
+              "layer": target.get("layer", r["label"].split(":")[0]), "channel": target.get("channel")})
         ident = _slug(r["stem"])
         while ident in stems:
             ident += "-"
