@@ -4,8 +4,9 @@ change is one committed step that a crash cannot leave half done."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,3 +29,22 @@ def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+def create(path: str | Path, schema: str, fill: Callable[[sqlite3.Connection], None]) -> None:
+    """A new database made whole under a temporary name (``schema``, then ``fill`` in one transaction) and renamed
+    into place: it exists complete or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    con = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        con.executescript(schema)
+        with transaction(con):
+            fill(con)
+    except BaseException:
+        con.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    con.close()
+    os.replace(tmp, path)

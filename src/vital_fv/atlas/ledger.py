@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..db import connect, transaction
+from ..db import create as create_db
 from ..errors import VitalError
 
 MINE = "mine"  # the method name of mining shard items (``atlas.mining``): they run before all others
@@ -89,27 +90,20 @@ class Ledger:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{LEDGER_FILE}.tmp"
-        tmp.unlink(missing_ok=True)
-        con = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            con.executescript(_SCHEMA)
-            con.execute("BEGIN")
+
+        def fill(con: sqlite3.Connection) -> None:
             con.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)), ("plan", json.dumps(plan)), ("created", str(time.time()))])
             con.executemany(
                 "INSERT INTO items (target, label, method, seed, refs, stem) VALUES (?, ?, ?, ?, ?, ?)",
                 [(json.dumps(it["target"], sort_keys=True), it["label"], it["method"], it["seed"], it.get("refs"),
                   it["stem"]) for it in items])
-            con.execute("COMMIT")
+
+        try:
+            create_db(path, _SCHEMA, fill)  # the job appears complete or not at all
         except sqlite3.IntegrityError as exc:
-            con.close()
-            tmp.unlink(missing_ok=True)
             raise VitalError(f"the plan repeats an item (the same target, method and seed, or file name): {exc}") \
                 from None
-        finally:
-            con.close()
-        os.replace(tmp, path)  # the job appears complete or not at all
         return cls.open(folder)
 
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..db import connect, transaction
+from ..db import create as create_db
 from ..errors import VitalError
 
 DB_FILE = "study.sqlite"
@@ -63,22 +64,16 @@ class Store:
     @staticmethod
     def create(folder: str | Path, design: dict[str, Any], stimuli: list[dict[str, Any]]) -> Store:
         folder = Path(folder)
-        tmp = folder / f".{DB_FILE}.tmp"
-        tmp.unlink(missing_ok=True)
-        con = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            con.executescript(_SCHEMA)
-            con.execute("BEGIN")
+
+        def fill(con: sqlite3.Connection) -> None:
             con.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)), ("design", json.dumps(design)),
                 ("admin_token", secrets.token_urlsafe(18)), ("created", str(time.time()))])
             con.executemany("INSERT INTO stimuli VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
                 (s["id"], s["file"], s["kind"], s.get("method"), s.get("target"), s.get("label"), s.get("wnid"),
                  json.dumps(s.get("info") or {})) for s in stimuli])
-            con.execute("COMMIT")
-        finally:
-            con.close()
-        tmp.replace(folder / DB_FILE)
+
+        create_db(folder / DB_FILE, _SCHEMA, fill)  # the design exists complete or not at all
         return Store(folder)
 
     @property
