@@ -82,6 +82,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10, help="mined references (= controls) per unit")
     ap.add_argument("--methods", default="vital-lrp,vital-gb,vital-none,fourier")
     ap.add_argument("--preset", default="quick")
+    ap.add_argument("--changes", default="{}", help="VITAL preset fields to change, e.g. \"{'grad_blur': 1.0}\"")
     ap.add_argument("--steps", type=int, help="override steps (smoke tests only)")
     ap.add_argument("--speed-steps", type=int, default=40)
     ap.add_argument("--only", choices=["speed", "quality"], help="run one part")
@@ -138,7 +139,13 @@ def main() -> int:
         jobs = [Job(u, r, 0) for u, r in zip(units, refs, strict=True)]
         if method.startswith("vital"):
             rel = {"vital-lrp": "lrp", "vital-gb": "guided_backprop", "vital-none": None}[method]
-            res = run_method("vital", spec, jobs, preset=args.preset, steps=args.steps, relevance=rel,
+            import ast
+            from dataclasses import replace
+
+            from vital_fv.methods.vital import OPTIM_PRESETS
+
+            preset = replace(OPTIM_PRESETS[args.preset], **ast.literal_eval(args.changes))
+            res = run_method("vital", spec, jobs, preset=preset, steps=args.steps, relevance=rel,
                              device=device, progress=False)
         else:
             res = run_method(method, spec, [Job(u, None, 0) for u in units], preset=args.preset,
