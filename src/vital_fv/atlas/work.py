@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..api import OUTPUT_SUFFIXES
 from ..errors import VitalError
 from .ledger import Item
 from .mining import MINE, merged, mine_shard
@@ -84,8 +85,8 @@ def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], 
         r.record["atlas"] = {"job": Path(folder).name, "item": it.id, "label": it.label}
         png = out / f"{it.stem}.png"
         r.save(png, overwrite=True)  # an item not yet done may have files from a stopped run: replaced whole
-        written = [p.name for p in sorted(out.glob(f"{it.stem}.*")) if p.name[len(it.stem):] in
-                   (".png", ".json", ".rgba.png", ".alpha.npy")]
+        # the files Result.save writes: checked by name, not by listing a folder that holds the whole job
+        written = sorted(f"{it.stem}{ext}" for ext in OUTPUT_SUFFIXES if (out / f"{it.stem}{ext}").is_file())
         outcomes.append(Outcome(it, outputs=[f"{IMAGES_DIR}/{w}" for w in written], seconds=share))
     return outcomes
 

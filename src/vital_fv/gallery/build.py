@@ -10,6 +10,7 @@ are, by relative paths from the site.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -59,16 +60,16 @@ class _Manifest:
         key = str(out)
         old = self.data["files"].get(key)
         now = _stat(source)
-        if old and out.exists() and old.get("extra", "") == extra:
-            if old["stat"] == now:
-                self.kept += 1
-                return False
-            sha = _sha(source)
-            if old.get("sha") == sha:
-                old["stat"] = now
-                self.kept += 1
-                return False
-        self.data["files"][key] = {"stat": now, "sha": _sha(source), "extra": extra}
+        fresh = bool(old) and out.exists() and old.get("extra", "") == extra
+        if fresh and old["stat"] == now:
+            self.kept += 1
+            return False
+        sha = _sha(source)  # read once: to compare, and to remember
+        if fresh and old.get("sha") == sha:
+            old["stat"] = now
+            self.kept += 1
+            return False
+        self.data["files"][key] = {"stat": now, "sha": sha, "extra": extra}
         self.made += 1
         return True
 
@@ -84,8 +85,6 @@ def _thumb(source: Path, out: Path, box: list[int] | None = None, size: int = TH
         if box:
             im = im.crop(tuple(box))
         im.thumbnail((size, size))
-        import io
-
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=85)
     atomic_write_bytes(out, buf.getvalue())
