@@ -57,13 +57,16 @@ def scan(root: str | os.PathLike[str]) -> Found:
     found = Found()
     stems: set[str] = set()
 
-    def other_output(path: Path) -> bool:  # figures are shown apart; an atlas job's mining shards not at all
-        return path.name in FIGURE_RECORDS or path.name.startswith("shard-") or \
-            any(part.endswith(".cache") for part in path.relative_to(root).parts)
+    figure_records: list[Path] = []
+
+    def other_output(path: Path) -> bool:  # figures are shown apart (kept from the same walk); mining shards not at all
+        if path.name in FIGURE_RECORDS:
+            figure_records.append(path)
+            return True
+        return path.name.startswith("shard-") or any(part.endswith(".cache") for part in path.relative_to(root).parts)
 
     results, problems = find_results(root, skip=other_output)
-    found.figures = [_figure(root, p) for p in sorted(root.rglob("*.json")) if p.name in FIGURE_RECORDS and
-                     not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    found.figures = [_figure(root, p) for p in figure_records]
     found.issues = [{"file": str(p.path.relative_to(root)), "problem": p.reason} for p in problems]
     for path, rec in results:
         rel = path.relative_to(root)
