@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from vital_fv import Job, load_model, references, visualize_batch
+from vital_fv import Job, load_model, metrics, references, visualize_batch
 from vital_fv.device import frozen_on, resolve_device
 from vital_fv.features import capture
 from vital_fv.methods import run_method
@@ -73,6 +73,19 @@ def unit_values(spec, units: list[UnitTarget], images: torch.Tensor) -> list[flo
     with capture(spec.module, [layer]) as feats:
         spec.module(spec.preprocess.normalize(images.to(device)))
         return [float(u.value(a)) for u, a in zip(units, feats[layer], strict=True)]
+
+
+def quiet_noise(result, quantile: float = 0.25) -> float:
+    """Pixel noise where the loss barely acts: the RMS of the image's high-pass (image minus a 1 px Gaussian blur)
+    over the pixels in the lowest ``quantile`` of the transparency map (issue 14, item 4: the start noise that
+    stays where relevance is zero). The espresso photo: 0.037; the N(0, 1) start: 0.19."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    img = result.image.float().clamp(0, 1)
+    power = (img - gaussian_blur(img.unsqueeze(0), [5, 5], [1.0, 1.0])[0]).square().mean(0)
+    alpha = result.alpha.float().mean(0)
+    quiet = alpha <= torch.quantile(alpha.flatten(), quantile)
+    return float(power[quiet].mean().sqrt())
 
 
 def main() -> int:
@@ -131,7 +144,7 @@ def main() -> int:
         random_acts = [max(unit_values(spec, [u] * 8, start)) for u in units]
     table = ["", "Quality (mean over units; act = the unit's spatially averaged activation):", "",
              "| method | AUC | MAD | mean act(FV) | units above all 8 random starts | units >= their weakest "
-             "reference | s/image |", "|---|---|---|---|---|---|---|"]
+             "reference | HF share | noise where quiet | s/image |", "|---|---|---|---|---|---|---|---|---|"]
     ctrl_mean = statistics.mean(statistics.mean(c) for c in controls)
     print("\n".join(table), flush=True)
     for method in args.methods.split(","):
@@ -163,9 +176,11 @@ def main() -> int:
             mads.append((a - statistics.mean(c)) / sd)
         above = sum(a > r for a, r in zip(acts, random_acts, strict=True))
         within = sum(min(c) <= a for a, c in zip(acts, controls, strict=True))
+        hf = statistics.mean(metrics.spectrum_stats(r.image)["hf_share"] for r in res)
+        noise = statistics.mean(quiet_noise(r) for r in res) if res[0].alpha is not None else float("nan")
         table.append(f"| {method} | {statistics.mean(aucs):.3f} | {statistics.mean(mads):.3f} | "
                      f"{statistics.mean(acts):.3f} | {above}/{len(units)} | {within}/{len(units)} | "
-                     f"{per_image:.1f} |")
+                     f"{hf:.3f} | {noise:.3f} | {per_image:.1f} |")
         print(table[-1], flush=True)
     table += ["", f"controls: mean act {ctrl_mean:.3f}; random starts: mean of each unit's max over 8 "
               f"{statistics.mean(random_acts):.3f}. The paper (ResNet50, 90 neurons, "

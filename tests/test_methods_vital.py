@@ -248,3 +248,33 @@ def test_lite0_unit_visualization_activates_the_unit_like_its_references(lite0, 
         start_values = [float(unit.value(a)) for a in feats[unit.layer]]
     assert value > max(start_values) + 0.75, (value, start_values)
     assert min(ref_values) <= value <= max(ref_values), (value, ref_values)
+
+
+def test_gradient_low_pass_keeps_pixel_level_alternation_out_of_the_image(tiny_spec, refs_a):
+    """From a flat grey start, the image is the sum of the updates: with grad_blur its power above half Nyquist
+    is a fraction of the unblurred run's (the hatching of issue 14 is that power)."""
+    from dataclasses import replace
+
+    from vital_fv import metrics
+
+    base = replace(opt_mod.OPTIM_PRESETS["quick"], init_std=0.0, grad_blur=0.0, jitter=0, warmup=0)
+    kw = dict(steps=6, progress=False, size=48)
+    sharp = visualize(tiny_spec, 1, refs_a, preset=base, **kw)
+    blurred = visualize(tiny_spec, 1, refs_a, preset=replace(base, grad_blur=1.0), **kw)
+    assert blurred.record["optimizer"]["grad_blur"] == 1.0
+    hf_sharp = metrics.spectrum_stats(sharp.image)["hf_share"]
+    hf_blurred = metrics.spectrum_stats(blurred.image)["hf_share"]
+    assert hf_blurred < 0.5 * hf_sharp, (hf_blurred, hf_sharp)
+
+
+def test_units_start_from_their_own_init_std_and_classes_keep_theirs(tiny_spec, refs_a):
+    from dataclasses import replace
+
+    from vital_fv.targets import UnitTarget
+
+    preset = replace(opt_mod.OPTIM_PRESETS["quick"], init_std=1.0, unit_init_std=0.0)
+    unit = visualize(tiny_spec, UnitTarget("act2", 3), refs_a, preset=preset, steps=1, lr=1e-4, progress=False)
+    cls = visualize(tiny_spec, 1, refs_a, preset=preset, steps=1, lr=1e-4, progress=False)
+    assert unit.record["optimizer"]["init_std"] == 0.0 and cls.record["optimizer"]["init_std"] == 1.0
+    # One tiny step from a flat start: the unit image is still grey; the class image is the N(0, 1) start.
+    assert float(unit.image.std()) < 0.01 < 0.1 < float(cls.image.std())

@@ -62,6 +62,9 @@ class OptimPreset(Preset):
     init_std: float = 1.0  # std of the N(0, s) pixel initialization, in normalized space
     scale_jitter: float = 0.0  # random zoom in [1 - s, 1 + s] after the roll (0: the authors' roll only)
     grad_blur: float = 0.0  # std (px) of a Gaussian low-pass on the pixel gradient before Adam (0: none)
+    # init_std for unit and direction targets (None: init_std). Where a unit's relevance is zero the loss has no
+    # gradient, and the N(0, 1) start stays in the image as noise; a small start leaves those regions near grey.
+    unit_init_std: float | None = None
 
     def overridden(self, steps: int | None = None, lr: float | None = None) -> OptimPreset:
         """A shorter run keeps at most a fifth of its steps as warm-up."""
@@ -145,6 +148,8 @@ def visualize_batch(
         raise VitalError("one batch holds either class targets or unit/direction targets, not both")
     if units and len({u.layer for u in units}) != 1:
         raise VitalError("all units of one batch must be on the same layer")
+    if units and opt_preset.unit_init_std is not None:
+        opt_preset = replace(opt_preset, init_std=opt_preset.unit_init_std)
     method = ("lrp" if units else None) if relevance == "auto" else parse_method(relevance)
     layer_preset = layers or (unit_preset(model, units[0].layer) if units else model.preset)
     if layer_preset is None:
