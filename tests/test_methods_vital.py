@@ -278,3 +278,32 @@ def test_units_start_from_their_own_init_std_and_classes_keep_theirs(tiny_spec, 
     assert unit.record["optimizer"]["init_std"] == 0.0 and cls.record["optimizer"]["init_std"] == 1.0
     # One tiny step from a flat start: the unit image is still grey; the class image is the N(0, 1) start.
     assert float(unit.image.std()) < 0.01 < 0.1 < float(cls.image.std())
+
+
+def test_unit_prior_pulls_to_grey_only_where_the_loss_has_little_gradient():
+    from dataclasses import replace
+
+    opt = replace(opt_mod.OPTIM_PRESETS["quick"], grad_blur=0.0, unit_prior=0.5)
+    x = torch.ones(1, 3, 8, 8, requires_grad=True)
+    g = torch.zeros(1, 3, 8, 8)
+    g[..., :4] = 1.0  # the loss acts on the left half only; mean |g| = 0.5
+    x.grad = g.clone()
+    opt_mod._gradient_shaping(x, opt)()
+    assert torch.allclose(x.grad[..., 4:], torch.full_like(x.grad[..., 4:], 0.25))  # 0.5 x 0.5 x pixel 1
+    assert torch.allclose(x.grad[..., :4], torch.full_like(x.grad[..., :4], 1.25))
+    assert opt_mod._gradient_shaping(x, replace(opt, unit_prior=0.0)) is None
+
+
+def test_gradient_shaping_stays_out_of_the_transparency_map(tiny_spec, refs_a):
+    """One step from the same start: the map is |d loss / d x| whatever Adam is then given."""
+    from dataclasses import replace
+
+    from vital_fv.targets import UnitTarget
+
+    base = replace(opt_mod.OPTIM_PRESETS["quick"], grad_blur=0.0)
+    for target in (1, UnitTarget("act2", 3)):
+        plain = visualize(tiny_spec, target, refs_a, preset=base, steps=1, progress=False)
+        shaped = visualize(tiny_spec, target, refs_a, preset=replace(base, grad_blur=1.0, unit_prior=1.0), steps=1,
+                           progress=False)
+        assert torch.allclose(plain.alpha, shaped.alpha) and plain.alpha.sum() > 0
+        assert shaped.record["optimizer"]["unit_prior"] == (0.0 if target == 1 else 1.0)

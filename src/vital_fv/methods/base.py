@@ -215,8 +215,9 @@ class Updater:
 
     ``__call__(loss, items)`` returns the loss per item; a non-finite loss comes back before any update (so the
     parameters stay at their last finite values and ``run_steps`` stops). Otherwise: zero-grad, ``backward``,
-    the transparency map accumulates |d loss / d image| of ``grad_of()`` (SPEC §4), optimizer and schedule step,
-    then ``after_step`` (e.g. clamping pixels to the image range).
+    the transparency map accumulates |d loss / d image| of ``grad_of()`` (SPEC §4), ``before_step`` (gradient
+    shaping that the map should not show), optimizer and schedule step, then ``after_step`` (e.g. clamping pixels
+    to the image range).
     """
 
     def __init__(
@@ -227,6 +228,7 @@ class Updater:
         alpha: torch.Tensor | None = None,
         grad_of: Callable[[], torch.Tensor] | None = None,
         backward: Callable[[torch.Tensor], None] | None = None,
+        before_step: Callable[[], object] | None = None,
         after_step: Callable[[], object] | None = None,
     ) -> None:
         self.optimizer = optimizer
@@ -234,6 +236,7 @@ class Updater:
         self.alpha = alpha
         self.grad_of = grad_of
         self.backward = backward
+        self.before_step = before_step
         self.after_step = after_step
 
     def __call__(self, loss: torch.Tensor, items: int) -> float:
@@ -247,6 +250,8 @@ class Updater:
             self.backward(loss)
         if self.alpha is not None and self.grad_of is not None:
             self.alpha.add_(self.grad_of().grad.abs())
+        if self.before_step is not None:
+            self.before_step()
         self.optimizer.step()
         self.schedule.step()
         if self.after_step is not None:

@@ -62,9 +62,12 @@ class OptimPreset(Preset):
     init_std: float = 1.0  # std of the N(0, s) pixel initialization, in normalized space
     scale_jitter: float = 0.0  # random zoom in [1 - s, 1 + s] after the roll (0: the authors' roll only)
     grad_blur: float = 0.0  # std (px) of a Gaussian low-pass on the pixel gradient before Adam (0: none)
-    # init_std for unit and direction targets (None: init_std). Where a unit's relevance is zero the loss has no
-    # gradient, and the N(0, 1) start stays in the image as noise; a small start leaves those regions near grey.
+    # Units and directions only. Where a unit's relevance is zero the loss has no gradient and the N(0, 1) start
+    # would stay in the image as noise. unit_init_std: their start's std (None: init_std); unit_prior: a pull
+    # towards grey (pixels towards 0 in normalized space) whose gradient is unit_prior x the item's mean gradient
+    # magnitude x the pixel, so it is scale-free and only matters where the loss's own gradient is small.
     unit_init_std: float | None = None
+    unit_prior: float = 0.0
 
     def overridden(self, steps: int | None = None, lr: float | None = None) -> OptimPreset:
         """A shorter run keeps at most a fifth of its steps as warm-up."""
@@ -151,6 +154,8 @@ def visualize_batch(
         raise VitalError("all units of one batch must be on the same layer")
     if units and opt_preset.unit_init_std is not None:
         opt_preset = replace(opt_preset, init_std=opt_preset.unit_init_std)
+    if not units and opt_preset.unit_prior:
+        opt_preset = replace(opt_preset, unit_prior=0.0)  # the record says what acted
     method = ("lrp" if units else None) if relevance == "auto" else parse_method(relevance)
     layer_preset = layers or (unit_preset(model, units[0].layer) if units else model.preset)
     if layer_preset is None:
@@ -421,6 +426,30 @@ def _per_item_prototypes(
     return out
 
 
+def _gradient_shaping(x: torch.Tensor, opt: OptimPreset) -> Any:
+    """What Adam sees of the image's gradient (after the transparency map took the loss's own): the low-pass,
+    then the pull towards grey; None when neither is on."""
+    if not (opt.grad_blur or opt.unit_prior):
+        return None
+    from torchvision.transforms.functional import gaussian_blur
+
+    k = 2 * math.ceil(2 * opt.grad_blur) + 1
+
+    def shape() -> None:
+        g = x.grad
+        if opt.grad_blur:
+            # Adam normalizes each pixel's update, so gradient components the stride-2 stem barely sees
+            # (pixel-level colour alternations) get full-size steps; a low-pass keeps them out of the image.
+            g = gaussian_blur(g, [k, k], [opt.grad_blur, opt.grad_blur])
+        if opt.unit_prior:
+            # Adam turns even this small term into full-size steps where the loss has no gradient of its own.
+            scale = g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+            g = g + opt.unit_prior * scale * x.detach()
+        x.grad = g
+
+    return shape
+
+
 def _optimize(
     model: ModelSpec,
     names: list[str],
@@ -442,13 +471,6 @@ def _optimize(
     curves = torch.zeros(opt.steps, len(names), len(jobs))
     skip = model.skip_tokens
     alpha = torch.zeros_like(x)  # |d loss / d x| summed over steps: the transparency map (SPEC §4)
-    if opt.grad_blur:
-        # Adam normalizes each pixel's update, so gradient components the stride-2 stem barely sees (pixel-level
-        # colour alternations) get full-size steps; a low-pass on the gradient keeps them out of the image.
-        from torchvision.transforms.functional import gaussian_blur
-
-        k = 2 * math.ceil(2 * opt.grad_blur) + 1
-        x.register_hook(lambda g: gaussian_blur(g, [k, k], [opt.grad_blur, opt.grad_blur]))
 
     with capture(model.module, names, model.name) as feats:
 
@@ -478,7 +500,8 @@ def _optimize(
                 loss.backward()
 
         update = Updater(optimizer, schedule(optimizer, opt.steps, opt.warmup), alpha=alpha, grad_of=lambda: x,
-                         backward=None if weighting is None else backward, after_step=lambda: clamp_(x, lo, hi))
+                         backward=None if weighting is None else backward, before_step=_gradient_shaping(x, opt),
+                         after_step=lambda: clamp_(x, lo, hi))
 
         def step(i: int) -> float:
             xj = roll(x, sample_rolls(gens, opt.jitter))
