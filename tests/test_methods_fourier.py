@@ -17,3 +17,17 @@ def test_fourier_raises_the_target_logit(tiny_spec):
     curve = r.record["loss"]["objective"]  # the negative logit
     assert curve[-1] < curve[0]
     assert r.record["references"] is None and r.image.shape == (3, 32, 32)
+
+
+def test_a_preset_object_runs_and_its_record_saves(tiny_spec, tmp_path):
+    """A changed preset (dataclasses.replace of a registry entry) is recorded field by field and saves as JSON."""
+    import json
+    from dataclasses import replace
+
+    from vital_fv.methods import get_method
+
+    preset = replace(get_method("fourier").presets["quick"], steps=3)
+    (r,) = run_method("fourier", tiny_spec, [Job(ClassTarget(2), None, 0)], preset=preset, progress=False)
+    png, record = r.save(tmp_path / "f.png")
+    saved = json.loads(record.read_text())["optimizer"]
+    assert saved["preset"] == "custom" and saved["steps"] == 3

@@ -112,7 +112,7 @@ class Ascent:
         model: ModelSpec,
         jobs: Sequence[Job],
         *,
-        preset: str = "paper",
+        preset: str | Preset = "paper",
         steps: int | None = None,
         lr: float | None = None,
         size: int | None = None,
@@ -122,7 +122,7 @@ class Ascent:
         return self.ascend_jobs(model, jobs, preset=preset, steps=steps, lr=lr, size=size, device=device,
                                 progress=progress)
 
-    def ascend_jobs(self, model: ModelSpec, jobs: Sequence[Job], *, preset: str, steps: int | None,
+    def ascend_jobs(self, model: ModelSpec, jobs: Sequence[Job], *, preset: str | Preset, steps: int | None,
                     lr: float | None, size: int | None, device: str | torch.device, progress: bool,
                     **options: Any) -> list[Result]:
         mp = get_preset(self, preset, steps, lr)
@@ -150,9 +150,14 @@ class Ascent:
         for b, job in enumerate(jobs):
             record = build_record(
                 self.name, status=run.status, step_times=run.step_times, target=described[b], seed=job.seed,
-                model=model, optimizer={"preset": preset, **mp.as_dict()}, resolution=size, device=dev,
+                model=model, optimizer={"preset": _preset_name(preset), **mp.as_dict()}, resolution=size, device=dev,
                 references=None, loss={"objective": run.curve[:, b]}, top5=top5[b], image=images[b],
                 **(run.info or {}))
             out.append(Result(images[b], record, alpha=None if run.alpha is None else run.alpha[b]))
         raise_if_nonfinite(out, run.status, self.name, len(run.step_times))
         return out
+
+
+def _preset_name(preset: str | Preset) -> str:
+    """A preset's name for the record: the registry's name, or "custom" for a preset object (fields follow)."""
+    return preset if isinstance(preset, str) else getattr(preset, "name", "custom")

@@ -17,7 +17,7 @@ from ..errors import VitalError
 from ..result import Result
 from ..zoo import ModelSpec
 from .ascent import Ascent, AscentPreset, Optimized, Scorer, ascend
-from .base import Job, Updater, run_steps
+from .base import Job, Preset, Updater, run_steps
 from .fourier import decorrelate, recorrelate
 
 SPECTRUM_SIZE = 256  # side of the images a magnitude spectrum is computed at (rfft: 256 x 129 per channel)
@@ -137,7 +137,7 @@ class Maco(Ascent):
         model: ModelSpec,
         jobs: Sequence[Job],
         *,
-        preset: str = "paper",
+        preset: str | Preset = "paper",
         steps: int | None = None,
         lr: float | None = None,
         size: int | None = None,
