@@ -16,6 +16,8 @@ def test_a_participant_in_the_browser(page, tmp_path):
     server, url = _background_server(str(study))
     try:
         page.goto(url + "/")
+        # The page's script sets the title after its first API call: wait for it, not for the load event.
+        page.wait_for_function("document.querySelector('#title').textContent !== 'A study of images'")
         assert page.text_content("#title") == 'Images <b>"study"</b>'  # text, not markup
         assert page.is_disabled("#start")
         page.check("#consent")
