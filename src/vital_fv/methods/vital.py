@@ -62,8 +62,10 @@ class OptimPreset(Preset):
     init_std: float = 1.0  # std of the N(0, s) pixel initialization, in normalized space
     scale_jitter: float = 0.0  # random zoom in [1 - s, 1 + s] after the roll (0: the authors' roll only)
     grad_blur: float = 0.0  # std (px) of a Gaussian low-pass on the pixel gradient before Adam (0: none)
-    # Units and directions only. Where a unit's relevance is zero the loss has no gradient and the N(0, 1) start
-    # would stay in the image as noise. unit_init_std: their start's std (None: init_std); unit_prior: a pull
+    # Units and directions only (off by default; measured in benchmarks/README.md). Where the loss's gradient is
+    # small, Adam still takes full-size steps, and unit images stay noisy there (on Lite0 channels this noise is
+    # made by the optimization, not left from the start). unit_init_std: their start's std (None: init_std);
+    # unit_prior: a pull
     # towards grey (pixels towards 0 in normalized space) whose gradient is unit_prior x the item's mean gradient
     # magnitude x the pixel, so it is scale-free and only matters where the loss's own gradient is small.
     unit_init_std: float | None = None
