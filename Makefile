@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vital visualize --class espresso --preset quick --out out --name demo-espresso --overwrite
+	$(VENV)/bin/vital visualize --class espresso --preset balanced --out out --name demo-espresso --overwrite
 
 # The browser tests drive Debian's chromium (Playwright cannot download browsers here) and the study scores labels
 # with Debian's WordNet 3.0; both installed once, as root.

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -102,6 +103,8 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out")
     ap.add_argument("--save", help="keep every visualization with its record in this folder")
+    ap.add_argument("--rows", type=Path, default=Path("/tmp/bench_units.jsonl"),
+                    help="append one JSON line per unit and method (for paired comparisons of variants)")
     args = ap.parse_args()
     from sklearn.metrics import roc_auc_score
 
@@ -177,7 +180,12 @@ def main() -> int:
         above = sum(a > r for a, r in zip(acts, random_acts, strict=True))
         within = sum(min(c) <= a for a, c in zip(acts, controls, strict=True))
         hf = statistics.mean(metrics.spectrum_stats(r.image)["hf_share"] for r in res)
-        noise = statistics.mean(quiet_noise(r) for r in res) if res[0].alpha is not None else float("nan")
+        noises = [quiet_noise(r) if r.alpha is not None else float("nan") for r in res]
+        noise = statistics.mean(noises)
+        with args.rows.open("a") as f:
+            for u, a, auc, mad, nz in zip(units, acts, aucs, mads, noises, strict=True):
+                f.write(json.dumps({"method": method, "preset": args.preset, "changes": args.changes,
+                                    "unit": u.slug(), "act": a, "auc": auc, "mad": mad, "noise": nz}) + "\n")
         table.append(f"| {method} | {statistics.mean(aucs):.3f} | {statistics.mean(mads):.3f} | "
                      f"{statistics.mean(acts):.3f} | {above}/{len(units)} | {within}/{len(units)} | "
                      f"{hf:.3f} | {noise:.3f} | {per_image:.1f} |")

@@ -49,6 +49,7 @@ def test_one_target_and_no_seeds_give_one_result(tiny_spec):
     ({"name": ".."}, "--name '..' must be a plain file name"),
     ({"method": "lucid"}, "unknown method 'lucid'"),
     ({"method": "maco", "preset": "slow"}, "unknown preset 'slow' for maco"),
+    ({"method": "fourier", "preset": "balanced"}, "unknown preset 'balanced' for fourier: choose one of paper, quick"),
     ({"steps": 0}, "--steps must be at least 1"),
     ({"layer_weights": [1.0]}, "--layer-weights needs --layers"),
     ({"layers": ["act9"]}, "unknown layer 'act9'"),

@@ -117,6 +117,13 @@ def test_model_state_and_hooks_are_restored_even_after_an_exception(tiny_spec, r
     assert sum(len(x._forward_hooks) for x in m.modules()) == 0
 
 
+def test_balanced_preset_runs_by_name_and_a_short_run_keeps_its_warm_up_in_proportion(tiny_spec, refs_a):
+    rec = visualize(tiny_spec, 0, refs_a, preset="balanced", steps=10, progress=False).record["optimizer"]
+    assert rec["name"] == "balanced" and rec["steps"] == 10 and rec["warmup"] == 2  # 50 of 1000, cut to 10 // 5
+    assert rec["lr"] == opt_mod.OPTIM_PRESETS["paper"].lr  # the paper's learning rate, quick's low-pass
+    assert rec["grad_blur"] == opt_mod.OPTIM_PRESETS["quick"].grad_blur > 0
+
+
 def test_model_without_a_preset_needs_layers(tiny_spec, refs_a):
     from vital_fv import VitalError
 

@@ -137,7 +137,7 @@ def method_names() -> list[str]:
 
 
 def preset_names() -> list[str]:
-    """Every preset name some method has (``paper`` and ``quick`` for the built-in ones)."""
+    """Every preset name some method has (``paper`` and ``quick`` for all built-in ones, ``balanced`` for VITAL)."""
     return list(dict.fromkeys(p for m in _REGISTRY.values() for p in m.presets))
 
 
