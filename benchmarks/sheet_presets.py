@@ -1,7 +1,7 @@
 """The side-by-side sheet of issue 14: per bundled class, its reference photo and one image per variant saved by
 ``bench_presets.py --save`` (same seed), with Lite2's top-1 under each image.
 
-    python benchmarks/sheet_presets.py /tmp/presets --variants quick-before,quick,paper,fourier,maco \
+    python benchmarks/sheet_presets.py /tmp/presets --variants quick-before,quick,mid-1000-lr1,paper,fourier,maco \
         --seed 0 --out docs/sheet-presets.png
 """
 
@@ -19,13 +19,14 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 LABELS = {"quick-before": "quick, before\n(random crops, no low-pass)", "quick": "quick, after",
-          "paper": "paper, after", "fourier": "Fourier", "maco": "MACO"}
+          "mid-1000-lr1": "balanced\n(1000 steps, lr 1.0)", "paper": "paper, after", "fourier": "Fourier",
+          "maco": "MACO"}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path)
-    ap.add_argument("--variants", default="quick-before,quick,paper,fourier,maco")
+    ap.add_argument("--variants", default="quick-before,quick,mid-1000-lr1,paper,fourier,maco")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
