@@ -96,6 +96,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10, help="mined references (= controls) per unit")
     ap.add_argument("--methods", default="vital-lrp,vital-gb,vital-none,fourier")
     ap.add_argument("--preset", default="quick")
+    ap.add_argument("--seed", type=int, default=0, help="the visualizations' seed (units and references stay)")
     ap.add_argument("--changes", default="{}", help="VITAL preset fields to change, e.g. \"{'grad_blur': 1.0}\"")
     ap.add_argument("--steps", type=int, help="override steps (smoke tests only)")
     ap.add_argument("--speed-steps", type=int, default=40)
@@ -123,7 +124,7 @@ def main() -> int:
     refs = [references.mined_references(m, k=args.k) for m in mined]
     lines = [f"device: {name}; Lite0 {args.layer}, {len(units)} random channels (seed 0): {sorted(channels)}; "
              f"references = controls = top-{args.k} mined patches of the {len(list(photos.iterdir()))} bundled "
-             f"photos (64 px, stride 32); preset {args.preset}, seed 0", ""]
+             f"photos (64 px, stride 32); preset {args.preset}, seed {args.seed}", ""]
 
     if args.only != "quality":
         lines += ["Speed (batch 1, quick preset; ratio = VITAL step / plain forward+backward of the whole model):",
@@ -152,7 +153,7 @@ def main() -> int:
     print("\n".join(table), flush=True)
     for method in args.methods.split(","):
         t = time.perf_counter()
-        jobs = [Job(u, r, 0) for u, r in zip(units, refs, strict=True)]
+        jobs = [Job(u, r, args.seed) for u, r in zip(units, refs, strict=True)]
         if method.startswith("vital"):
             rel = {"vital-lrp": "lrp", "vital-gb": "guided_backprop", "vital-none": None}[method]
             import ast
@@ -164,7 +165,7 @@ def main() -> int:
             res = run_method("vital", spec, jobs, preset=preset, steps=args.steps, relevance=rel,
                              device=device, progress=False)
         else:
-            res = run_method(method, spec, [Job(u, None, 0) for u in units], preset=args.preset,
+            res = run_method(method, spec, [Job(u, None, args.seed) for u in units], preset=args.preset,
                              steps=args.steps, device=device, progress=False)
         per_image = (time.perf_counter() - t) / len(units)
         if args.save:
@@ -184,7 +185,7 @@ def main() -> int:
         noise = statistics.mean(noises)
         with args.rows.open("a") as f:
             for u, a, auc, mad, nz in zip(units, acts, aucs, mads, noises, strict=True):
-                f.write(json.dumps({"method": method, "preset": args.preset, "changes": args.changes,
+                f.write(json.dumps({"method": method, "preset": args.preset, "changes": args.changes, "seed": args.seed,
                                     "unit": u.slug(), "act": a, "auc": auc, "mad": mad, "noise": nz}) + "\n")
         table.append(f"| {method} | {statistics.mean(aucs):.3f} | {statistics.mean(mads):.3f} | "
                      f"{statistics.mean(acts):.3f} | {above}/{len(units)} | {within}/{len(units)} | "
