@@ -301,20 +301,6 @@ def test_unit_prior_pulls_to_grey_only_where_the_loss_has_little_gradient():
     assert opt_mod._gradient_shaping(x, replace(opt, unit_prior=0.0)) is None
 
 
-def test_a_late_unit_prior_leaves_the_first_steps_alone():
-    from dataclasses import replace
-
-    opt = replace(opt_mod.OPTIM_PRESETS["quick"], steps=4, grad_blur=0.0, unit_prior=0.5, unit_prior_from=0.5)
-    x = torch.ones(1, 3, 8, 8, requires_grad=True)
-    shape = opt_mod._gradient_shaping(x, opt)
-    seen = []
-    for _ in range(4):
-        x.grad = torch.ones(1, 3, 8, 8)
-        shape()
-        seen.append(float(x.grad.mean()))
-    assert seen == [1.0, 1.0, 1.5, 1.5]  # steps 3 and 4 of 4: + 0.5 x mean |g| (1) x pixel (1)
-
-
 def test_gradient_shaping_stays_out_of_the_transparency_map(tiny_spec, refs_a):
     """One step from the same start: the map is |d loss / d x| whatever Adam is then given."""
     from dataclasses import replace

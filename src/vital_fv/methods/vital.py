@@ -70,7 +70,6 @@ class OptimPreset(Preset):
     # magnitude x the pixel, so it is scale-free and only matters where the loss's own gradient is small.
     unit_init_std: float | None = None
     unit_prior: float = 0.0
-    unit_prior_from: float = 0.0  # the pull acts from this fraction of the steps on (0: from the start)
 
     def overridden(self, steps: int | None = None, lr: float | None = None) -> OptimPreset:
         """A shorter run keeps at most a fifth of its steps as warm-up."""
@@ -442,18 +441,14 @@ def _gradient_shaping(x: torch.Tensor, opt: OptimPreset) -> Any:
     from torchvision.transforms.functional import gaussian_blur
 
     k = 2 * math.ceil(2 * opt.grad_blur) + 1
-    prior_from = round(opt.unit_prior_from * opt.steps)
-    calls = 0
 
     def shape() -> None:
-        nonlocal calls
-        calls += 1
         g = x.grad
         if opt.grad_blur:
             # Adam normalizes each pixel's update, so gradient components the stride-2 stem barely sees
             # (pixel-level colour alternations) get full-size steps; a low-pass keeps them out of the image.
             g = gaussian_blur(g, [k, k], [opt.grad_blur, opt.grad_blur])
-        if opt.unit_prior and calls > prior_from:
+        if opt.unit_prior:
             # Adam turns even this small term into full-size steps where the loss has no gradient of its own.
             scale = g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
             g = g + opt.unit_prior * scale * x.detach()
