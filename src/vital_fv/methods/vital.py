@@ -85,7 +85,7 @@ OPTIM_PRESETS: dict[str, OptimPreset] = {
     # A quarter of the paper's schedule, tuned on EfficientNet-Lite0 (benchmarks/README.md): half the learning rate
     # and a quarter of the warm-up transferred best to an unseen judge model; the 1 px gradient low-pass halves
     # the hatching (high-frequency share 0.11 -> 0.06) and raised the judge's top-5 and units' CoSy AUC. unit_prior
-    # stays off: it takes the noise out of unit images but cost CoSy AUC/MAD on 20 units (benchmarks/README.md).
+    # stays off: it takes the noise out of unit images but cost CoSy AUC/MAD (-0.03 each) over 20 units x 2 seeds.
     "quick": OptimPreset("quick", steps=500, lr=0.5, betas=(0.5, 0.9), warmup=25, jitter=30, grad_blur=1.0),
     # Half the paper's schedule at its learning rate, with quick's low-pass: over the bundled classes x 3 seeds
     # within one image of the paper preset on every judge measure, where 500 steps were not (benchmarks/README.md).
