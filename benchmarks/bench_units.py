@@ -30,7 +30,7 @@ import torch
 from vital_fv import Job, load_model, metrics, references, visualize_batch
 from vital_fv.device import frozen_on, resolve_device
 from vital_fv.features import capture
-from vital_fv.methods import run_method
+from vital_fv.methods import method_names, run_method
 from vital_fv.params import init_pixels, item_generators
 from vital_fv.targets import ClassTarget, UnitTarget
 
@@ -107,7 +107,23 @@ def main() -> int:
     ap.add_argument("--rows", type=Path, default=Path("/tmp/bench_units.jsonl"),
                     help="append one JSON line per unit and method (for paired comparisons of variants)")
     args = ap.parse_args()
+    import ast
+    from dataclasses import replace
+
     from sklearn.metrics import roc_auc_score
+
+    from vital_fv.methods.vital import OPTIM_PRESETS
+
+    # Options are checked before the mining and the runs: a typo should not cost half an hour.
+    relevances = {"vital-lrp": "lrp", "vital-gb": "guided_backprop", "vital-none": None}
+    known = [*relevances, *(m for m in method_names() if m != "vital")]  # the registry's baselines
+    if bad := [m for m in args.methods.split(",") if m not in known]:
+        ap.error(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(known)}")
+    try:
+        vital_preset = replace(OPTIM_PRESETS[args.preset], **ast.literal_eval(args.changes))
+    except (KeyError, TypeError, ValueError, SyntaxError) as e:
+        ap.error(f"--preset/--changes: {e!r}; presets: {', '.join(OPTIM_PRESETS)}; changes: a dict of "
+                 "OptimPreset fields, e.g. \"{'grad_blur': 1.0}\"")
 
     device = resolve_device(args.device)
     spec = load_model("efficientnet_lite0").to(device)
@@ -154,15 +170,8 @@ def main() -> int:
     for method in args.methods.split(","):
         t = time.perf_counter()
         jobs = [Job(u, r, args.seed) for u, r in zip(units, refs, strict=True)]
-        if method.startswith("vital"):
-            rel = {"vital-lrp": "lrp", "vital-gb": "guided_backprop", "vital-none": None}[method]
-            import ast
-            from dataclasses import replace
-
-            from vital_fv.methods.vital import OPTIM_PRESETS
-
-            preset = replace(OPTIM_PRESETS[args.preset], **ast.literal_eval(args.changes))
-            res = run_method("vital", spec, jobs, preset=preset, steps=args.steps, relevance=rel,
+        if method in relevances:
+            res = run_method("vital", spec, jobs, preset=vital_preset, steps=args.steps, relevance=relevances[method],
                              device=device, progress=False)
         else:
             res = run_method(method, spec, [Job(u, None, args.seed) for u in units], preset=args.preset,
