@@ -8,22 +8,27 @@ paper's direction start) and without relevance, and for each image we measure
     of the class held fixed), i.e. whether CRAFT itself would read the image as that concept.
 
     python benchmarks/bench_concepts.py [--concepts 3] [--preset quick] [--save benchmarks/results/cpu_concepts.md]
+    python benchmarks/bench_concepts.py --relevance lrp --seeds 0,1,2 --changes "{'unit_smooth': 2.0}"
     python benchmarks/bench_concepts.py --compare-layers   # concept 0 with three layer sets below bn2, 300 steps
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_units import quiet_noise  # the same measure as the units' table
 
-from vital_fv import Job, load_model, visualize_batch
+from vital_fv import Job, load_model, metrics, visualize_batch
 from vital_fv.concepts import extract_concepts, nmf_transform
 from vital_fv.features import capture
+from vital_fv.methods.vital import OPTIM_PRESETS
 from vital_fv.references import offline_photos
 from vital_fv.result import png_bytes
 
@@ -36,9 +41,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--save")
+    ap.add_argument("--images", help="also write each visualization (PNG + record) into this folder")
+    ap.add_argument("--changes", default="{}", help="VITAL preset fields to change, e.g. \"{'unit_smooth': 2.0}\"")
+    ap.add_argument("--relevance", default="lrp,none", help="comma-separated: lrp, none")
     ap.add_argument("--compare-layers", action="store_true",
                     help="concept 0: the paper's unit rule vs + blocks vs + conv_head, with and without LRP")
     args = ap.parse_args()
+    try:  # checked before the concept extraction and the runs
+        preset = replace(OPTIM_PRESETS[args.preset], **ast.literal_eval(args.changes))
+    except (KeyError, TypeError, ValueError, SyntaxError) as e:
+        ap.error(f"--preset/--changes: {e!r}; presets: {', '.join(OPTIM_PRESETS)}; changes: a dict of "
+                 "OptimPreset fields, e.g. \"{'unit_smooth': 2.0}\"")
+    relevances = [None if r == "none" else r for r in args.relevance.split(",")]
+    if bad := [r for r in relevances if r not in ("lrp", None)]:
+        ap.error(f"--relevance: unknown {', '.join(bad)}; choose from lrp, none")
     spec = load_model("efficientnet_lite0")
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,9 +74,9 @@ def main() -> None:
             with torch.no_grad(), capture(spec.module, ["bn2"]) as f:
                 spec.module(x)
                 ref_cos = float(np.mean([float(target.value(a)) for a in f["bn2"]]))
-            for rel in ("lrp", None):
+            for rel in relevances:
                 t0 = time.perf_counter()
-                res = visualize_batch(spec, [Job(target, refs, s) for s in seeds], preset=args.preset,
+                res = visualize_batch(spec, [Job(target, refs, s) for s in seeds], preset=preset,
                                       steps=args.steps, relevance=rel, progress=False, cache=False)
                 secs = time.perf_counter() - t0
                 imgs = torch.stack([r.image for r in res])
@@ -69,17 +85,23 @@ def main() -> None:
                     mean_act = f["bn2"].mean((2, 3)).clamp(min=0).numpy()
                 dominant = (nmf_transform(mean_act, w).argmax(1) == i).mean()
                 cos = np.mean([r.record["target"]["value"] for r in res])
-                rows.append((i, float(found.importance[i]), rel or "none", ref_cos, cos, dominant,
+                noise = np.mean([quiet_noise(r) for r in res])
+                hf = np.mean([metrics.spectrum_stats(r.image)["hf_share"] for r in res])
+                rows.append((i, float(found.importance[i]), rel or "none", ref_cos, cos, dominant, hf, noise,
                              secs / len(res) / res[0].record["steps_done"] * 1000))
                 print(rows[-1], flush=True)
+                if args.images:
+                    for s, r in zip(seeds, res, strict=True):
+                        r.save(Path(args.images) / f"concept{i}-{rel or 'none'}-s{s}.png", overwrite=True)
     lines = [f"Concept visualizations, Lite0, espresso concepts from the bundled coffee photo ({args.n_concepts} "
              f"concepts, stride 32), preset {args.preset}{f', {args.steps} steps' if args.steps else ''}, seeds "
              f"{args.seeds}, this CPU. Command: `python benchmarks/bench_concepts.py --concepts {args.concepts} "
-             f"--preset {args.preset} --seeds {args.seeds}`", "",
-             "| concept | importance | relevance | references' cosine | image cosine | CRAFT reads it as the concept "
-             "| ms/step |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {i} | {imp:.3f} | {rel} | {rc:.3f} | {c:.3f} | {d:.0%} | {ms:.0f} |"
-              for i, imp, rel, rc, c, d, ms in rows]
+             f"--preset {args.preset} --seeds {args.seeds} --relevance {args.relevance} --changes \"{args.changes}\"`",
+             "", "| concept | importance | relevance | references' cosine | image cosine "
+             "| CRAFT reads it as the concept | HF share | noise where quiet | ms/step |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {i} | {imp:.3f} | {rel} | {rc:.3f} | {c:.3f} | {d:.0%} | {hf:.3f} | {nz:.3f} | {ms:.0f} |"
+              for i, imp, rel, rc, c, d, hf, nz, ms in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.save:

@@ -93,6 +93,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layer", default="blocks.5.2")
     ap.add_argument("--units", type=int, default=20)
+    ap.add_argument("--neurons", action="store_true",
+                    help="each unit is the channel's neuron at the centre of the layer's map, not its spatial mean")
     ap.add_argument("--k", type=int, default=10, help="mined references (= controls) per unit")
     ap.add_argument("--methods", default="vital-lrp,vital-gb,vital-none,fourier")
     ap.add_argument("--preset", default="quick")
@@ -135,10 +137,16 @@ def main() -> int:
     with frozen_on(spec.module, device):
         channels = torch.randperm(spec.module.get_submodule(args.layer).conv_pwl.out_channels,
                                   generator=torch.Generator().manual_seed(0))[: args.units].tolist()
-        units = [UnitTarget(args.layer, c) for c in sorted(channels)]
+        centre = None
+        if args.neurons:
+            with capture(spec.module, [args.layer]) as feats:
+                spec.module(torch.zeros(1, 3, spec.preprocess.input_size, spec.preprocess.input_size, device=device))
+                centre = tuple(s // 2 for s in feats[args.layer].shape[2:])
+        units = [UnitTarget(args.layer, c, centre) for c in sorted(channels)]
         mined = references.mine_many(spec, units, photos, progress=False)
     refs = [references.mined_references(m, k=args.k) for m in mined]
-    lines = [f"device: {name}; Lite0 {args.layer}, {len(units)} random channels (seed 0): {sorted(channels)}; "
+    lines = [f"device: {name}; Lite0 {args.layer}, {len(units)} random channels (seed 0): {sorted(channels)}"
+             f"{f', the neuron at {centre} of each' if centre else ''}; "
              f"references = controls = top-{args.k} mined patches of the {len(list(photos.iterdir()))} bundled "
              f"photos (64 px, stride 32); preset {args.preset}, seed {args.seed}", ""]
 
@@ -162,7 +170,8 @@ def main() -> int:
         start = spec.preprocess.denormalize(init_pixels(item_generators(range(8)), spec.preprocess.input_size,
                                                         device).detach()).clamp(0, 1)
         random_acts = [max(unit_values(spec, [u] * 8, start)) for u in units]
-    table = ["", "Quality (mean over units; act = the unit's spatially averaged activation):", "",
+    what = f"activation at {centre}" if centre else "spatially averaged activation"
+    table = ["", f"Quality (mean over units; act = the unit's {what}):", "",
              "| method | AUC | MAD | mean act(FV) | units above all 8 random starts | units >= their weakest "
              "reference | HF share | noise where quiet | s/image |", "|---|---|---|---|---|---|---|---|---|"]
     ctrl_mean = statistics.mean(statistics.mean(c) for c in controls)
@@ -195,7 +204,8 @@ def main() -> int:
         with args.rows.open("a") as f:
             for u, a, auc, mad, nz in zip(units, acts, aucs, mads, noises, strict=True):
                 f.write(json.dumps({"method": method, "preset": args.preset, "changes": args.changes, "seed": args.seed,
-                                    "unit": u.slug(), "act": a, "auc": auc, "mad": mad, "noise": nz}) + "\n")
+                                    "layer": args.layer, "unit": u.slug(), "act": a, "auc": auc, "mad": mad,
+                                    "noise": nz}) + "\n")
         table.append(f"| {method} | {statistics.mean(aucs):.3f} | {statistics.mean(mads):.3f} | "
                      f"{statistics.mean(acts):.3f} | {above}/{len(units)} | {within}/{len(units)} | "
                      f"{hf:.3f} | {noise:.3f} | {per_image:.1f} |")

@@ -290,27 +290,49 @@ def test_units_start_from_their_own_init_std_and_classes_keep_theirs(tiny_spec, 
 def test_unit_prior_pulls_to_grey_only_where_the_loss_has_little_gradient():
     from dataclasses import replace
 
-    opt = replace(opt_mod.OPTIM_PRESETS["quick"], grad_blur=0.0, unit_prior=0.5)
+    opt = replace(opt_mod.OPTIM_PRESETS["quick"], grad_blur=0.0, unit_prior=0.5, unit_smooth=0.0)
     x = torch.ones(1, 3, 8, 8, requires_grad=True)
     g = torch.zeros(1, 3, 8, 8)
     g[..., :4] = 1.0  # the loss acts on the left half only; mean |g| = 0.5
     x.grad = g.clone()
-    opt_mod._gradient_shaping(x, opt)()
+    opt_mod._gradient_shaping(x, [opt])()
     assert torch.allclose(x.grad[..., 4:], torch.full_like(x.grad[..., 4:], 0.25))  # 0.5 x 0.5 x pixel 1
     assert torch.allclose(x.grad[..., :4], torch.full_like(x.grad[..., :4], 1.25))
-    assert opt_mod._gradient_shaping(x, replace(opt, unit_prior=0.0)) is None
+    assert opt_mod._gradient_shaping(x, [replace(opt, unit_prior=0.0)]) is None
 
 
-def test_gradient_shaping_stays_out_of_the_transparency_map(tiny_spec, refs_a):
+def test_unit_smooth_pulls_pixel_noise_flat_and_leaves_flat_colour_alone():
+    from dataclasses import replace
+
+    opt = replace(opt_mod.OPTIM_PRESETS["quick"], grad_blur=0.0, unit_smooth=1.0)
+    assert opt_mod._gradient_shaping(torch.zeros(1, 3, 8, 8), [replace(opt, unit_smooth=0.0)]) is None
+    checker = (torch.arange(8).view(1, 8) + torch.arange(8).view(8, 1)) % 2 * 2.0 - 1.0  # +-1 pixel alternation
+    x = torch.stack([checker, torch.full((8, 8), 0.7), checker]).unsqueeze(0).requires_grad_(True)
+    g = torch.zeros(1, 3, 8, 8)
+    g[..., :, :4] = 1.0  # the loss acts on the left half only
+    x.grad = g.clone()
+    opt_mod._gradient_shaping(x, [opt])()
+    quiet = x.grad[..., 2:6, 5:7]  # right half, away from the borders
+    # The noisy channels are pushed against their alternation (a descent step flattens them) ...
+    assert (torch.sign(quiet[:, [0, 2]]) == torch.sign(x.detach()[..., 2:6, 5:7][:, [0, 2]])).all()
+    assert float(quiet[:, [0, 2]].abs().min()) > 0.1
+    # ... the flat channel feels no pull, wherever the loss is quiet: its colour stays.
+    assert torch.allclose(x.grad[0, 1, :, 4:], torch.zeros(8, 4), atol=1e-6)
+
+
+def test_gradient_shaping_stays_out_of_the_transparency_map_and_the_record_says_what_acted(tiny_spec, refs_a):
     """One step from the same start: the map is |d loss / d x| whatever Adam is then given."""
     from dataclasses import replace
 
     from vital_fv.targets import UnitTarget
 
-    base = replace(opt_mod.OPTIM_PRESETS["quick"], grad_blur=0.0)
-    for target in (1, UnitTarget("act2", 3)):
+    base = replace(opt_mod.OPTIM_PRESETS["quick"], grad_blur=0.0, unit_smooth=0.0)
+    shaping = replace(base, grad_blur=1.0, unit_prior=1.0, unit_smooth=2.0, channel_smooth=3.0)
+    # What acts: none of the unit priors on a class; channel_smooth on a channel's mean; unit_smooth on a neuron.
+    acted = {1: (0.0, 0.0, 0.0), UnitTarget("act2", 3): (1.0, 0.0, 3.0), UnitTarget("act2", 3, (2, 2)): (1.0, 2.0, 0.0)}
+    for target, (prior, smooth, channel) in acted.items():
         plain = visualize(tiny_spec, target, refs_a, preset=base, steps=1, progress=False)
-        shaped = visualize(tiny_spec, target, refs_a, preset=replace(base, grad_blur=1.0, unit_prior=1.0), steps=1,
-                           progress=False)
+        shaped = visualize(tiny_spec, target, refs_a, preset=shaping, steps=1, progress=False)
         assert torch.allclose(plain.alpha, shaped.alpha) and plain.alpha.sum() > 0
-        assert shaped.record["optimizer"]["unit_prior"] == (0.0 if target == 1 else 1.0)
+        opt = shaped.record["optimizer"]
+        assert (opt["unit_prior"], opt["unit_smooth"], opt["channel_smooth"]) == (prior, smooth, channel)

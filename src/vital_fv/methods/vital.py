@@ -31,7 +31,7 @@ from ..params import clamp_, init_pixels, item_generators
 from ..relevance import Relevance, channel_importance, normalize_relevance, parse_method, silent
 from ..result import Result
 from ..signals import hold_signals
-from ..targets import ClassTarget, check_units
+from ..targets import ClassTarget, UnitTarget, check_units
 from ..transforms import roll, sample_rolls, sample_scales, zoom
 from ..zoo import LayerPreset, ModelSpec, unit_preset
 from .base import (
@@ -62,14 +62,18 @@ class OptimPreset(Preset):
     init_std: float = 1.0  # std of the N(0, s) pixel initialization, in normalized space
     scale_jitter: float = 0.0  # random zoom in [1 - s, 1 + s] after the roll (0: the authors' roll only)
     grad_blur: float = 0.0  # std (px) of a Gaussian low-pass on the pixel gradient before Adam (0: none)
-    # Units and directions only (off by default; measured in benchmarks/README.md). Where the loss's gradient is
-    # small, Adam still takes full-size steps, and unit images stay noisy there (on Lite0 channels this noise is
-    # made by the optimization, not left from the start). unit_init_std: their start's std (None: init_std);
-    # unit_prior: a pull towards grey (pixels towards 0 in normalized space) whose gradient is unit_prior x the
-    # item's mean gradient magnitude x the pixel, so it is scale-free and only matters where the loss's own
-    # gradient is small.
+    # Units and directions only (measured in benchmarks/README.md, issue 14 item 4). Where the loss's gradient is
+    # small, Adam still takes full-size steps and leaves pixel noise there. Two scale-free priors, each weight x the
+    # item's mean gradient magnitude x a pixel term, so they only matter where the loss's own gradient is small:
+    # unit_smooth pulls each pixel towards its 1 px Gaussian neighbourhood (the noise goes, colour and shape stay;
+    # a flat region feels no pull), for targets read at one position (neurons, concept directions), whose
+    # relevance is local; channel_smooth is the same for a channel's spatial mean, off: on Lite0 that mean is
+    # raised by texture everywhere, and smoothing lowered it. unit_prior pulls towards grey (0 in normalized
+    # space), for every unit and direction. unit_init_std: their start's std (None: init_std).
     unit_init_std: float | None = None
     unit_prior: float = 0.0
+    unit_smooth: float = 2.0
+    channel_smooth: float = 0.0
 
     def overridden(self, steps: int | None = None, lr: float | None = None) -> OptimPreset:
         """A shorter run keeps at most a fifth of its steps as warm-up."""
@@ -86,6 +90,7 @@ OPTIM_PRESETS: dict[str, OptimPreset] = {
     # and a quarter of the warm-up transferred best to an unseen judge model; the 1 px gradient low-pass halves
     # the hatching (high-frequency share 0.11 -> 0.06) and raised the judge's top-5 and units' CoSy AUC. unit_prior
     # stays off: it takes the noise out of unit images but cost CoSy AUC/MAD (-0.03 each) over 20 units x 2 seeds.
+    # unit_smooth (every preset) took the noise out of neuron and concept images without lowering their value.
     "quick": OptimPreset("quick", steps=500, lr=0.5, betas=(0.5, 0.9), warmup=25, jitter=30, grad_blur=1.0),
 }
 # Half the paper's schedule at its learning rate, with quick's low-pass: over the bundled classes x 3 seeds within
@@ -160,8 +165,6 @@ def visualize_batch(
         raise VitalError("all units of one batch must be on the same layer")
     if units and opt_preset.unit_init_std is not None:
         opt_preset = replace(opt_preset, init_std=opt_preset.unit_init_std)
-    if not units and opt_preset.unit_prior:
-        opt_preset = replace(opt_preset, unit_prior=0.0)  # the record says what acted
     method = ("lrp" if units else None) if relevance == "auto" else parse_method(relevance)
     layer_preset = layers or (unit_preset(model, units[0].layer) if units else model.preset)
     if layer_preset is None:
@@ -175,6 +178,7 @@ def visualize_batch(
             f"{model.name} takes exactly {model.preprocess.input_size}x{model.preprocess.input_size} inputs "
             f"(its position embeddings are fixed): drop --size or give --size {model.preprocess.input_size}"
         )
+    acting = [_acting(opt_preset, j.target) for j in jobs]
     dev = resolve_device(device)
     store = PrototypeCache() if cache is True else (cache or None)
     names = list(layer_preset.layers)
@@ -201,7 +205,7 @@ def visualize_batch(
             if rel_protos is not None:
                 weighting = _RelevanceWeighting(rel_model, starts, *_stack_relevance(
                     names, rel_protos, jobs, starts, protos, dev))
-            results = _optimize(model, names, layer_preset, opt_preset, jobs, protos, size, dev, progress, weighting)
+            results = _optimize(model, names, layer_preset, acting, jobs, protos, size, dev, progress, weighting)
             images, curves, step_times, status, alpha = results
             with hold_signals():  # the optimization is done: a Ctrl-C now waits until its results exist
                 top5 = model.top5(images)
@@ -222,7 +226,7 @@ def visualize_batch(
             relevance_info = {**rel_model.describe(), **info, "silent_steps": weighting.silent_steps[b]}
         record = build_record(
             "vital", status=status, step_times=step_times, target=target_info, seed=job.seed, model=model,
-            optimizer=asdict(opt_preset), resolution=size, device=dev, references=job.references.describe(),
+            optimizer=asdict(acting[b]), resolution=size, device=dev, references=job.references.describe(),
             loss={name: curves[:, li, b] for li, name in enumerate(names)}, top5=top5[b], setup_seconds=t_refs,
             image=images[b],
             layers=layer_preset.as_dict(), prototypes=proto_info[job.references.content_hash()],
@@ -432,13 +436,30 @@ def _per_item_prototypes(
     return out
 
 
-def _gradient_shaping(x: torch.Tensor, opt: OptimPreset) -> Any:
+def _acting(opt: OptimPreset, target: Target) -> OptimPreset:
+    """The preset as it acts on one target, so the record says what acted: the unit priors act on units and
+    directions only; unit_smooth on targets read at one position, channel_smooth on a channel's spatial mean."""
+    if isinstance(target, ClassTarget):
+        return replace(opt, unit_prior=0.0, unit_smooth=0.0, channel_smooth=0.0)
+    if isinstance(target, UnitTarget) and target.position is None:
+        return replace(opt, unit_smooth=0.0)
+    return replace(opt, channel_smooth=0.0)
+
+
+def _gradient_shaping(x: torch.Tensor, acting: Sequence[OptimPreset]) -> Any:
     """What Adam sees of the image's gradient (after the transparency map took the loss's own): the low-pass,
-    then the pull towards grey; None when neither is on."""
-    if not (opt.grad_blur or opt.unit_prior):
-        return None
+    then each item's unit priors; None when none is on."""
     from torchvision.transforms.functional import gaussian_blur
 
+    opt = acting[0]  # the batch shares the schedule and the low-pass; the priors are per item
+
+    def per_item(values: list[float]) -> torch.Tensor | None:
+        return torch.tensor(values, device=x.device, dtype=x.dtype).view(-1, 1, 1, 1) if any(values) else None
+
+    prior = per_item([a.unit_prior for a in acting])
+    smooth = per_item([a.unit_smooth + a.channel_smooth for a in acting])  # at most one of the two acts per item
+    if not (opt.grad_blur or prior is not None or smooth is not None):
+        return None
     k = 2 * math.ceil(2 * opt.grad_blur) + 1
 
     def shape() -> None:
@@ -447,10 +468,13 @@ def _gradient_shaping(x: torch.Tensor, opt: OptimPreset) -> Any:
             # Adam normalizes each pixel's update, so gradient components the stride-2 stem barely sees
             # (pixel-level colour alternations) get full-size steps; a low-pass keeps them out of the image.
             g = gaussian_blur(g, [k, k], [opt.grad_blur, opt.grad_blur])
-        if opt.unit_prior:
-            # Adam turns even this small term into full-size steps where the loss has no gradient of its own.
-            scale = g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
-            g = g + opt.unit_prior * scale * x.detach()
+        # Adam turns even these small terms into full-size steps where the loss has no gradient of its own.
+        scale = g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+        if prior is not None:
+            g = g + prior * scale * x.detach()
+        if smooth is not None:
+            xd = x.detach()
+            g = g + smooth * scale * (xd - gaussian_blur(xd, [5, 5], [1.0, 1.0]))
         x.grad = g
 
     return shape
@@ -460,7 +484,7 @@ def _optimize(
     model: ModelSpec,
     names: list[str],
     layer_preset: LayerPreset,
-    opt: OptimPreset,
+    acting: Sequence[OptimPreset],
     jobs: Sequence[Job],
     protos: dict[str, torch.Tensor],
     size: int,
@@ -468,6 +492,7 @@ def _optimize(
     progress: bool,
     weighting: _RelevanceWeighting | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[float], str, torch.Tensor]:
+    opt = acting[0]  # what the items share: schedule, jitter, start, low-pass
     gens = item_generators([j.seed for j in jobs])
     x = init_pixels(gens, size, device, std=opt.init_std)
     lo, hi = model.preprocess.bounds(device)
@@ -506,7 +531,7 @@ def _optimize(
                 loss.backward()
 
         update = Updater(optimizer, schedule(optimizer, opt.steps, opt.warmup), alpha=alpha, grad_of=lambda: x,
-                         backward=None if weighting is None else backward, before_step=_gradient_shaping(x, opt),
+                         backward=None if weighting is None else backward, before_step=_gradient_shaping(x, acting),
                          after_step=lambda: clamp_(x, lo, hi))
 
         def step(i: int) -> float:
