@@ -15,20 +15,17 @@ paper's direction start) and without relevance, and for each image we measure
 from __future__ import annotations
 
 import argparse
-import ast
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_units import quiet_noise  # the same measure as the units' table
+from bench_units import parse_preset, quiet_noise  # the same measure and option check as bench_units
 
 from vital_fv import Job, load_model, metrics, visualize_batch
 from vital_fv.concepts import extract_concepts, nmf_transform
 from vital_fv.features import capture
-from vital_fv.methods.vital import OPTIM_PRESETS
 from vital_fv.references import offline_photos
 from vital_fv.result import png_bytes
 
@@ -47,11 +44,7 @@ def main() -> None:
     ap.add_argument("--compare-layers", action="store_true",
                     help="concept 0: the paper's unit rule vs + blocks vs + conv_head, with and without LRP")
     args = ap.parse_args()
-    try:  # checked before the concept extraction and the runs
-        preset = replace(OPTIM_PRESETS[args.preset], **ast.literal_eval(args.changes))
-    except (KeyError, TypeError, ValueError, SyntaxError) as e:
-        ap.error(f"--preset/--changes: {e!r}; presets: {', '.join(OPTIM_PRESETS)}; changes: a dict of "
-                 "OptimPreset fields, e.g. \"{'unit_smooth': 2.0}\"")
+    preset = parse_preset(ap, args.preset, args.changes)  # checked before the concept extraction and the runs
     relevances = [None if r == "none" else r for r in args.relevance.split(",")]
     if bad := [r for r in relevances if r not in ("lrp", None)]:
         ap.error(f"--relevance: unknown {', '.join(bad)}; choose from lrp, none")

@@ -89,6 +89,21 @@ def quiet_noise(result, quantile: float = 0.25) -> float:
     return float(power[quiet].mean().sqrt())
 
 
+def parse_preset(ap: argparse.ArgumentParser, preset: str, changes: str):  # noqa: ANN201
+    """The VITAL preset named by --preset with the --changes fields replaced; a bad one is an argparse error, so
+    the scripts stop before their mining and runs."""
+    import ast
+    from dataclasses import replace
+
+    from vital_fv.methods.vital import OPTIM_PRESETS
+
+    try:
+        return replace(OPTIM_PRESETS[preset], **ast.literal_eval(changes))
+    except (KeyError, TypeError, ValueError, SyntaxError) as e:
+        ap.error(f"--preset/--changes: {e!r}; presets: {', '.join(OPTIM_PRESETS)}; changes: a dict of "
+                 "OptimPreset fields, e.g. \"{'grad_blur': 1.0}\"")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layer", default="blocks.5.2")
@@ -109,23 +124,14 @@ def main() -> int:
     ap.add_argument("--rows", type=Path, default=Path("/tmp/bench_units.jsonl"),
                     help="append one JSON line per unit and method (for paired comparisons of variants)")
     args = ap.parse_args()
-    import ast
-    from dataclasses import replace
-
     from sklearn.metrics import roc_auc_score
-
-    from vital_fv.methods.vital import OPTIM_PRESETS
 
     # Options are checked before the mining and the runs: a typo should not cost half an hour.
     relevances = {"vital-lrp": "lrp", "vital-gb": "guided_backprop", "vital-none": None}
     known = [*relevances, *(m for m in method_names() if m != "vital")]  # the registry's baselines
     if bad := [m for m in args.methods.split(",") if m not in known]:
         ap.error(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(known)}")
-    try:
-        vital_preset = replace(OPTIM_PRESETS[args.preset], **ast.literal_eval(args.changes))
-    except (KeyError, TypeError, ValueError, SyntaxError) as e:
-        ap.error(f"--preset/--changes: {e!r}; presets: {', '.join(OPTIM_PRESETS)}; changes: a dict of "
-                 "OptimPreset fields, e.g. \"{'grad_blur': 1.0}\"")
+    vital_preset = parse_preset(ap, args.preset, args.changes)
 
     device = resolve_device(args.device)
     spec = load_model("efficientnet_lite0").to(device)

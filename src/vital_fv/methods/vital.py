@@ -469,6 +469,9 @@ def _gradient_shaping(x: torch.Tensor, acting: Sequence[OptimPreset]) -> Any:
             # (pixel-level colour alternations) get full-size steps; a low-pass keeps them out of the image.
             g = gaussian_blur(g, [k, k], [opt.grad_blur, opt.grad_blur])
         # Adam turns even these small terms into full-size steps where the loss has no gradient of its own.
+        if prior is None and smooth is None:
+            x.grad = g
+            return
         scale = g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
         if prior is not None:
             g = g + prior * scale * x.detach()
