@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vital_fv import ClassTarget, Job, NonFiniteLossError, references, visualize, visualize_batch
+from vital_fv.errors import VitalError
 from vital_fv.methods import vital as opt_mod
 from vital_fv.zoo import LayerPreset
 
@@ -299,6 +300,15 @@ def test_unit_prior_pulls_to_grey_only_where_the_loss_has_little_gradient():
     assert torch.allclose(x.grad[..., 4:], torch.full_like(x.grad[..., 4:], 0.25))  # 0.5 x 0.5 x pixel 1
     assert torch.allclose(x.grad[..., :4], torch.full_like(x.grad[..., :4], 1.25))
     assert opt_mod._gradient_shaping(x, [replace(opt, unit_prior=0.0)]) is None
+
+
+@pytest.mark.parametrize("field", ["grad_blur", "unit_prior", "unit_smooth", "channel_smooth"])
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), "2"])
+def test_gradient_shaping_weights_are_checked_when_the_preset_is_made(field, bad):
+    from dataclasses import replace
+
+    with pytest.raises(VitalError, match=f"{field} must be a finite number >= 0"):
+        replace(opt_mod.OPTIM_PRESETS["quick"], **{field: bad})
 
 
 def test_unit_smooth_pulls_pixel_noise_flat_and_leaves_flat_colour_alone():

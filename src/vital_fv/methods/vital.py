@@ -75,6 +75,14 @@ class OptimPreset(Preset):
     unit_smooth: float = 2.0
     channel_smooth: float = 0.0
 
+    def __post_init__(self) -> None:
+        # A preset built with dataclasses.replace is checked here, before any reference or optimization work.
+        for name in ("grad_blur", "unit_prior", "unit_smooth", "channel_smooth"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise VitalError(f"preset {self.name}: {name} must be a finite number >= 0 (0 turns it off), "
+                                 f"got {value!r}")
+
     def overridden(self, steps: int | None = None, lr: float | None = None) -> OptimPreset:
         """A shorter run keeps at most a fifth of its steps as warm-up."""
         out = super().overridden(steps, lr)
