@@ -47,3 +47,21 @@ def results_folder(root: Path) -> Path:
     (root / "orphan.json").write_text(json.dumps({"method": "vital", "target": {"kind": "class", "index": 0}}))
     (root / "notes.json").write_text(json.dumps({"hello": "world"}))
     return root
+
+
+# One field of a record broken as in issue 27: the commands reading records once stopped with a traceback on these.
+BAD_FIELDS = [("model", "x"), ("target", "class"), ("references", "x"), ("method", 5), ("loss", ["abc"]),
+              ("loss", [1.0, None]), ("top5", "x")]
+
+
+def write_bad_records(folder: Path, good: Path) -> list[tuple[str, str]]:
+    """Copies of the record ``good`` (and its image) in ``folder``, each with one field of BAD_FIELDS broken;
+    returns (file name, field) of each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k, (name, value) in enumerate(BAD_FIELDS):
+        stem = f"bad-{k}-{name}"
+        (folder / f"{stem}.json").write_text(json.dumps({**json.loads(good.read_text()), name: value}))
+        (folder / f"{stem}.png").write_bytes(good.with_suffix(".png").read_bytes())
+        out.append((f"{stem}.json", name))
+    return out

@@ -89,7 +89,10 @@ def test_targets_are_checked_before_any_reference_is_read(tiny_spec, tmp_path):
 
 def test_fewer_references_than_asked_and_references_of_another_unit_are_named(tiny_spec, refs_dir, tmp_path):
     with pytest.warns(UserWarning, match="3 reference images where --n-refs asks for 50.*--augment"):
-        vital_fv.visualize(tiny_spec, 1, refs_dir, steps=1, progress=False)
+        vital_fv.visualize(tiny_spec, 1, refs_dir, steps=1, progress=False, augment=False)
+    completed = vital_fv.visualize(tiny_spec, 1, refs_dir, steps=1, n_refs=10, progress=False)  # by default
+    assert completed.record["references"]["summary"] == "3 photos: 7 crops chosen by the model's evidence"
+    assert completed.record["references"]["count"] == 10
     mined = references.resolve(tiny_spec, UnitTarget("act2", 0), images=refs_dir, n=2, progress=False)
     with pytest.warns(UserWarning, match="mined for act2:0, not act2:1"):
         vital_fv.visualize(tiny_spec, UnitTarget("act2", 1), mined, steps=1, n_refs=2, progress=False)
@@ -126,3 +129,63 @@ def test_any_options_either_run_or_get_our_error_before_any_work(tiny_spec, refs
         assert not ran  # refused before the method ran
     else:
         assert ran
+
+
+_ODD_VALUES = st.sampled_from([True, False, None, 0, 1, 1.5, -2, 2**70, "0", "no", "0,1", "", b"x", [1], ["0"], (),
+                               [True], {"a": 1}, float("nan"), object()])
+_ARGUMENTS = ["target", "references", "weights", "method", "preset", "seed", "seeds", "steps", "lr", "size", "device",
+              "n_refs", "pool", "images", "augment", "crops", "use", "layers", "layer_weights", "relevance",
+              "class_token", "spectrum", "cache", "cache_dir", "out", "name", "overwrite", "alpha_percentile",
+              "progress"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(odd=st.dictionaries(st.sampled_from(_ARGUMENTS), _ODD_VALUES, min_size=1, max_size=3))
+def test_any_argument_of_any_type_either_runs_or_gets_our_error_naming_it(tiny_spec, refs_dir, tmp_path, monkeypatch,
+                                                                          odd):
+    """Wrong types (bools for numbers, strings for lists, None where a value is needed) are refused by name before
+    any work, never a raw TypeError / ValueError / AttributeError, and nothing runs after a refusal."""
+    ran = []
+
+    def no_work(run):
+        @functools.wraps(run)  # one stand-in per method, each with its method's signature (its own options)
+        def fake(model, jobs, **_k):
+            ran.append(1)
+            return [Result(torch.zeros(3, 8, 8), {"seed": j.seed, "status": "complete"}) for j in jobs]
+
+        return fake
+
+    for m in vital_fv.method_names():
+        meth = vital_fv.get_method(m)
+        monkeypatch.setattr(meth, "run", no_work(meth.run))
+    kwargs = {"target": "one", "references": refs_dir, "steps": 1, "out": tmp_path / "o", "overwrite": True,
+              "progress": False, **odd}
+    target, references = kwargs.pop("target"), kwargs.pop("references")
+    try:
+        vital_fv.visualize(tiny_spec, target, references, **kwargs)
+    except VitalError as exc:
+        assert not ran
+        bad = [a for a in odd if a in str(exc).replace("-", "_")] or [a for a in odd if a in ("target", "references")]
+        assert bad or "nothing to visualize" in str(exc) or "uses no references" in str(exc), (odd, str(exc))
+    else:
+        assert ran
+        for arg, value in odd.items():  # whatever ran was of the documented type
+            assert _DOCUMENTED.get(arg, lambda v: True)(value), (arg, value)
+
+
+def _is(*kinds, optional=False):
+    return lambda v: (optional and v is None) or (isinstance(v, kinds) and (bool in kinds or not isinstance(v, bool)))
+
+
+_DOCUMENTED = {
+    "target": lambda v: _is(int, str)(v) or (isinstance(v, (list, tuple)) and all(_is(int, str)(t) for t in v)),
+    "seed": _is(int), "steps": _is(int, optional=True), "size": _is(int, optional=True),
+    "n_refs": _is(int), "lr": _is(int, float, optional=True), "alpha_percentile": _is(int, float),
+    "seeds": lambda v: v is None or (isinstance(v, (list, tuple)) and all(_is(int)(s) for s in v)),
+    "augment": _is(bool, optional=True), "overwrite": _is(bool), "progress": _is(bool),
+    "class_token": _is(bool, optional=True), "method": _is(str), "preset": _is(str), "device": _is(str),
+    "crops": _is(str), "use": _is(str), "name": _is(str, optional=True), "out": _is(str, optional=True),
+    "cache_dir": _is(str, optional=True), "weights": _is(str, optional=True), "relevance": _is(str, optional=True),
+    "layers": lambda v: v is None or (isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v)),
+    "layer_weights": lambda v: v is None or (isinstance(v, (list, tuple)) and all(_is(int, float)(w) for w in v)),
+}

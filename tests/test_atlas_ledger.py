@@ -87,3 +87,20 @@ def test_mined_items_wait_for_every_shard_and_a_failed_shard_fails_them_by_name(
     assert ledger.blocked() == 2
     failed = [r for r in ledger.rows() if r["method"] == "vital"]
     assert all(r["status"] == "failed" and "mine l shard 2/2 failed" in r["error"] for r in failed)
+
+
+def test_a_ledger_made_before_file_hashes_gets_their_column_and_reads_as_before(tmp_path):
+    Ledger.create(tmp_path / "job", {}, _items(2)).close()
+    con = sqlite3.connect(tmp_path / "job" / "atlas.sqlite")
+    con.execute("ALTER TABLE items DROP COLUMN digests")  # the schema of a job an older vital-fv planned
+    con.commit()
+    con.close()
+    ledger = Ledger.open(tmp_path / "job")
+    assert [r["digests"] for r in ledger.rows()] == [None, None]
+    first, second = ledger.claim(2, "w")
+    ledger.done(first, ["images/a.png"], 1.0, {"images/a.png": (3, "ab")})
+    ledger.done(second, ["images/b.png"], 1.0)
+    assert [r["digests"] for r in ledger.rows()] == ['{"images/a.png": [3, "ab"]}', None]
+    assert ledger.remake([first.id, second.id]) == 2
+    assert [(r["status"], r["attempts"], r["digests"], r["outputs"]) for r in ledger.rows()] == \
+        [("pending", 0, None, None)] * 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -294,3 +295,171 @@ def test_concepts_of_a_saved_file_are_atlas_items(tmp_path, capsys):
     assert main(["atlas", "plan", "--concepts", f"{path}:all", "--model", "efficientnet_lite1", "--out",
                  str(tmp_path / "j2")]) == 2
     assert "extracted on efficientnet_lite0, not efficientnet_lite1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def fourier_job(tmp_path_factory):
+    """Two bundled classes x fourier x two seeds on Lite0, 2 steps (no references: cheap to make again)."""
+    folder = tmp_path_factory.mktemp("atlas") / "job"
+    plan_atlas("efficientnet_lite0", folder, classes="espresso,tripod", methods=["fourier"], seeds=[0, 1],
+               steps=2).close()
+    return folder
+
+
+def test_done_items_whose_files_went_missing_or_changed_are_reported_and_made_again(fourier_job, lite0, tmp_path,
+                                                                                      capsys):
+    job = _copy(fourier_job, tmp_path)
+    plan = Ledger.open(job).plan
+
+    def run(**kwargs):
+        return run_atlas(job, batch=4, progress=False, executor=InProcess(plan, job, "cpu", spec=lite0), **kwargs)
+
+    assert run()["done"] == 4
+    rows = {r["stem"]: r for r in Ledger.open(job).rows()}
+    assert all(set(json.loads(r["digests"])) == set(json.loads(r["outputs"])) for r in rows.values())
+    gone, changed, *_ = sorted(rows)
+    (job / "images" / f"{gone}.png").unlink()
+    png = job / "images" / f"{changed}.png"
+    data = bytearray(png.read_bytes())
+    data[-20] ^= 0xFF  # the same size, another byte: only a hash sees it
+    png.write_bytes(bytes(data))
+    status = atlas_status(job)
+    assert status["counts"]["done"] == 4
+    assert [(d["stem"], d["problems"]) for d in status["damaged"]] == [(gone, [f"images/{gone}.png is missing"])]
+    assert sorted(d["stem"] for d in atlas_status(job, verify=True)["damaged"]) == [gone, changed]
+    capsys.readouterr()
+    assert main(["atlas", "status", str(job)]) == 1
+    out = capsys.readouterr().out
+    assert f"missing or damaged: {rows[gone]['label']}" in out and "1 done items have missing or damaged" in out
+    assert main(["atlas", "status", str(job), "--verify"]) == 1
+    assert "differs from the file that was made (sha256)" in capsys.readouterr().out
+
+    # the command, sizes checked: the missing image is made again, nothing else
+    assert main(["atlas", "run", str(job), "--batch", "4", "--device", "cpu", "--quiet"]) == 0
+    after = {r["stem"]: r for r in Ledger.open(job).rows()}
+    assert (job / "images" / f"{gone}.png").is_file() and after[gone]["finished"] > rows[gone]["finished"]
+    assert all(after[s]["finished"] == rows[s]["finished"] for s in rows if s != gone)
+    assert [d["stem"] for d in atlas_status(job, verify=True)["damaged"]] == [changed]
+    assert run(verify=True)["done"] == 4  # every file hashed: the changed one is made again
+    assert atlas_status(job, verify=True)["damaged"] == []
+    assert main(["atlas", "status", str(job), "--verify"]) == 0
+    assert "every done item's files verified (4 items)" in capsys.readouterr().out
+    assert main(["atlas", "run", str(job), "--verify", "--device", "cpu", "--quiet"]) == 0  # nothing to do
+
+    # a job of an older vital-fv (no hashes recorded): sizes are unknown, --verify reads the files instead
+    con = sqlite3.connect(job / "atlas.sqlite")
+    con.execute("UPDATE items SET digests = NULL")
+    con.commit()
+    png = job / "images" / f"{gone}.png"
+    png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])  # a truncated image
+    assert atlas_status(job)["damaged"] == [] and atlas_status(job)["unhashed"] == 4
+    (bad,) = atlas_status(job, verify=True)["damaged"]
+    assert bad["stem"] == gone and "unreadable" in bad["problems"][0]
+    assert run()["done"] == 4  # sizes unknown: not seen
+    assert not {r["stem"]: r for r in Ledger.open(job).rows()}[gone]["digests"]
+    assert run(verify=True)["done"] == 4
+    after = {r["stem"]: r for r in Ledger.open(job).rows()}
+    assert after[gone]["digests"] and sum(r["digests"] is None for r in after.values()) == 3
+    assert atlas_status(job, verify=True)["damaged"] == []
+
+
+def test_an_out_that_is_a_file_or_inside_one_is_refused_by_name(tmp_path, capsys):
+    file = tmp_path / "notes.txt"
+    file.write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    for out, message in [(file, f"--out {file} is a file, not a folder"),
+                         (file / "job", f"--out {file / 'job'} is inside {file}, a file"),
+                         (link / "job", f"{link} is a link to nothing")]:
+        assert main(["atlas", "plan", "--classes", "espresso", "--out", str(out)]) == 2, out
+        assert message in capsys.readouterr().err, out
+    assert file.read_text() == "x"
+    for argv in (["run", str(file)], ["status", str(file)]):
+        assert main(["atlas", *argv]) == 2
+        assert "is not an atlas job" in capsys.readouterr().err
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _threads(pid):
+    names = []
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        with contextlib.suppress(OSError):
+            names.append(comm.read_text().strip())
+    return names
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_and_the_resource_tracker_die_with_a_driver_killed_with_sigkill(small_job, tmp_path):
+    from vital_fv.atlas.executors import WATCHDOG
+
+    job = _copy(small_job, tmp_path)
+    con = sqlite3.connect(job / "atlas.sqlite")
+    con.execute("UPDATE meta SET value = json_set(value, '$.steps', 400) WHERE key = 'plan'")  # never ends here
+    con.commit()
+    cmd = [sys.executable, "-m", "vital_fv.cli", "atlas", "run", str(job), "--workers", "2", "--batch", "1",
+           "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids: list[int] = []
+    try:
+        workers: list[int] = []
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:  # both workers started, watching their driver
+            workers = [p for p in _children(proc.pid) if "spawn_main" in _cmdline(p)]
+            if len(workers) == 2 and all(WATCHDOG in _threads(p) for p in workers):
+                break
+            time.sleep(0.1)
+        kids = _children(proc.pid)
+        assert len(workers) == 2 and any("resource_tracker" in _cmdline(p) for p in kids), kids
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 20
+        while time.time() < deadline and any(_alive(p) for p in kids):
+            time.sleep(0.1)
+        assert not [p for p in kids if _alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in kids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_a_class_with_few_photos_is_completed_by_evidence_unless_the_plan_says_no(lite0, tmp_path, capsys):
+    from vital_fv.atlas.work import _references
+    from vital_fv.result import png_bytes
+
+    (tmp_path / "refs" / "espresso").mkdir(parents=True)
+    photo = references.bundled("espresso").images[0]
+    (tmp_path / "refs" / "espresso" / "cup.png").write_bytes(png_bytes(photo.float() / 255))
+    assert main(["atlas", "plan", "--classes", "espresso", "--refs", str(tmp_path / "refs"), "--n-refs", "4",
+                 "--crops", "objects", "--ref-weighting", "evidence", "--out", str(tmp_path / "a")]) == 0
+    ledger = Ledger.open(tmp_path / "a")
+    plan, (item,) = ledger.plan, ledger.items()
+    ledger.close()
+    assert plan["references"] == {"augment": None, "crops": "objects", "weighting": "evidence"}
+    refs = _references(lite0, plan, ClassTarget(967), item.refs, "cpu", False)
+    assert refs.count == 4 and refs.summary().startswith("1 photo: 3 crops chosen by the model's evidence")
+    assert refs.weighting and refs.position_weights.shape[0] == 4
+    assert main(["atlas", "plan", "--classes", "espresso", "--refs", str(tmp_path / "refs"), "--n-refs", "4",
+                 "--no-augment", "--out", str(tmp_path / "b")]) == 0
+    ledger = Ledger.open(tmp_path / "b")
+    plain = _references(lite0, ledger.plan, ClassTarget(967), ledger.items()[0].refs, "cpu", False)
+    ledger.close()
+    assert plain.count == 1 and plain.summary() == "1 image" and plain.weighting is None
+    with pytest.raises(SystemExit):
+        main(["atlas", "plan", "--classes", "espresso", "--crops", "best", "--out", str(tmp_path / "c")])
+    assert "argument --crops: invalid choice" in capsys.readouterr().err

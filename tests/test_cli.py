@@ -1,5 +1,6 @@
 import functools
 import json
+import signal
 
 import pytest
 import torch
@@ -432,3 +433,26 @@ def test_any_command_line_either_runs_or_gets_our_error_before_any_work(chosen, 
     else:
         assert code == 2 and not ran
         assert "error:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("sig, after, code", [(signal.SIGINT, 0.1, 130), (signal.SIGINT, 0.7, 130),
+                                              (signal.SIGINT, 2.0, 130), (signal.SIGTERM, 0.7, 143)])
+def test_a_stop_at_any_moment_of_the_start_is_a_clean_exit(sig, after, code, tmp_path):
+    """Ctrl-C or SIGTERM while the command imports torch, parses or loads the model: one line and 130 / 143, no
+    traceback, nothing written (the child gets SIGINT's default, which a background shell would have ignored)."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "vital_fv", "visualize", "--class", "espresso", "--steps", "500",
+                             "--out", str(tmp_path / "o"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(after)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err, err
+    if err.strip().splitlines()[-1].startswith("interrupted before any result"):  # stopped before the first step
+        assert not list((tmp_path / "o").glob("*.png"))
+    else:  # (a fast machine) stopped in the loop: the image so far is saved, marked interrupted
+        assert json.loads(next((tmp_path / "o").glob("*.json")).read_text())["status"] == "interrupted"

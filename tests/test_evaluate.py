@@ -2,13 +2,15 @@ import csv
 import json
 
 import pytest
+from gallery_helpers import BAD_FIELDS, write_bad_records
 
 from vital_fv.cli import main
 
 
 @pytest.fixture(scope="module")
 def results_folder(tmp_path_factory):
-    """A few quick Lite0 results of two methods and two classes, plus a corrupt record and an orphan record."""
+    """A few quick Lite0 results of two methods and two classes, plus a corrupt record, an orphan record and
+    records with one field broken (BAD_FIELDS)."""
     out = tmp_path_factory.mktemp("results")
     for cls in ("espresso", "tripod"):
         assert main(["visualize", "--class", cls, "--steps", "2", "--n-refs", "3", "--out", str(out), "--quiet"]) == 0
@@ -17,6 +19,7 @@ def results_folder(tmp_path_factory):
     (out / "broken.json").write_text('{"vital_fv": "0.1", "method": ')
     orphan = json.loads(next(out.glob("*espresso-s0.json")).read_text())
     (out / "orphan.json").write_text(json.dumps(orphan))  # no orphan.png
+    write_bad_records(out / "bad", next(out.glob("*espresso-s0.json")))
     return out
 
 
@@ -26,6 +29,9 @@ def test_evaluate_names_bad_files_and_scores_the_rest(results_folder, tmp_path, 
         assert main(["evaluate", str(results_folder), "--out", str(report), "--per-class", "6", "--n-boot", "10"]) == 0
     messages = " ".join(str(w.message) for w in caught)
     assert "broken.json" in messages and "orphan.json" in messages
+    for k, (field, _) in enumerate(BAD_FIELDS):  # each record with a broken field named, with the field
+        assert any(f"bad-{k}-{field}.json" in str(w.message) and f"field {field}: expected" in str(w.message)
+                   for w in caught), field
     table = (report / "table.md").read_text()
     assert "| efficientnet_lite0 | fourier | classes | 2 |" in table
     assert "| efficientnet_lite0 | vital | classes | 2 |" in table
@@ -66,3 +72,28 @@ def test_evaluate_with_too_few_or_unsorted_real_images_computes_the_rest(results
         assert main(["evaluate", str(results_folder), "--real", str(flat), "--out", str(tmp_path / "r2"),
                      "--no-plots"]) == 0
     capsys.readouterr()
+
+
+def test_the_report_lists_only_the_files_it_wrote_and_why_one_was_left_out(results_folder, tmp_path, capsys):
+    import shutil
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for f in results_folder.glob("*espresso-s0.*"):  # one result: too few points for a t-SNE
+        shutil.copy(f, few)
+    from PIL import Image
+
+    (tmp_path / "real1" / "espresso").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (90, 60, 30)).save(tmp_path / "real1" / "espresso" / "a.png")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "tsne.png").write_bytes(b"an earlier report's figure")
+    with pytest.warns(UserWarning, match="FD and KID are n/a"):
+        assert main(["evaluate", str(few), "--real", str(tmp_path / "real1"), "--out", str(report), "--n-boot", "2",
+                     "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split(f"report in {report}/ (")[1].split(")")[0].split(", ")
+    assert "tsne.png" not in listed and "table.md" in listed and "per_class.png" in listed
+    assert all((report / name).is_file() for name in listed)
+    assert "tsne.png not written: t-SNE needs at least 5 points" in out
+    assert not (report / "tsne.png").exists()  # the earlier figure would not match this report's tables

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from gallery_helpers import HOSTILE, results_folder, write_result
+from gallery_helpers import HOSTILE, results_folder, write_bad_records, write_result
 
 from vital_fv.errors import VitalError
 from vital_fv.gallery import build_gallery, make_server
@@ -41,6 +41,20 @@ def test_build_then_a_rebuild_remakes_only_what_changed(tmp_path):
     assert grown["items"] == 10 and grown["made"] == 3  # its thumbnail (the record is the same), the new two
     changed = {p.name for p in (site / "thumbs").glob("*.jpg") if thumbs.get(p.name) != p.stat().st_mtime_ns}
     assert changed == {"vital-tiny-1-one-vital-s0.jpg", "new-tiny-3-three-s0.jpg"}
+
+
+def test_records_that_do_not_fit_the_schema_are_issues_and_the_rest_is_built(tmp_path):
+    results, site = results_folder(tmp_path / "r"), tmp_path / "site"
+    bad = write_bad_records(results / "bad", results / "vital" / "tiny-1-one-vital-s0.json")
+    (results / "bad" / "garbled.json").write_text((results / "vital" / "tiny-1-one-vital-s0.json").read_text())
+    (results / "bad" / "garbled.png").write_bytes(b"not a png")  # a good record, an image that cannot be read
+    made = build_gallery(results, site, progress=False)
+    assert made["items"] == 9 and made["issues"] == 3 + len(bad) + 1
+    issues = {i["file"]: i["problem"] for i in _index(site)["issues"]}
+    for name, field in bad:
+        assert f"field {field}: expected" in issues[f"bad/{name}"]
+    assert "unreadable image" in issues["bad/garbled.png"]
+    assert len(list((site / "data" / "items").glob("*.js"))) == 9
 
 
 def test_a_folder_with_other_files_is_refused(tmp_path):

@@ -64,10 +64,97 @@ def test_resolve_uses_evidence_for_a_class_and_random_on_request(colour_spec, tm
     assert ev.describe()["crops"]["chosen_by"] == "evidence"
     plain = references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8, augment=True, crops="random")
     assert "crops" not in plain.describe() and plain.boxes is None
-    few = references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8)  # no augmentation: nothing to choose
-    assert few.count == 1 and "crops" not in few.describe()
-    with pytest.raises(VitalError, match="--crops must be one of evidence, random"):
+    few = references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8)  # few references: completed
+    assert few.count == 8 and few.describe()["crops"]["chosen_by"] == "evidence"
+    assert few.describe()["summary"] == "1 photo: 7 crops chosen by the model's evidence"
+    kept = references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8, augment=False)  # --no-augment
+    assert kept.count == 1 and "crops" not in kept.describe() and kept.describe()["summary"] == "1 image"
+    with pytest.raises(VitalError, match="--crops must be one of evidence, objects, random"):
         references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8, crops="best")
+    with pytest.raises(VitalError, match="--ref-weighting must be one of none, evidence"):
+        references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8, weighting="lrp")
+
+
+class ColourMapNet(nn.Module):
+    """Class 0 = red, class 1 = blue, through a map with positions: ``map`` is ReLU(R - B), ReLU(B - R) per pixel,
+    the logits its spatial means, so the class's evidence (Grad-CAM at ``map``) is where its colour is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, 0, -1], [-1, 0, 1]]).view(2, 3, 1, 1))
+        self.map = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 8 * self.map(self.conv(x)).mean((2, 3))
+
+
+@pytest.fixture
+def map_spec():
+    return load_model(ColourMapNet(), layers=["map"], preprocess=Preprocess(32, 32, (0.0,) * 3, (1.0,) * 3),
+                      class_names=["red", "blue"], name="colour-map")
+
+
+def small_object() -> torch.Tensor:
+    """A red square of a ninth of the frame in a blue frame: the class object small, its distractor large."""
+    img = torch.zeros(1, 3, 90, 90, dtype=torch.uint8)
+    img[0, 2] = 220
+    img[0, :, 10:40, 50:80] = 0
+    img[0, 0, 10:40, 50:80] = 220
+    return img
+
+
+def test_evidence_maps_find_the_object_and_object_crops_are_its_size(map_spec):
+    from vital_fv.references.evidence import evidence_maps
+
+    maps = evidence_maps(map_spec, 0, small_object().float() / 255, device="cpu")
+    assert maps.shape == (1, 90, 90) and float(maps.max()) == pytest.approx(1.0)
+    inside, outside = maps[0, 12:38, 52:78].mean(), maps[0, 50:, :40].mean()
+    assert inside > 0.8 and outside < 0.05
+    refs = references.from_tensor(small_object(), n=20, augment=True, seed=2)
+    scene = evidence_crops(refs, map_spec, 0, device="cpu").prepare(map_spec.preprocess)[1:]
+    chosen = evidence_crops(refs, map_spec, 0, objects=True, device="cpu")
+    objects = chosen.prepare(map_spec.preprocess)[1:]
+    # crops of half the frame or more cannot be mostly the ninth-of-a-frame object; crops at its size can
+    assert red_share(scene) < 0.3 and red_share(objects) > 0.5
+    info = chosen.describe()["crops"]
+    assert info["object_candidates"] == 38 and info["object_kept"] >= 15
+    assert "around the object" in chosen.summary()
+    boxes = [b for b in chosen.boxes if b[3] * b[4] < 0.5 * 90 * 90]
+    assert boxes and all(b[3] <= 70 and b[4] <= 70 for b in boxes)
+
+
+def test_reference_positions_weighted_by_evidence_make_the_prototype_the_object_s(map_spec):
+    from vital_fv.matching import compute_prototypes
+    from vital_fv.references.evidence import weight_by_evidence
+
+    refs = references.from_tensor(small_object(), n=1)
+    weighted = weight_by_evidence(refs, map_spec, 0, device="cpu")
+    assert weighted.content_hash() != refs.content_hash() and weighted.describe()["weighting"]["floor"] == 0.1
+    images = map_spec.preprocess.normalize(refs.prepare(map_spec.preprocess))
+    plain = compute_prototypes(map_spec.module, ["map"], images)["map"]
+    by_evidence = compute_prototypes(map_spec.module, ["map"], images, weights=weighted.position_weights)["map"]
+    # channel 0 (red): most positions are blue, so its plain median is 0; weighted, the object's positions dominate
+    assert float(plain[0, 512]) == 0.0 and float(by_evidence[0, 512]) > 0.5
+    assert float(by_evidence[1].mean()) < float(plain[1].mean())  # the blue distractor counts less
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=st.integers(1, 40), seed=st.integers(0, 9))
+def test_weighted_sorted_is_sort_for_equal_weights_and_ignores_weightless_positions(p, seed):
+    from vital_fv.matching import weighted_sorted
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(2, 3, p, generator=g)
+    assert torch.equal(weighted_sorted(z, torch.ones(2, p)), torch.sort(z, dim=-1).values)
+    w = (torch.rand(2, p, generator=g) > 0.5).float()
+    w[:, 0] = 1.0
+    out = weighted_sorted(z, w)
+    assert torch.all(out[..., 1:] >= out[..., :-1])  # still sorted
+    for n in range(2):
+        allowed = set(z[n][:, w[n] > 0].flatten().tolist())
+        assert set(out[n].flatten().tolist()) <= allowed
 
 
 @settings(max_examples=60, deadline=None)

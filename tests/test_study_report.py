@@ -6,6 +6,7 @@ import csv
 
 import pytest
 from fastapi.testclient import TestClient
+from gallery_helpers import write_bad_records
 from study_helpers import study_results
 
 from vital_fv.errors import VitalError
@@ -65,6 +66,17 @@ def test_scores_exclusions_and_the_report(tmp_path):
     with (tmp_path / "rep" / "table.csv").open() as f:
         assert len(list(csv.DictReader(f))) == len(table)
     assert study_status(study)["finished"] == 2
+
+
+def test_records_that_do_not_fit_the_schema_are_named_and_the_study_is_made(tmp_path):
+    results = study_results(tmp_path / "r")
+    bad = write_bad_records(results / "bad", results / "units" / "vital" / "lite0-act2-0-vital-s0.json")
+    with pytest.warns(UserWarning) as caught:
+        store = create_study(results, tmp_path / "s", participants_per_subset=2)
+    messages = [str(w.message) for w in caught]
+    for name, field in bad:
+        assert any(name in m and f"field {field}: expected" in m for m in messages), name
+    assert len(store.design["targets"]["class"]) == 3 and len(store.design["targets"]["unit"]) == 2
 
 
 def tiny_encoder(folder):

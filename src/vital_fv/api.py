@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import references as refs_mod
 from .cache import PrototypeCache
 from .device import resolve_device
@@ -24,13 +26,16 @@ from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
 from .methods.base import check_options
 from .options import (
     CROPS,
+    WEIGHTINGS,
     check_alpha_percentile,
     check_choice,
     check_layer_weights,
     check_n_refs,
     check_name,
+    check_numbers,
     check_seeds,
     check_size,
+    check_type,
 )
 from .references import ReferenceSet
 from .relevance import parse_method
@@ -47,10 +52,70 @@ def _as_target(target: Any) -> Any:
     """int / str -> ClassTarget; targets and saved concepts as they are."""
     if isinstance(target, (ClassTarget, UnitTarget, DirectionTarget)) or hasattr(target, "target"):
         return target
-    if isinstance(target, (int, str)):
+    if isinstance(target, (int, str)) and not isinstance(target, bool):  # True is not class 1
         return ClassTarget(target)
     raise VitalError(f"cannot visualize {target!r}: give a class index or name, a UnitTarget, a DirectionTarget or "
                      "a concept from vital_fv.concepts.load_concepts")
+
+
+_PATH = (str, os.PathLike)
+_NUMBER = (int, float)
+# visualize's arguments that take one plain type: (kinds, what it takes, None allowed). The rest are checked below.
+_ARGUMENTS: dict[str, tuple[Any, str, bool]] = {
+    "weights": (_PATH, "a state dict or checkpoint file path", True),
+    "method": (str, "a method name (vital_fv.method_names())", False),
+    "seed": (int, "a whole number", False),
+    "steps": (int, "a whole number of at least 1", True),
+    "lr": (_NUMBER, "a positive number", True),
+    "size": (int, "a whole number of pixels", True),
+    "device": ((str, torch.device), "auto, cpu, cuda or cuda:N", False),
+    "n_refs": (int, "a whole number of at least 1", False),
+    "pool": (_PATH, "a folder path", True),
+    "images": (_PATH, "a folder path", True),
+    "augment": (bool, "True, False or None (the default for the source)", True),
+    "crops": (str, "evidence, objects or random", False),
+    "ref_weighting": (str, "none or evidence", False),
+    "use": (str, "patches or images", False),
+    "relevance": (str, "auto, lrp, guided_backprop or None", True),
+    "class_token": (bool, "True, False or None (the model's default)", True),
+    "spectrum": (_PATH, "a file path", True),
+    "cache": ((bool, PrototypeCache), "True, False or a PrototypeCache", False),
+    "cache_dir": (_PATH, "a folder path", True),
+    "out": (_PATH, "a folder path", True),
+    "name": (str, "a file name stem", True),
+    "overwrite": (bool, "True or False", False),
+    "alpha_percentile": (_NUMBER, "a number in (0, 100]", False),
+    "progress": (bool, "True or False", False),
+}
+
+
+def _check_arguments(given: dict[str, Any]) -> None:
+    """One typed check of every argument of ``visualize``, naming the argument and what it takes, before anything
+    else runs (bools are not numbers, a string is not a list)."""
+    for arg, (kinds, what, optional) in _ARGUMENTS.items():
+        check_type(arg, given[arg], kinds, what, optional)
+    preset = given["preset"]
+    if not isinstance(preset, str) and not hasattr(preset, "overridden"):
+        raise VitalError(f"preset must be a preset name (e.g. 'paper', 'quick') or a preset object "
+                         f"(vital_fv.OPTIM_PRESETS), got {type(preset).__name__} {preset!r:.60}")
+    if given["seeds"] is not None:
+        if isinstance(given["seeds"], int) and not isinstance(given["seeds"], bool):
+            raise VitalError(f"seeds must be a list of whole numbers: seeds=[{given['seeds']}], or seed="
+                             f"{given['seeds']} for one image")
+        check_seeds(given["seeds"], "seeds")
+    check_seeds([given["seed"]], "seed")
+    refs = given["references"]
+    if not (refs is None or isinstance(refs, (ReferenceSet, *_PATH)) or (
+            isinstance(refs, Sequence) and refs and all(isinstance(r, _PATH) for r in refs))):
+        raise VitalError(f"references must be a ReferenceSet, a folder, or a list of image files, got "
+                         f"{type(refs).__name__} {refs!r:.60}")
+    layers = given["layers"]
+    if not (layers is None or isinstance(layers, LayerPreset) or (
+            isinstance(layers, Sequence) and not isinstance(layers, str) and all(isinstance(n, str) for n in layers))):
+        raise VitalError(f"layers must be a list of layer names (or a LayerPreset), got {type(layers).__name__} "
+                         f"{layers!r:.60}")
+    if given["layer_weights"] is not None:
+        check_numbers("layer_weights", given["layer_weights"], "a list of numbers, one per layer")
 
 
 def _slug(target: Any, model: ModelSpec) -> str:
@@ -105,6 +170,7 @@ def visualize(
     images: str | os.PathLike[str] | None = None,
     augment: bool | None = None,
     crops: str = "evidence",
+    ref_weighting: str = "none",
     use: str = "patches",
     layers: Sequence[str] | LayerPreset | None = None,
     layer_weights: Sequence[float] | None = None,
@@ -129,6 +195,7 @@ def visualize(
     ``.rgba.png`` / ``.alpha.npy`` with a transparency map; ``name`` sets the stem), existing files are refused
     before any work unless ``overwrite``, and a Ctrl-C saves the images so far.
     """
+    _check_arguments(dict(locals()))  # types first: each option's own check below then sees what it expects
     m = get_method(method)
     get_preset(m, preset, steps, lr)  # every option is checked before any work
     check_alpha_percentile(alpha_percentile)
@@ -136,6 +203,8 @@ def visualize(
     check_size(size)
     check_n_refs(n_refs)
     check_choice("--crops", crops, CROPS)
+    check_choice("--ref-weighting", ref_weighting, WEIGHTINGS)
+    check_choice("--use", use, ("patches", "images"))
     resolve_device(device)
     seed_list = check_seeds(seeds if seeds is not None else [seed])
     many = isinstance(target, (list, tuple))
@@ -186,12 +255,13 @@ def visualize(
         shared = None
         if references is not None or pool is not None:  # one source for every target, read once
             shared = refs_mod.resolve(spec, plain[0], references, pool=pool, n=n_refs, augment=augment,
-                                      crops=crops, device=device, progress=progress, cache_dir=cache_dir)
+                                      crops=crops, weighting=ref_weighting, device=device, progress=progress,
+                                      cache_dir=cache_dir)
         per_target = [
             shared if shared is not None else
             _concept_references(spec, t, images, n_refs, device, progress, cache_dir) if t is not p else
-            refs_mod.resolve(spec, p, images=images, n=n_refs, augment=augment, crops=crops, use=use,
-                             device=device, progress=progress, cache_dir=cache_dir)
+            refs_mod.resolve(spec, p, images=images, n=n_refs, augment=augment, crops=crops,
+                             weighting=ref_weighting, use=use, device=device, progress=progress, cache_dir=cache_dir)
             for t, p in zip(targets, plain, strict=True)
         ]
     else:
@@ -246,7 +316,7 @@ def _warn_about_references(target: Any, refs: ReferenceSet, n_refs: int, counted
                       "own (`vital mine` or --images DIR)", stacklevel=3)
     if counted and not mined_for and refs.count < n_refs:  # read from a source by --n-refs (not a set given)
         warnings.warn(f"{refs.count} reference image{'s' if refs.count != 1 else ''} where --n-refs asks for "
-                      f"{n_refs} ({refs.describe()['label']}): add images, or --augment to fill up with random crops",
+                      f"{n_refs} ({refs.describe()['label']}): add images, or --augment to fill up with crops",
                       stacklevel=3)
 
 
@@ -272,7 +342,8 @@ def _describe_run(spec: ModelSpec, method: str, targets: list[Any], refs: list[A
         return f"visualizing {what} on {spec.name} with {method}, preset {preset}, seeds {seeds_text}"
     counts = ", ".join(dict.fromkeys(str(r.count) for r in refs))
     noun = "reference" if counts == "1" else "references"
-    sources = "; ".join(dict.fromkeys(r.describe()["label"] for r in refs))
+    sources = "; ".join(dict.fromkeys(f"{r.summary()}, {r.label}" if r.count > len(r.images) else r.label
+                                      for r in refs))
     rel = relevance if relevance != "auto" else ("none" if isinstance(targets[0], ClassTarget) else "lrp")
     return (f"visualizing {what} on {spec.name} from {counts} {noun} ({sources}), preset {preset}, relevance "
             f"{rel or 'none'}, seeds {seeds_text}")

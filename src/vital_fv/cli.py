@@ -61,6 +61,20 @@ def _model_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--weights", help="state dict or checkpoint file (torchvision and timm models)")
 
 
+def _reference_args(sp: argparse.ArgumentParser) -> None:
+    """How a class's few references are completed and weighted (``visualize`` and ``atlas plan``)."""
+    sp.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                    help="make up missing class references with crops (default: on for classes with fewer images "
+                         "than --n-refs; --no-augment uses the images as they are)")
+    sp.add_argument("--crops", choices=options.CROPS, default="evidence",
+                    help="classes: keep the crops the model rates most probable for the class (evidence, default), "
+                         "the same among crops that also include ones around the object at its own size (objects), "
+                         "or random ones")
+    sp.add_argument("--ref-weighting", choices=options.WEIGHTINGS, default="none",
+                    help="classes: weight each reference's positions by the class's evidence (Grad-CAM) when the "
+                         "prototypes are made (evidence), or not (none, default)")
+
+
 def _run_args(sp: argparse.ArgumentParser, cache_help: str) -> None:
     sp.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     sp.add_argument("--cache-dir", help=f"{cache_help} (default ~/.cache/vital-fv or $VITAL_CACHE_DIR)")
@@ -111,11 +125,7 @@ def _add_visualize(sub: Any, reg: _Registry) -> None:
     v.add_argument("--use", choices=["patches", "images"], default="patches",
                    help="with --images: the mined patches (default) or their whole source images")
     v.add_argument("--n-refs", type=int, default=50, help="number of reference images (default 50)")
-    v.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="make up missing references with crops (default: on for bundled photos only)")
-    v.add_argument("--crops", choices=options.CROPS, default="evidence",
-                   help="classes: keep the crops the model rates most probable for the class (evidence, default) "
-                        "or random ones")
+    _reference_args(v)
     _optim_args(v, reg)
     v.add_argument("--layers", type=_names, help="comma-separated layer names (default: the model's preset)")
     v.add_argument("--layer-weights", type=_floats, help="comma-separated loss weights, one per layer")
@@ -245,6 +255,7 @@ def _add_atlas(sub: Any, reg: _Registry) -> None:
     pl.add_argument("--lr", type=float, help="override the preset's learning rate")
     pl.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     pl.add_argument("--n-refs", type=int, default=50, help="references per target (default 50)")
+    _reference_args(pl)
     pl.add_argument("--shard-size", type=int, default=256, help="images per mining shard (default 256)")
     pl.add_argument("--patch", type=int, default=64, help="mining patch size in px at the model's input scale")
     pl.add_argument("--out", required=True, help="the job folder (atlas.sqlite, images/)")
@@ -261,9 +272,13 @@ def _add_atlas(sub: Any, reg: _Registry) -> None:
                                   "(ray://head:10001); needs pip install 'vital-fv[ray]'")
     ru.add_argument("--max-attempts", type=int, default=3, help="tries per item before it is marked failed")
     ru.add_argument("--retry-failed", action="store_true", help="queue the failed items again")
+    ru.add_argument("--verify", action="store_true", help="hash every done item's files first and make again those "
+                                                          "that changed (always: those missing or of another size)")
     ru.add_argument("--quiet", action="store_true", help="no progress bar")
-    st = steps.add_parser("status", help="done / running / failed / left, images per hour, ETA")
+    st = steps.add_parser("status", help="done / running / failed / left, images per hour, ETA, missing files")
     st.add_argument("job", help="the job folder")
+    st.add_argument("--verify", action="store_true", help="hash every done item's files (default: check that they "
+                                                          "exist with the size they were made with)")
 
 
 def _add_gallery(sub: Any, reg: _Registry) -> None:
@@ -385,7 +400,25 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; a Ctrl-C or SIGTERM at any moment (parsing, torch's import, loading the model, the work)
+    ends with the same short message and exit code 130 / 143, never a traceback."""
+    import signal
+
+    stops: list[int] = []
+    try:
+        with sigterm_as_interrupt(stops):  # Slurm, Kubernetes and `timeout` stop with SIGTERM: treated as Ctrl-C
+            return _main(list(sys.argv[1:] if argv is None else argv), stops)
+    except (KeyboardInterrupt, Exception) as exc:  # before the command's own handling (options, imports) or after
+        if not isinstance(exc, KeyboardInterrupt) and not stops:
+            raise  # a failure, not a stop
+        # (a stop inside an import can surface as another error when the half-imported module is used next)
+        print("interrupted before any result was complete: nothing was written", file=sys.stderr)
+        return 143 if signal.SIGTERM in stops else 130
+
+
+def _main(argv: list[str], stops: list[int]) -> int:
+    import signal
+
     if not {"-h", "--help"} & set(argv):  # help lists the registry's choices: it needs the full parser
         try:
             _check_options(build_parser(registry=False).parse_args(argv))
@@ -402,17 +435,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)
-    terms: list[int] = []
+    term = signal.SIGTERM
     try:
-        with sigterm_as_interrupt(terms):  # Slurm, Kubernetes and `timeout` stop with SIGTERM: treated as Ctrl-C
-            code = COMMANDS[args.command](args)
-        return 143 if terms and code == 130 else code
+        code = COMMANDS[args.command](args)
+        return 143 if term in stops and code == 130 else code
     except KeyboardInterrupt:
         print("interrupted before any result was complete: nothing was written", file=sys.stderr)
-        return 143 if terms else 130
+        return 143 if term in stops else 130
     except ScanInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
-        return 143 if terms else 130
+        return 143 if term in stops else 130
     except VitalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         for result in getattr(exc, "results", []):
@@ -459,7 +491,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         args.model, target, args.refs, weights=args.weights, method=args.method, preset=args.preset,
         seeds=list(range(args.batch)) if args.batch else args.seeds, steps=args.steps, lr=args.lr, size=args.size,
         device=args.device, n_refs=args.n_refs, pool=args.pool, images=args.images, augment=args.augment,
-        crops=args.crops, use=args.use, layers=args.layers, layer_weights=args.layer_weights,
+        crops=args.crops, ref_weighting=args.ref_weighting, use=args.use, layers=args.layers,
+        layer_weights=args.layer_weights,
         relevance=args.relevance or "auto",
         class_token=False if args.no_class_token else None, spectrum=args.spectrum, cache=not args.no_cache,
         cache_dir=args.cache_dir, out=args.out, name=args.name, overwrite=args.overwrite,
@@ -640,8 +673,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     n_boot=args.n_boot, per_class=args.per_class, device=args.device, overwrite=args.overwrite,
                     plots=not args.no_plots)
     print((Path(args.out) / "table.md").read_text(), end="")
-    print(f"{len(rows)} rows; report in {args.out}/ (table.md, table.csv, items.csv"
-          f"{'' if args.no_plots else ', per_class.png, tsne.png'})")
+    print(f"{len(rows)} rows; report in {args.out}/ ({', '.join(p.name for p in rows.files)})")
+    for name, why in rows.skipped.items():
+        print(f"  {name} not written: {why}")
     return 0
 
 
@@ -670,7 +704,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
             args.model, args.out, weights=args.weights, classes=args.classes, units=args.units,
             concepts=args.concepts, refs=args.refs,
             pool=args.pool, images=args.images, methods=args.methods, preset=args.preset, seeds=args.seeds,
-            steps=args.steps, lr=args.lr, n_refs=args.n_refs, shard_size=args.shard_size, patch=args.patch,
+            steps=args.steps, lr=args.lr, n_refs=args.n_refs, augment=args.augment, crops=args.crops,
+            ref_weighting=args.ref_weighting, shard_size=args.shard_size, patch=args.patch,
             overwrite=args.overwrite)
         counts, plan = ledger.counts(), ledger.plan
         ledger.close()
@@ -681,7 +716,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         try:
             counts = atlas.run_atlas(args.job, batch=args.batch, device=args.device, workers=args.workers,
                                      devices=args.devices, ray=args.ray, max_attempts=args.max_attempts,
-                                     retry_failed=args.retry_failed, progress=not args.quiet)
+                                     retry_failed=args.retry_failed, verify=args.verify,
+                                     progress=not args.quiet)
         except KeyboardInterrupt:
             counts = atlas.atlas_status(args.job)["counts"]
             print(f"interrupted: {counts['done']} items done and kept, {counts['pending']} queued; the same command "
@@ -689,7 +725,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
             return 130
         print(f"{args.job}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} left")
         return 0 if counts["failed"] == 0 else 1
-    st = atlas.atlas_status(args.job)
+    st = atlas.atlas_status(args.job, verify=args.verify)
     c = st["counts"]
     rate = f"{st['images_per_hour']:.0f} images per hour" if st["images_per_hour"] else "no image yet"
     eta = f", ETA {st['eta_seconds'] / 3600:.1f} h" if st["eta_seconds"] else ""
@@ -701,7 +737,17 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         print(f"  worker {w}: {wc['done']} done, {wc['running']} running, {wc['failed']} failed")
     for f in st["failed"][:10]:
         print(f"  failed: {f['label']} ({f['method']}, seed {f['seed']}, {f['attempts']} attempts): {f['error']}")
-    return 0
+    bad = st["damaged"]
+    for d in bad[:10]:
+        print(f"  missing or damaged: {d['label']} ({d['method']}, seed {d['seed']}): {'; '.join(d['problems'])}")
+    if bad:
+        print(f"{len(bad)} done items have missing or damaged files: `vital atlas run {args.job}` makes them again")
+    if st["verified"] and st["unhashed"]:
+        print(f"  {st['unhashed']} done items were made before vital-fv recorded hashes: their files were read "
+              "instead (images decoded, records parsed)")
+    if st["verified"] and not bad:
+        print(f"  every done item's files verified ({c['done']} items)")
+    return 1 if bad else 0
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
@@ -779,7 +825,10 @@ def console_main() -> int:
     (the work is done and written; a late Ctrl-C would otherwise end the process with SIGINT's own status)."""
     import signal
 
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's message was printed
+        code = 130
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return code

@@ -8,6 +8,7 @@ visualizations, colour = class, marker = method, as the paper's Fig. 5).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -58,7 +59,8 @@ def _row_order(model: str, method: str) -> tuple[str, int, str]:
 
 
 def load_results(folder: str | os.PathLike[str]) -> list[Item]:
-    """Every result record under ``folder`` with its image; bad files are named in warnings and skipped."""
+    """Every result record under ``folder`` with its image; bad files (unreadable, without an image, not fitting the
+    record's schema: ``records.check_record``) are named in warnings and skipped."""
     from .records import find_results
 
     root = Path(folder)
@@ -70,6 +72,8 @@ def load_results(folder: str | os.PathLike[str]) -> list[Item]:
             warnings.warn(f"skipping {p.path}: not a readable JSON record ({p.reason})", stacklevel=2)
         elif p.kind == "no-image":
             warnings.warn(f"skipping {p.path}: its image is missing or unreadable ({p.reason})", stacklevel=2)
+        elif p.kind == "schema":  # a field the scores read is missing or of the wrong type
+            warnings.warn(f"skipping {p.path}: {p.reason}", stacklevel=2)
     items = []
     for js, rec in found:
         png = js.with_suffix(".png")
@@ -145,13 +149,28 @@ class Evaluator:
 
         self.device = resolve_device(device)
         self._models: dict[str, Any] = {}
+        self._held = contextlib.ExitStack()  # the caller's modules, frozen on the device until ``close``
         for spec in (models or {}).values():
             self.add(spec)
         self.clip = metrics.load_clip(clip_checkpoint, clip_arch, self.device) if clip_checkpoint else None
 
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Give the caller's modules back exactly as they were (mode, gradient flags, device)."""
+        self._held.close()
+
     def add(self, spec: Any) -> str:
-        """Register a ``ModelSpec`` (models outside the zoo, e.g. trained in a benchmark) under its name."""
-        spec.module.eval().requires_grad_(False).to(self.device)
+        """Register a ``ModelSpec`` (models outside the zoo, e.g. trained in a benchmark) under its name; its module
+        is held frozen on the device until ``close``."""
+        from .device import frozen_on
+
+        if spec.name not in self._models and all(spec.module is not s.module for s in self._models.values()):
+            self._held.enter_context(frozen_on(spec.module, self.device))
         self._models[spec.name] = spec
         return spec.name
 
@@ -184,18 +203,26 @@ def evaluate(
     overwrite: bool = False,
     plots: bool = True,
     models: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Score a results folder and write the report; returns the table rows.
+) -> Report:
+    """Score a results folder and write the report; returns the table rows (a list) with the files written
+    (``.files``) and those left out with why (``.skipped``).
 
     ``judge`` and ``fid_model`` are zoo names or ``ModelSpec`` objects; ``models`` maps the model names in the
     records to ``ModelSpec`` objects for models the zoo cannot load by name."""
-    from .result import atomic_write_bytes, ensure_writable_dir, refuse_overwrite
+    from .result import ensure_writable_dir, refuse_overwrite
 
     out_dir = ensure_writable_dir(out)
     outputs = [out_dir / n for n in ("table.md", "table.csv", "items.csv", "per_class.png", "tsne.png")]
     refuse_overwrite(outputs, overwrite)
     items = load_results(results)
-    ev = Evaluator(device, clip_checkpoint, clip_arch, models)
+    with Evaluator(device, clip_checkpoint, clip_arch, models) as ev:
+        return _evaluate(ev, items, out_dir, real, judge, fid_model, controls, n_boot, per_class, plots)
+
+
+def _evaluate(ev: Evaluator, items: list[Item], out_dir: Path, real: Any, judge: Any, fid_model: Any,
+              controls: Any, n_boot: int, per_class: int, plots: bool) -> Report:
+    from .result import atomic_write_bytes
+
     judge = ev.add(judge) if judge is not None and not isinstance(judge, str) else judge
     fid_model = ev.add(fid_model) if fid_model is not None and not isinstance(fid_model, str) else fid_model
     class_items = [it for it in items if it.kind == "class"]
@@ -260,9 +287,31 @@ def evaluate(
 
     _write_tables(rows, items, out_dir, atomic_write_bytes)
     if plots:
-        _plot_per_class(class_items, out_dir / "per_class.png", judge is not None)
-        _plot_tsne(tsne_points, out_dir / "tsne.png", ev.model(fid_model).class_names if fid_model else [])
-    return rows
+        skipped = {"per_class.png": _plot_per_class(class_items, out_dir / "per_class.png", judge is not None),
+                   "tsne.png": _plot_tsne(tsne_points, out_dir / "tsne.png",
+                                          ev.model(fid_model).class_names if fid_model else [])}
+    else:
+        skipped = dict.fromkeys(("per_class.png", "tsne.png"), "--no-plots")
+    report = Report(rows)
+    for name in ("table.md", "table.csv", "items.csv", "per_class.png", "tsne.png"):
+        if skipped.get(name):
+            report.skipped[name] = skipped[name]
+            stale = out_dir / name  # from an earlier report (--overwrite): it would not match these tables
+            if stale.is_file():
+                stale.unlink()
+        else:
+            report.files.append(out_dir / name)
+    return report
+
+
+class Report(list):
+    """The table rows (a list, as before), with the report files written (``files``) and the ones left out, with
+    why (``skipped``: file name -> reason)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__(rows)
+        self.files: list[Path] = []
+        self.skipped: dict[str, str] = {}
 
 
 def _frechet_row(row: dict[str, Any], group: list[Item], real_feats: dict[int, np.ndarray], n_boot: int) -> None:
@@ -399,14 +448,15 @@ def _savefig(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _plot_per_class(items: list[Item], path: Path, has_judge: bool) -> None:
+def _plot_per_class(items: list[Item], path: Path, has_judge: bool) -> str | None:
+    """Draws the figure; returns why not, where it cannot be drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if not items:
-        return
+        return "no class results to plot"
     key = "judge_top1" if has_judge else "model_top1"
     classes = sorted({it.record["target"]["name"] for it in items})
     methods = sorted({it.method for it in items})
@@ -427,7 +477,8 @@ def _plot_per_class(items: list[Item], path: Path, has_judge: bool) -> None:
     plt.close(fig)
 
 
-def _plot_tsne(points: list[tuple[np.ndarray, int, str]], path: Path, class_names: list[str]) -> None:
+def _plot_tsne(points: list[tuple[np.ndarray, int, str]], path: Path, class_names: list[str]) -> str | None:
+    """Draws the figure; returns why not, where it cannot be drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -435,7 +486,8 @@ def _plot_tsne(points: list[tuple[np.ndarray, int, str]], path: Path, class_name
     from sklearn.manifold import TSNE
 
     if len(points) < 5:
-        return
+        return (f"t-SNE needs at least 5 points (real images and visualizations of the classes), there are "
+                f"{len(points)}: give more images per class in --real, or more seeds")
     x = np.stack([p[0] for p in points])
     emb = TSNE(n_components=2, perplexity=min(30, len(points) - 1) / 2, init="pca", random_state=0).fit_transform(x)
     classes = sorted({p[1] for p in points})

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .device import frozen_on
 from .errors import VitalError, close_matches
 
 
@@ -36,6 +37,8 @@ def as_channels_positions(t: torch.Tensor, skip_tokens: int = 0) -> torch.Tensor
     """
     if isinstance(t, (tuple, list)):
         t = t[0]
+    if t.dtype in (torch.float16, torch.bfloat16):  # a half-precision model: sort and match in float32
+        t = t.float()
     if t.dim() == 4:
         return t.flatten(2)
     if t.dim() == 3:
@@ -86,8 +89,10 @@ def layer_shapes(module: nn.Module, input_size: int, device: torch.device | str 
                     order.append(name)
 
             handles.append(layer.register_forward_hook(hook))
-        with torch.no_grad():
-            module(torch.zeros(1, 3, input_size, input_size, device=device))
+        with frozen_on(module, torch.device(device)), torch.no_grad():  # eval: a training model is left as it was
+            first = next(iter(module.parameters()), None)
+            module(torch.zeros(1, 3, input_size, input_size, device=device,
+                               dtype=first.dtype if first is not None and first.is_floating_point() else None))
     finally:
         for h in handles:
             h.remove()
@@ -119,8 +124,9 @@ def layers_below(
         handles.append(unit.register_forward_pre_hook(lambda *_: stamp(started, unit_layer)))
         for name, m in zip(candidates, mods, strict=True):
             handles.append(m.register_forward_hook(lambda *_, name=name: stamp(finished, name)))
-        with torch.no_grad():
-            module(torch.zeros(1, 3, input_size, input_size, device=next(module.parameters()).device))
+        first = next(module.parameters())
+        with frozen_on(module), torch.no_grad():  # eval: a training model's BatchNorm statistics stay as they were
+            module(torch.zeros(1, 3, input_size, input_size, device=first.device, dtype=first.dtype))
     finally:
         for h in handles:
             h.remove()

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .features import as_channels_positions, capture
@@ -105,6 +106,25 @@ def argsort_rows(rows: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(key)
 
 
+def weighted_sorted(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Sorted values of ``z`` (N, C, P) as the quantiles of the distribution in which position p counts ``w[n, p]``
+    (N, P): (N, C, P). Equal weights give ``sort(z)`` exactly; a position of weight zero does not count at all."""
+    values, idx = torch.sort(z, dim=-1)
+    cum = w.to(z.dtype).unsqueeze(1).expand_as(z).gather(-1, idx).cumsum(-1)
+    cum = cum / cum[..., -1:].clamp(min=torch.finfo(z.dtype).tiny)
+    levels = (torch.arange(z.shape[-1], device=z.device, dtype=z.dtype) + 0.5) / z.shape[-1]
+    pos = torch.searchsorted(cum.contiguous(), levels.expand_as(cum).contiguous()).clamp(max=z.shape[-1] - 1)
+    return values.gather(-1, pos)
+
+
+def _position_weights(maps: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+    """Per-position weights (N, H*W) for a conv map ``out`` (N, C, H, W), pooled from (N, S, S) maps; None for
+    other layer shapes (tokens), which are left unweighted."""
+    if out.dim() != 4:
+        return None
+    return F.adaptive_avg_pool2d(maps[:, None].to(out.device, torch.float32), out.shape[-2:]).flatten(1)
+
+
 @torch.no_grad()
 def compute_prototypes(
     module: nn.Module,
@@ -113,15 +133,20 @@ def compute_prototypes(
     batch_size: int = 16,
     model_name: str = "",
     skip_tokens: int = 0,
+    weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Average, over the reference images (N, 3, H, W; already normalized), of each layer's sorted features."""
+    """Average, over the reference images (N, 3, H, W; already normalized), of each layer's sorted features; with
+    ``weights`` (N, H, W), of each image's weighted quantiles (``weighted_sorted``) on conv layers."""
     device = next(iter(module.parameters())).device
     sums: dict[str, torch.Tensor] = {}
     with capture(module, layers, model_name) as feats:
         for start in range(0, images.shape[0], batch_size):
             module(images[start : start + batch_size].to(device))
             for name in layers:
-                s = torch.sort(as_channels_positions(feats[name], skip_tokens).float(), dim=-1).values.sum(0)
+                z = as_channels_positions(feats[name], skip_tokens).float()
+                out = feats[name][0] if isinstance(feats[name], (tuple, list)) else feats[name]
+                w = _position_weights(weights[start : start + batch_size], out) if weights is not None else None
+                s = (weighted_sorted(z, w) if w is not None else torch.sort(z, dim=-1).values).sum(0)
                 sums[name] = s if name not in sums else sums[name] + s
     return {name: s / images.shape[0] for name, s in sums.items()}
 

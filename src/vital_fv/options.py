@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from .errors import VitalError
 
 DEFAULT_MODEL = "efficientnet_lite0"
-CROPS = ("evidence", "random")  # how a class's augmentation crops are chosen (``references.resolve``)
+CROPS = ("evidence", "objects", "random")  # how a class's augmentation crops are chosen (``references.resolve``)
+WEIGHTINGS = ("none", "evidence")  # how a class reference's positions count in its prototypes (the same)
 MIN_SIZE, MAX_SIZE = 16, 4096  # generated resolution, px: below, a stride-32 network has no positions left
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -39,8 +40,18 @@ def check_size(size: int | None) -> None:
                          "model's own input size")
 
 
-def check_seeds(seeds: Sequence[int]) -> list[int]:
-    """The seeds as a list: at least one, none repeated (each seed is one image, one file)."""
+SEED_LIMIT = 2**63  # a seed is a torch generator's seed: |seed| below this
+
+
+def check_seeds(seeds: Sequence[int], option: str = "--seeds") -> list[int]:
+    """The seeds as a list: whole numbers (not bools) below 2**63, at least one, none repeated (each seed is one
+    image, one file)."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise VitalError(f"{option} must be a list of whole numbers, got {type(seeds).__name__} {seeds!r:.40}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not -SEED_LIMIT <= s < SEED_LIMIT:
+            raise VitalError(f"{option}: each seed must be a whole number between -2**63 and 2**63-1, got "
+                             f"{type(s).__name__} {s!r:.40}")
     seed_list = [int(s) for s in seeds]
     if not seed_list:
         raise VitalError("--seeds is empty: give at least one seed")
@@ -50,6 +61,7 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
 
 
 def check_alpha_percentile(alpha_percentile: float) -> None:
+    check_type("--alpha-percentile", alpha_percentile, (int, float), "a number in (0, 100]")
     if not 0 < alpha_percentile <= 100:  # also refuses NaN
         raise VitalError(f"--alpha-percentile must be in (0, 100], got {alpha_percentile}")
 
@@ -62,6 +74,7 @@ def check_n_refs(n: int) -> None:
 def check_layer_weights(layers: Sequence[str] | None, weights: Sequence[float] | None) -> None:
     if weights is None:
         return
+    check_numbers("--layer-weights", weights, "a list of numbers, one per layer")
     if not layers:
         raise VitalError("--layer-weights needs --layers")
     if len(weights) != len(layers):
@@ -93,3 +106,19 @@ def check_positive(option: str, value: int | None, least: int = 1, unit: str = "
 def check_choice(option: str, value: object, choices: Sequence[str]) -> None:
     if value not in choices:
         raise VitalError(f"{option} must be one of {', '.join(choices)} (got '{value}')")
+
+
+def check_type(option: str, value: object, kinds: type | tuple[type, ...], what: str, optional: bool = False) -> None:
+    """``value`` is one of ``kinds`` (``None`` too where ``optional``); a bool is never taken for a number."""
+    if value is None and optional:
+        return
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise VitalError(f"{option} must be {what}, got {type(value).__name__} {value!r:.60}")
+
+
+def check_numbers(option: str, values: object, what: str) -> None:
+    """A list or tuple of numbers (not a string of them, not bools)."""
+    if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence)
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)):
+        raise VitalError(f"{option} must be {what}, got {type(values).__name__} {values!r:.60}")

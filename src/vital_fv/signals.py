@@ -23,7 +23,9 @@ def _main_thread() -> bool:
 
 @contextmanager
 def sigterm_as_interrupt(received: list[int] | None = None) -> Iterator[list[int]]:
-    """Within the block, SIGTERM raises ``KeyboardInterrupt`` (and is appended to the yielded list)."""
+    """Within the block, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does; both are appended to the yielded
+    list, so a caller can tell a stop from a failure even when the ``KeyboardInterrupt`` surfaced as another
+    exception (one raised inside an import leaves the module half-made, and the next use of it fails)."""
     seen = received if received is not None else []
     if not _main_thread():
         yield seen
@@ -31,13 +33,20 @@ def sigterm_as_interrupt(received: list[int] | None = None) -> Iterator[list[int
 
     def handler(signum: int, _frame: object) -> None:
         seen.append(signum)
-        raise KeyboardInterrupt
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+        # The run is already stopping: a second Ctrl-C landing before the results are saved (the moment between
+        # the loop's stop and ``hold_signals``) must not lose them.
+        if len(seen) == 2:
+            logging.getLogger("vital_fv").warning("already stopping: the results so far are being saved (kill -9 "
+                                                  "stops at once)")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in HELD}
     try:
         yield seen
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @contextmanager

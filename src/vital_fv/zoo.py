@@ -150,9 +150,12 @@ def discover_last_hidden(module: nn.Module, input_size: int, model_name: str = "
         for name, m in module.named_modules():
             if name:
                 handles.append(m.register_forward_hook(hook(name)))
-        with torch.no_grad():
-            first = next(iter(module.parameters()), None)
-            module(torch.zeros(1, 3, input_size, input_size, device=first.device if first is not None else "cpu"))
+        from .device import frozen_on
+
+        first = next(iter(module.parameters()), None)
+        with frozen_on(module), torch.no_grad():  # eval: a training model's BatchNorm statistics stay as they were
+            module(torch.zeros(1, 3, input_size, input_size, device=first.device if first is not None else "cpu",
+                               dtype=first.dtype if first is not None and first.is_floating_point() else None))
     finally:
         for h in handles:
             h.remove()
@@ -508,7 +511,7 @@ def _module_hash(module: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in module.state_dict().items():
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # bf16 too
     return h.hexdigest()
 
 

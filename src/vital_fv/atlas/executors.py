@@ -4,7 +4,8 @@ in ``raycluster``.
 
 An executor takes batches (``submit``, as many at once as it has ``slots``) and hands back finished ones
 (``wait``): each item's ``Outcome``, with its files already written. A worker that dies mid-batch gives its items
-back as failures (the driver retries them up to ``--max-attempts``) and is replaced.
+back as failures (the driver retries them up to ``--max-attempts``) and is replaced. A worker dies with its
+driver, however the driver ends (kill -9 included): ``die_with_parent``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,21 @@ import os
 import queue
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import VitalError
 from .ledger import Item
-from .work import Outcome, load_plan_model, work_batch
+
+if TYPE_CHECKING:
+    from .work import Outcome
+
+# ``.work`` (torch, the methods) is imported where it is used: a spawned worker imports this module before it runs
+# ``_worker_main``, which must start watching its driver before it spends seconds importing torch.
 
 
 class Executor(Protocol):
@@ -43,6 +51,8 @@ def _error(exc: BaseException) -> str:
 def run_guarded(spec: Any, plan: dict[str, Any], folder: str, batch: Sequence[Item], device: Any,
                 progress: bool) -> list[Outcome]:
     """``work_batch``, with any failure of the batch reported as its items' errors (the job goes on)."""
+    from .work import Outcome, work_batch
+
     try:
         return work_batch(spec, plan, folder, batch, device, progress)
     except KeyboardInterrupt:
@@ -60,6 +70,8 @@ class InProcess:
     def __init__(self, plan: dict[str, Any], folder: str | os.PathLike[str], device: Any = "auto",
                  progress: bool = False, spec: Any = None) -> None:
         self.plan, self.folder, self.device, self.progress = plan, str(folder), device, progress
+        from .work import load_plan_model
+
         self.spec = spec if spec is not None else load_plan_model(plan)
         self._queued: list[Sequence[Item]] = []
 
@@ -75,14 +87,58 @@ class InProcess:
         self._queued.clear()
 
 
+PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15  # linux/prctl.h
+WATCHDOG = "vital-watchdog"  # the watchdog thread's name (``ps -T``, /proc/PID/task/*/comm on Linux)
+
+
+def die_with_parent(parent: int, grace: float = 10.0) -> None:
+    """End this process when ``parent`` (the driver that started it) ends, however it ends: on Linux the kernel
+    sends SIGTERM at once (``prctl(PR_SET_PDEATHSIG)``); everywhere a watchdog thread notices the new parent and
+    sends it itself, then ends the process outright if it has not unwound within ``grace`` seconds. Without this
+    a kill -9'd driver leaves its workers (and the resource tracker they hold open) blocked on their queues."""
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            pass  # the watchdog below sends the signal
+    signalled = prctl is not None and prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0  # by the kernel
+    if os.getppid() != parent:  # the driver died before the line above: no signal will come
+        os._exit(1)
+
+    def watch() -> None:
+        if prctl is not None:
+            prctl(PR_SET_NAME, WATCHDOG.encode(), 0, 0, 0)
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        if not signalled:
+            os.kill(os.getpid(), signal.SIGTERM)  # the worker unwinds (temporary files removed) ...
+        time.sleep(grace)
+        os._exit(1)  # ... or is ended here
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _unwind(*_: Any) -> None:
+    """A worker's SIGTERM: unwind (temporary files removed, queues released) instead of dying on the spot, once:
+    the signals that follow (a killed driver's threads may each send one as they die) are ignored meanwhile."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(0)
+
+
 def _worker_main(name: str, plan: dict[str, Any], folder: str, device: str, threads: int, tasks: Any,
-                 results: Any) -> None:
+                 results: Any, parent: int | None = None) -> None:
     """A local worker process: loads the model once, then runs the batches it is sent until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when workers stop (Ctrl-C reaches it)
+    signal.signal(signal.SIGTERM, _unwind)  # the driver's terminate(), or its death (``die_with_parent``)
+    if parent is not None:
+        die_with_parent(parent)
     import torch
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when workers stop (Ctrl-C reaches it)
-    # the driver's terminate(): unwind (temporary files removed, queues released) instead of dying on the spot
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from .work import load_plan_model
+
     torch.set_num_threads(threads)
     try:
         spec = load_plan_model(plan)
@@ -124,7 +180,8 @@ class LocalWorkers:
         self._count += 1
         tasks = self._ctx.Queue()
         proc = self._ctx.Process(target=_worker_main, name=name, daemon=True,
-                                 args=(name, self.plan, self.folder, device, self._threads, tasks, self._results))
+                                 args=(name, self.plan, self.folder, device, self._threads, tasks, self._results,
+                                       os.getpid()))
         proc.start()
         self._workers[name] = (proc, tasks, device)
         return name
@@ -155,6 +212,8 @@ class LocalWorkers:
 
     def _reap(self) -> list[list[Outcome]]:
         """Workers that died: their batch comes back as failures, and a new worker takes their place."""
+        from .work import Outcome
+
         finished = []
         for name, (proc, _, device) in list(self._workers.items()):
             if proc.is_alive():

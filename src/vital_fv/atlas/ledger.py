@@ -14,7 +14,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS items (
     finished REAL,
     seconds REAL,
     outputs TEXT,                  -- JSON list of the files written
+    digests TEXT,                  -- JSON {file: [size, sha256]} of those files, checked by status and run
     error TEXT,
     UNIQUE (target, method, seed)
 );
@@ -122,6 +123,12 @@ class Ledger:
             con.close()
             raise VitalError(f"the atlas job {folder} was made by a newer vital-fv (ledger version {version}, this "
                              f"one reads up to {SCHEMA_VERSION}): upgrade vital-fv")
+        columns = {r[1] for r in con.execute("PRAGMA table_info(items)")}
+        if "digests" not in columns:  # a job made before the files' hashes were recorded: its items get them
+            # when they are made (again); an older vital-fv reads the rows by column name as before. A read-only
+            # job stays as it is: read without hashes (``rows`` gives every item digests None)
+            with suppress(sqlite3.OperationalError):
+                con.execute("ALTER TABLE items ADD COLUMN digests TEXT")
         return cls(folder, con)
 
     def close(self) -> None:
@@ -138,7 +145,7 @@ class Ledger:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every item with all its columns (for status and the gallery)."""
-        return [dict(r) for r in self._con.execute("SELECT * FROM items ORDER BY id")]
+        return [{"digests": None, **dict(r)} for r in self._con.execute("SELECT * FROM items ORDER BY id")]
 
     def counts(self) -> dict[str, int]:
         found = dict(self._con.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
@@ -209,11 +216,25 @@ class Ledger:
                                       "cause and run with --retry-failed",))
             return con.total_changes - before
 
-    def done(self, item: Item, outputs: Sequence[str], seconds: float) -> None:
-        """Mark ``item`` done: call only after its files are complete on disk."""
+    def done(self, item: Item, outputs: Sequence[str], seconds: float,
+             digests: dict[str, tuple[int, str]] | None = None) -> None:
+        """Mark ``item`` done: call only after its files are complete on disk (``digests``: each file's size and
+        sha256, what ``status`` and ``run`` check them against later)."""
         with self._transaction() as con:
-            con.execute("UPDATE items SET status = 'done', finished = ?, seconds = ?, outputs = ?, error = NULL "
-                        "WHERE id = ?", (time.time(), seconds, json.dumps(list(outputs)), item.id))
+            con.execute("UPDATE items SET status = 'done', finished = ?, seconds = ?, outputs = ?, digests = ?, "
+                        "error = NULL WHERE id = ?",
+                        (time.time(), seconds, json.dumps(list(outputs)),
+                         json.dumps({k: list(v) for k, v in digests.items()}) if digests is not None else None,
+                         item.id))
+
+    def remake(self, ids: Sequence[int]) -> int:
+        """Done items whose files are missing or damaged: back to pending, their attempts starting again."""
+        with self._transaction() as con:
+            before = con.total_changes
+            con.executemany("UPDATE items SET status = 'pending', attempts = 0, worker = NULL, outputs = NULL, "
+                            "digests = NULL, finished = NULL, seconds = NULL, error = NULL "
+                            "WHERE id = ? AND status = 'done'", [(i,) for i in ids])
+            return con.total_changes - before
 
     def failed(self, item: Item, error: str, max_attempts: int) -> str:
         """Record a failure: back to pending while attempts are left, else ``failed``. Returns the new status."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..concepts import CONCEPTS_FILE
 from ..errors import VitalError
-from ..options import check_n_refs, check_positive, check_seeds
+from ..options import CROPS, WEIGHTINGS, check_choice, check_n_refs, check_positive, check_seeds, check_type
 from ..targets import ClassTarget, UnitTarget
 from ..version import __version__
 from .ledger import Ledger
@@ -48,6 +48,22 @@ def _class_folder(root: Path, index: int, name: str) -> Path | None:
     return None
 
 
+def check_out(out: Path) -> None:
+    """``--out``: a folder (new, or existing) that can be made and written, refused by name before anything is
+    loaded: not a file, not below one, not a broken link, not in a folder this user cannot write."""
+    for p in (out, *out.parents):
+        if p.is_symlink() and not p.exists():
+            raise VitalError(f"--out {out}: {p} is a link to nothing: give a folder for the job")
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            where = "is a file" if p == out else f"is inside {p}, a file"
+            raise VitalError(f"--out {out} {where}, not a folder: give a new folder (or an existing one) for the job")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise VitalError(f"--out {out}: cannot write in {p} (permission denied): give a folder you can write")
+        return
+
+
 def plan_atlas(
     model: str,
     out: str | os.PathLike[str],
@@ -65,6 +81,9 @@ def plan_atlas(
     steps: int | None = None,
     lr: float | None = None,
     n_refs: int = 50,
+    augment: bool | None = None,
+    crops: str = "evidence",
+    ref_weighting: str = "none",
     shard_size: int = 256,
     patch: int = 64,
     overwrite: bool = False,
@@ -90,6 +109,9 @@ def plan_atlas(
         get_preset(m, preset, steps, lr)
     seed_list = check_seeds(seeds)
     check_n_refs(n_refs)
+    check_type("--augment", augment, bool, "True, False or None (on for classes with few references)", True)
+    check_choice("--crops", crops, CROPS)
+    check_choice("--ref-weighting", ref_weighting, WEIGHTINGS)
     check_positive("--shard-size", shard_size)
     check_positive("--patch", patch, 8, " px")
     if refs is not None and pool is not None:
@@ -98,6 +120,7 @@ def plan_atlas(
         if folder is not None and not Path(folder).is_dir():
             raise VitalError(f"{option} {folder} is not a folder")
     out = Path(out)
+    check_out(out)
     if (out / "atlas.sqlite").exists() and not overwrite:
         raise VitalError(f"{out} already holds an atlas job: `vital atlas run {out}` continues it; pass --overwrite "
                          "to plan it anew")
@@ -202,6 +225,7 @@ def plan_atlas(
         "model": spec.name, "weights": str(Path(weights).resolve()) if weights else None,
         "weights_sha256": spec.weights_id, "methods": [m.name for m in ms], "preset": preset, "steps": steps,
         "lr": lr, "seeds": seed_list, "n_refs": n_refs,
+        "references": {"augment": augment, "crops": crops, "weighting": ref_weighting},
         "sources": {"refs": str(Path(refs).resolve()) if refs else None,
                     "pool": str(Path(pool).resolve()) if pool else None,
                     "images": str(Path(images).resolve()) if images else None},

@@ -1,10 +1,14 @@
 """``vital atlas run``: the driver takes batches of pending items from the ledger (one method at a time), an
 executor runs them (``executors``: this process, local workers, Ray actors) and writes their files, and the
-driver marks the items done, retries failures up to ``--max-attempts``, and gives back what a stop interrupted.
+driver marks the items done (with each file's size and sha256), retries failures up to ``--max-attempts``, and
+gives back what a stop interrupted. Done items whose files went missing or were damaged are made again: ``status``
+reports them, ``run`` queues them first (both check sizes; ``verify`` hashes every file).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,11 +25,13 @@ log = logging.getLogger("vital_fv")
 
 def run_atlas(folder: str | os.PathLike[str], *, batch: int = 8, device: str = "auto", workers: int | None = None,
               devices: Sequence[str] | None = None, ray: str | None = None, max_attempts: int = 3,
-              retry_failed: bool = False, progress: bool = True, executor: Executor | None = None) -> dict[str, int]:
-    """Run a planned job to the end (or until Ctrl-C): done items are never redone, items a stopped driver left
-    running go back to the queue, failures are retried up to ``max_attempts`` (``retry_failed``: the failed ones
-    too). ``workers`` local processes (pinned round-robin to ``devices``), or ``ray`` (``auto`` or an address)
-    with ``workers`` actors; default: this process. Returns the ledger's counts."""
+              retry_failed: bool = False, verify: bool = False, progress: bool = True,
+              executor: Executor | None = None) -> dict[str, int]:
+    """Run a planned job to the end (or until Ctrl-C): done items are never redone unless their files went
+    missing or changed size (``verify``: or their sha256), items a stopped driver left running go back to the
+    queue, failures are retried up to ``max_attempts`` (``retry_failed``: the failed ones too). ``workers`` local
+    processes (pinned round-robin to ``devices``), or ``ray`` (``auto`` or an address) with ``workers`` actors;
+    default: this process. Returns the ledger's counts."""
     from ..device import resolve_device
 
     check_positive("--batch", batch)
@@ -44,6 +50,11 @@ def run_atlas(folder: str | os.PathLike[str], *, batch: int = 8, device: str = "
                 log.info(f"{back} items a stopped run left running are queued again")
             if retry_failed:
                 log.info(f"{ledger.requeue(('failed',), reset_attempts=True)} failed items queued again")
+            damaged = check_done(ledger.folder, ledger.rows(), verify)
+            if damaged:
+                ledger.remake([d["id"] for d in damaged])
+                log.info(f"{len(damaged)} done items are made again, their files missing or damaged: "
+                         f"{_summary(damaged)}")
             counts = ledger.counts()
             if counts["pending"] == 0:
                 log.info(f"nothing to do: {counts['done']} done, {counts['failed']} failed")
@@ -95,12 +106,18 @@ def _record(ledger: Ledger, outcomes: Sequence[Outcome], max_attempts: int) -> i
     for o in outcomes:
         if o.interrupted:
             continue
-        if o.error is None:
-            ledger.done(o.item, o.outputs, o.seconds)
-            ended += 1
-            continue
-        status = ledger.failed(o.item, o.error, max_attempts)
-        log.info(f"{o.item.label} ({o.item.method}, seed {o.item.seed}): {o.error.splitlines()[-1]}"
+        error = o.error
+        if error is None:
+            try:
+                digests = file_digests(ledger.folder, o.outputs)
+            except OSError as exc:  # gone between the worker's write and now: the item is made again
+                error = f"its file {exc.filename} could not be read after it was written: {exc.strerror}"
+            else:
+                ledger.done(o.item, o.outputs, o.seconds, digests)
+                ended += 1
+                continue
+        status = ledger.failed(o.item, error, max_attempts)
+        log.info(f"{o.item.label} ({o.item.method}, seed {o.item.seed}): {error.splitlines()[-1]}"
                  f"{' - failed' if status == 'failed' else ' - will be retried'}")
         ended += status == "failed"
     if stopped:
@@ -109,8 +126,91 @@ def _record(ledger: Ledger, outcomes: Sequence[Outcome], max_attempts: int) -> i
     return ended
 
 
-def atlas_status(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """Done / running / failed / left, images per hour from the items' own times, the ETA, and per worker."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(folder: str | os.PathLike[str], outputs: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """Each of an item's files (paths relative to the job ``folder``): its size and sha256."""
+    return {o: (os.path.getsize(Path(folder) / o), _sha256(Path(folder) / o)) for o in outputs}
+
+
+def _readable(path: Path) -> str | None:
+    """What is wrong with a file no hash was recorded for (an item of an older vital-fv), read by its kind."""
+    try:
+        if path.name.endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+        elif path.suffix == ".json":
+            json.loads(path.read_bytes())
+    except Exception as exc:  # noqa: BLE001  (any failure to read it is the finding)
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def check_done(folder: str | os.PathLike[str], rows: Sequence[dict[str, Any]], verify: bool = False) -> \
+        list[dict[str, Any]]:
+    """The done items whose files are missing or damaged, each with its problems: every file must exist with the
+    size the ledger recorded (``verify``: and its sha256; an item recorded without hashes, by an older vital-fv,
+    has its PNG decoded and its JSON parsed instead). An item that lists no files is checked for its image."""
+    from .plan import IMAGES_DIR
+
+    folder = Path(folder)
+    damaged = []
+    for r in rows:
+        if r["status"] != "done":
+            continue
+        outputs = json.loads(r["outputs"]) if r["outputs"] else []
+        if not outputs and r["method"] != MINE:
+            outputs = [f"{IMAGES_DIR}/{r['stem']}.png"]
+        digests = json.loads(r["digests"]) if r.get("digests") else {}
+        problems = []
+        for o in outputs:
+            path = folder / o
+            try:
+                size = path.stat().st_size if path.is_file() else None
+            except OSError:
+                size = None
+            if size is None:
+                problems.append(f"{o} is missing")
+                continue
+            want = digests.get(o)
+            if want is not None and size != want[0]:
+                problems.append(f"{o} has {size} bytes, {want[0]} when it was made")
+            elif want is None and size == 0:
+                problems.append(f"{o} is empty")
+            elif verify and want is not None:
+                try:
+                    changed = _sha256(path) != want[1]
+                except OSError as exc:
+                    problems.append(f"{o} cannot be read ({exc.strerror})")
+                    continue
+                if changed:
+                    problems.append(f"{o} differs from the file that was made (sha256)")
+            elif verify:
+                why = _readable(path)
+                if why:
+                    problems.append(f"{o} is {why}")
+        if problems:
+            damaged.append({"id": r["id"], "label": r["label"], "method": r["method"], "seed": r["seed"],
+                            "stem": r["stem"], "problems": problems})
+    return damaged
+
+
+def _summary(damaged: Sequence[dict[str, Any]], n: int = 3) -> str:
+    return "; ".join(f"{d['label']} ({d['method']}, seed {d['seed']}): {d['problems'][0]}" for d in damaged[:n]) + \
+        (" ..." if len(damaged) > n else "")
+
+
+def atlas_status(folder: str | os.PathLike[str], verify: bool = False) -> dict[str, Any]:
+    """Done / running / failed / left, images per hour from the items' own times, the ETA, per worker, and the
+    done items whose files are missing or damaged (``damaged``: sizes checked; ``verify``: every file hashed)."""
     ledger = Ledger.open(folder)
     try:
         rows = ledger.rows()
@@ -118,6 +218,7 @@ def atlas_status(folder: str | os.PathLike[str]) -> dict[str, Any]:
         plan = ledger.plan
     finally:
         ledger.close()
+    damaged = check_done(folder, rows, verify)
     done = [r for r in rows if r["status"] == "done" and r["seconds"] and r["method"] != MINE]
     per_item = sum(r["seconds"] for r in done) / len(done) if done else None
     shards = [r for r in rows if r["method"] == MINE]
@@ -139,4 +240,6 @@ def atlas_status(folder: str | os.PathLike[str]) -> dict[str, Any]:
         "failed": [{"label": r["label"], "method": r["method"], "seed": r["seed"], "attempts": r["attempts"],
                     "error": (r["error"] or "").strip().splitlines()[-1] if r["error"] else ""}
                    for r in rows if r["status"] == "failed"],
+        "damaged": damaged, "verified": verify,
+        "unhashed": sum(r["status"] == "done" and not r.get("digests") for r in rows),
     }

@@ -39,16 +39,19 @@ def _references(spec: Any, plan: dict[str, Any], target: Any, source: str | None
     if source is None:
         return None
     n = plan["n_refs"]
+    how = plan.get("references") or {}  # a job planned before these options: the defaults
+    opts = {"n": n, "augment": how.get("augment"), "crops": how.get("crops", "evidence"),
+            "weighting": how.get("weighting", "none"), "device": device, "progress": progress}
     if source == "bundled":
-        return references.resolve(spec, target, n=n, device=device, progress=progress)
+        return references.resolve(spec, target, **opts)
     kind, _, path = source.partition(":")
     if kind == "pool":
-        return references.resolve(spec, target, pool=path, n=n, device=device, progress=progress)
+        return references.resolve(spec, target, pool=path, **opts)
     if kind == "images":
-        return references.resolve(spec, target, images=path, n=n, device=device, progress=progress)
+        return references.resolve(spec, target, images=path, **opts)
     if kind == "mined":  # the job's own shards, merged
         return references.mined_references(merged(path, target), k=n)
-    return references.resolve(spec, target, source, n=n, device=device, progress=progress)
+    return references.resolve(spec, target, source, **opts)
 
 
 def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], batch: Sequence[Item],

@@ -176,6 +176,15 @@ def build_gallery(results: str | os.PathLike[str], out: str | os.PathLike[str], 
     synonyms = _synonyms(found)
     index = []
     for item in tqdm(found.items, desc="gallery", unit="item", disable=not progress):
+        if item["file"]:
+            image = root / item["file"]
+            thumb = site / "thumbs" / f"{item['id']}.jpg"
+            try:
+                if man.stale(thumb, image):
+                    _thumb(image, thumb)
+            except OSError as exc:  # an unreadable image: an issue, as an unreadable record is
+                found.issues.append({"file": item["file"], "problem": f"unreadable image: {exc}"})
+                continue
         entry = {k: item.get(k) for k in ("id", "title", "kind", "key", "model", "layer", "method", "seed", "status",
                                           "index", "channel", "name")}
         words = [item["title"], item.get("name") or "", item["layer"], item["method"]]
@@ -184,17 +193,13 @@ def build_gallery(results: str | os.PathLike[str], out: str | os.PathLike[str], 
             words += synonyms[item["index"]]
         entry["search"] = " ".join(w for w in words if w).lower()
         if item["file"]:
-            image = root / item["file"]
-            thumb = site / "thumbs" / f"{item['id']}.jpg"
-            if man.stale(thumb, image):
-                _thumb(image, thumb)
             entry["thumb"] = _url(thumb, site)
             entry["image"] = _url(image, site)
             entry["rgba"] = _url(root / item["rgba"], site) if item["rgba"] else None
             record = root / item["json"]
             detail = site / "data" / "items" / f"{item['id']}.js"
             if man.stale(detail, record):
-                rec = json.loads(record.read_text())
+                rec = found.records[item["id"]]  # the record scan read and checked, not read again
                 refs = _references(rec, item, root, site, man)
                 data = _details(rec, item, root, site, found.metrics.get(Path(item["stem"]).name), refs)
                 atomic_write_bytes(detail, f"window.VITAL_ITEM = {json.dumps(data)};\n".encode())

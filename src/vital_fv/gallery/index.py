@@ -1,6 +1,6 @@
 """What a gallery shows: every result record under a folder (found recursively), the items an atlas job has not
-made yet (from its ledger), the figures of the other commands, and the records that could not be read (listed on
-the issues page instead of stopping the build)."""
+made yet (from its ledger), the figures of the other commands, and the records that could not be read or do not fit
+the record's schema (``records.check_record``; listed on the issues page instead of stopping the build)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Found:
     items: list[dict[str, Any]] = field(default_factory=list)
     figures: list[dict[str, Any]] = field(default_factory=list)
     issues: list[dict[str, str]] = field(default_factory=list)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # item id -> its record, as checked in scan
     metrics: dict[str, dict[str, str]] = field(default_factory=dict)  # stem -> `vital evaluate` items.csv row
 
 
@@ -77,6 +78,7 @@ def scan(root: str | os.PathLike[str]) -> Found:
         while ident in stems:
             ident += "-"
         stems.add(ident)
+        found.records[ident] = rec
         found.items.append({
             "id": ident, "stem": stem, "file": str(rel.with_suffix(".png")), "json": str(rel),
             "rgba": str(rel.with_suffix(".rgba.png")) if path.with_suffix(".rgba.png").is_file() else None,
@@ -94,7 +96,9 @@ def scan(root: str | os.PathLike[str]) -> Found:
 def _figure(root: Path, path: Path) -> dict[str, Any]:
     try:
         rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
+        rec = {}
+    if not isinstance(rec, dict):
         rec = {}
     images = [str((path.parent / name).relative_to(root)) for name in FIGURE_IMAGES if (path.parent / name).is_file()]
     keys = {k: rec[k] for k in ("model", "layer", "class_name", "class_index", "unit") if k in rec and

@@ -277,7 +277,8 @@ def _prototypes(
             continue
         images = model.preprocess.normalize(refs.prepare(model.preprocess))
         protos[h] = compute_prototypes(
-            model.module, layer_preset.layers, images, batch_size, model.name, model.skip_tokens
+            model.module, layer_preset.layers, images, batch_size, model.name, model.skip_tokens,
+            weights=refs.position_weights,
         )
         path = store.save(key, protos[h], key_parts) if store else None
         info[h] = {"key": key, "cache": "miss" if store else "off", "path": str(path) if path else None}

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VitalError
-from ..options import CROPS, check_choice, check_n_refs
+from ..options import CROPS, WEIGHTINGS, check_choice, check_n_refs
 from ..targets import ClassTarget, UnitTarget
-from .evidence import evidence_crops
+from .evidence import evidence_crops, weight_by_evidence
 from .mining import mine_checked, mined_references
 from .sets import BUNDLED, ReferenceSet, bundled, from_files, from_folder, from_pool
 
@@ -27,6 +27,7 @@ def resolve(
     augment: bool | None = None,
     use: str = "patches",
     crops: str = "evidence",
+    weighting: str = "none",
     device: Any = "auto",
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -36,19 +37,29 @@ def resolve(
     ``refs``: a ``ReferenceSet``, a folder (a ``vital mine`` folder is read as such) or image files; ``pool``: an
     unlabelled folder, ranked by the model's probability for the class; ``images``: a folder the unit's top patches
     are mined from (cached and resumable); none of them: the bundled photo of a demo class. ``augment`` fills
-    missing references with crops (default: on for the bundled photo only); for a class, ``crops="evidence"``
-    keeps the crops the model rates most probable for it (``references.evidence``), ``"random"`` random ones.
+    missing references with crops: by default on for a class (a folder or files with fewer images than ``n``, the
+    bundled photo), off for units and concepts; ``augment=False`` uses the images as they are. For a class,
+    ``crops="evidence"`` keeps the crops the model rates most probable for it (``references.evidence``),
+    ``"objects"`` does so among crops that also include ones centred on the class's evidence at the object's own
+    size, ``"random"`` keeps random ones. ``weighting="evidence"`` weights each reference's positions by the
+    class's evidence when the prototypes are made.
     """
     given = [name for name, v in (("refs", refs), ("pool", pool), ("images", images)) if v is not None]
     if len(given) > 1:
         raise VitalError(f"give one reference source, not {' and '.join('--' + g for g in given)}")
     check_n_refs(n)
     check_choice("--crops", crops, CROPS)
+    check_choice("--ref-weighting", weighting, WEIGHTINGS)
+    if augment is None:
+        augment = isinstance(target, ClassTarget)
     found = _source(model, target, refs, pool, images, n, augment, use, device, progress, cache_dir)
     makes_crops = found.augment and found.count > len(found.images) and found.boxes is None
-    if crops == "evidence" and isinstance(target, ClassTarget) and makes_crops:
+    if isinstance(target, ClassTarget) and (makes_crops and crops != "random" or weighting == "evidence"):
         index, _ = target.resolve(model.class_names, model.class_synonyms)
-        found = evidence_crops(found, model, index, device=device)
+        if makes_crops and crops != "random":
+            found = evidence_crops(found, model, index, objects=crops == "objects", device=device)
+        if weighting == "evidence":
+            found = weight_by_evidence(found, model, index, device=device)
     return found
 
 
@@ -71,13 +82,13 @@ def _source(model: Any, target: Any, refs: Any, pool: Any, images: Any, n: int, 
     if refs is not None:
         paths = [Path(refs)] if isinstance(refs, (str, os.PathLike)) else [Path(r) for r in refs]
         if len(paths) == 1 and paths[0].is_dir():
-            return from_folder(paths[0], n=n, augment=bool(augment))
-        return from_files(paths, n=n, augment=bool(augment))
+            return from_folder(paths[0], n=n, augment=augment)
+        return from_files(paths, n=n, augment=augment)
     if isinstance(target, ClassTarget):
         _, name = target.resolve(model.class_names, model.class_synonyms)
         if name.lower() not in BUNDLED:
             raise VitalError(f"no references for '{name}': give --refs DIR (images of the class) or --pool DIR. "
                              f"Bundled photos exist for: {', '.join(BUNDLED)}")
-        return bundled(name, n=n, augment=True if augment is None else augment)
+        return bundled(name, n=n, augment=augment)
     raise VitalError(f"a VITAL visualization of {target.label()} needs the unit's references: --images DIR (mines "
                      "them) or --refs FOLDER from `vital mine`")

@@ -49,6 +49,10 @@ class ReferenceSet:
     info: dict[str, Any] = field(default_factory=dict)
     fit: str = "crop"  # "crop": the model's resize + center crop; "stretch": straight to the input size (patches)
     boxes: list[tuple[int, int, int, int, int, bool]] | None = None
+    # (count, S, S) weights of each prepared reference's positions (``references.evidence.weight_by_evidence``),
+    # and what made them (part of the content hash, so weighted prototypes are cached apart)
+    position_weights: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    weighting: str | None = None
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -68,6 +72,8 @@ class ReferenceSet:
             parts.append(self.fit)
         if self.boxes is not None:
             parts.append([list(b) for b in self.boxes])
+        if self.weighting is not None:
+            parts.append(self.weighting)
         blob = json.dumps(parts).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -115,8 +121,20 @@ class ReferenceSet:
             boxes.append((i, top, left, h, w, u[4] < 0.5))
         return boxes
 
+    def summary(self) -> str:
+        """What the run uses, in words: "1 photo: 49 crops chosen by the model's evidence", "50 images"."""
+        n = len(self.images)
+        extra = self.count - n
+        if extra <= 0:
+            return f"{n} image{'s' if n != 1 else ''}"
+        crops = self.info.get("crops") or {}
+        how = ("chosen by the model's evidence" + (" (around the object)" if crops.get("object_kept") else "")
+               if crops.get("chosen_by") == "evidence" else "chosen" if self.boxes is not None else "at random")
+        return f"{n} photo{'s' if n != 1 else ''}: {extra} crop{'s' if extra != 1 else ''} {how}"
+
     def describe(self) -> dict[str, Any]:
         return {
+            "summary": self.summary(),
             "label": self.label,
             "sources": self.sources,
             "sha256": self.hashes,

@@ -13,6 +13,7 @@ import os
 import random
 import secrets
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,23 +59,28 @@ class _Stimuli:
 
 
 def _crop_png(source: str, box: Sequence[int] | None, root: Path) -> bytes | None:
+    """The reference image ``source`` (cut at ``box``) as PNG; None when it cannot be read or the box is empty."""
     from ..references import crop, read_image
     from ..result import png_bytes
 
     path = Path(source)
     for candidate in ([path] if path.is_absolute() else [root / path, Path.cwd() / path, root.parent / path]):
         if candidate.is_file():
-            img, _ = read_image(candidate)
+            try:
+                img, _ = read_image(candidate)
+            except VitalError:
+                return None
             if box:
                 img = crop(img, box)
-            return png_bytes(img.float() / 255)
+            return png_bytes(img.float() / 255) if img.numel() else None
     return None
 
 
 def create_study(results: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  parts: Sequence[str] = PARTS, participants_per_subset: int = 20, title: str | None = None,
                  overwrite: bool = False) -> Store:
-    """Make a study in ``out`` from the results under ``results`` (see the module's docstring)."""
+    """Make a study in ``out`` from the results under ``results`` (see the module's docstring); records that cannot
+    be read, lack their image or do not fit the record's schema are named in warnings and left out."""
     from ..records import find_results
 
     bad = [p for p in parts if p not in PARTS]
@@ -86,7 +92,10 @@ def create_study(results: str | os.PathLike[str], out: str | os.PathLike[str], *
     if (out / "study.sqlite").exists() and not overwrite:
         raise VitalError(f"{out} already holds a study (its answers are kept): choose another --out, or pass "
                          "--overwrite to make it anew")
-    found, _ = find_results(root)
+    found, problems = find_results(root)
+    for p in problems:  # records that cannot be read, have no image or do not fit the schema: named, left out
+        if p.kind != "other":
+            warnings.warn(f"skipping {p.path}: {p.reason}", stacklevel=2)
     classes: dict[tuple, dict[str, Any]] = {}
     units: dict[tuple, dict[str, Any]] = {}
     for path, rec in sorted(found, key=lambda f: (f[1].get("seed", 0), str(f[0]))):
@@ -99,9 +108,10 @@ def create_study(results: str | os.PathLike[str], out: str | os.PathLike[str], *
             label = f"{t.get('layer')}:{t.get('channel')}"
             key = (model.get("name"), label)
             entry = units.setdefault(key, {"label": label, "by_method": {}, "mining": None})
-            mining = (rec.get("references") or {}).get("mining")
-            if mining and entry["mining"] is None:
-                entry["mining"] = {"sources": rec["references"].get("sources", []), "boxes": mining.get("boxes"),
+            refs = rec.get("references") or {}
+            mining = refs.get("mining")
+            if mining and refs.get("sources") and entry["mining"] is None:
+                entry["mining"] = {"sources": refs["sources"], "boxes": mining.get("boxes"),
                                    "scores": mining.get("scores")}
         else:
             continue
@@ -139,15 +149,16 @@ def create_study(results: str | os.PathLike[str], out: str | os.PathLike[str], *
                                  "by_method": by_method})
     for (_, label), u in sorted(usable_units.items(), key=lambda kv: str(kv[0])):
         mining = u["mining"]
+        boxes = mining["boxes"] or []
+        box = [boxes[k] if k < len(boxes) else None for k in range(len(mining["sources"]))]
         crops = []
         for k, src in enumerate(mining["sources"][:MAX_REFS]):
-            box = mining["boxes"][k] if mining["boxes"] and k < len(mining["boxes"]) else None
-            png = _crop_png(src, box, root)
+            png = _crop_png(src, box[k], root)
             if png is not None:
                 crops.append(stim.add("refcrop", png, target=f"unit:{label}", label=label))
         last = len(mining["sources"]) - 1
-        strong = _crop_png(mining["sources"][0], (mining["boxes"] or [None])[0], root)
-        weak = _crop_png(mining["sources"][last], mining["boxes"][last] if mining["boxes"] else None, root)
+        strong = _crop_png(mining["sources"][0], box[0], root)
+        weak = _crop_png(mining["sources"][last], box[last], root)
         by_method = {m: [stim.add("vis", p.with_suffix(".png").read_bytes(), method=m, target=f"unit:{label}",
                                   label=label) for p in paths] for m, paths in u["by_method"].items()}
         queries = ({"strong": stim.add("query", strong, target=f"unit:{label}", info={"rank": 0}),
