@@ -9,6 +9,7 @@ target is in its top-5 (the bar: every class and seed).
 
     python benchmarks/bench_scenes.py --seeds 0,1,2 --save /tmp/scenes                 # ~8 min a variant
     python benchmarks/bench_scenes.py --scenes bundled --variants today,objects+weighted  # the plain photos
+    python benchmarks/bench_scenes.py --variants fourier,maco --save /tmp/scenes         # the baselines
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vital_fv import ClassTarget, Job, load_model, references, visualize_batch
+from vital_fv import ClassTarget, Job, load_model, references, run_method, visualize_batch
 from vital_fv.methods.vital import OPTIM_PRESETS
 from vital_fv.result import png_bytes
 
-VARIANTS = {  # name: (crops, weighting)
+VARIANTS = {  # name: (crops, weighting); the baselines use no references
     "random": ("random", "none"),
     "today": ("evidence", "none"),
     "objects": ("objects", "none"),
     "weighted": ("evidence", "evidence"),
     "objects+weighted": ("objects", "evidence"),
+    "fourier": None,
+    "maco": None,
 }
 FRAME = (256, 320)  # height, width of a scene
 
@@ -86,7 +89,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default="today,objects,weighted,objects+weighted")
-    ap.add_argument("--scenes", choices=["scenes", "bundled"], default="scenes")
+    ap.add_argument("--scenes", choices=["scenes", "bundled", "many"], default="scenes",
+                    help="scenes: one scene photo per class; bundled: the plain bundled photo; many: 50 scenes per "
+                         "class, the class object at a different place and size in each, always with the same "
+                         "co-occurring object (item 5)")
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--save", help="folder for the scenes, the images and a JSON line per class x variant")
     args = ap.parse_args()
@@ -102,10 +108,15 @@ def main() -> int:
     folders = {}
     for k, c in enumerate(classes):
         d = classes[(k + 1) % len(classes)]
-        img = scene(photos[c], photos[d], k) if args.scenes == "scenes" else photos[c]
         folders[c] = work / c
         folders[c].mkdir()
-        (folders[c] / "photo.png").write_bytes(png_bytes(img.float() / 255))
+        if args.scenes == "many":
+            for j in range(50):
+                img = scene(photos[c], photos[d], 1000 * (k + 1) + j)
+                (folders[c] / f"scene{j:02d}.png").write_bytes(png_bytes(img.float() / 255))
+        else:
+            img = scene(photos[c], photos[d], k) if args.scenes == "scenes" else photos[c]
+            (folders[c] / "photo.png").write_bytes(png_bytes(img.float() / 255))
         if save:
             save.mkdir(parents=True, exist_ok=True)
             (save / f"{args.scenes}-{c}.png").write_bytes(png_bytes(img.float() / 255))
@@ -115,16 +126,21 @@ def main() -> int:
           "target in Lite2 top-5 | Lite0 top-1 | crops around the object |")
     print("|---|---|---|---|---|---|---|---|---|")
     for variant in args.variants.split(","):
-        crops, weighting = VARIANTS[variant]
         t = time.perf_counter()
         sets, idx, dis = {}, {}, {}
         for k, c in enumerate(classes):
             idx[c] = spec.class_names.index(c)
             dis[c] = spec.class_names.index(classes[(k + 1) % len(classes)])
-            sets[c] = references.resolve(spec, ClassTarget(idx[c]), folders[c], n=50, crops=crops,
-                                         weighting=weighting, device="cpu", progress=False)
-        jobs = [Job(ClassTarget(idx[c]), sets[c], s) for c in classes for s in seeds]
-        res = visualize_batch(spec, jobs, preset=preset, progress=False, device="cpu")
+            if VARIANTS[variant] is not None:
+                crops, weighting = VARIANTS[variant]
+                sets[c] = references.resolve(spec, ClassTarget(idx[c]), folders[c], n=50, crops=crops,
+                                             weighting=weighting, device="cpu", progress=False)
+        if VARIANTS[variant] is None:
+            jobs = [Job(ClassTarget(idx[c]), None, s) for c in classes for s in seeds]
+            res = run_method(variant, spec, jobs, preset="quick", progress=False, device="cpu")
+        else:
+            jobs = [Job(ClassTarget(idx[c]), sets[c], s) for c in classes for s in seeds]
+            res = visualize_batch(spec, jobs, preset=preset, progress=False, device="cpu")
         probs = judge_probs(judge, torch.stack([r.image for r in res]))
         totals = {"ok": 0, "top5": 0, "top1": 0, "n": 0}
         for k, c in enumerate(classes):
@@ -137,7 +153,7 @@ def main() -> int:
             ok = sum(p <= ref_p / 3 for p in vis_p)
             for key, v in (("ok", ok), ("top5", top5), ("top1", top1), ("n", len(seeds))):
                 totals[key] += v
-            crop_info = sets[c].info.get("crops") or {}
+            crop_info = (sets[c].info.get("crops") or {}) if c in sets else {}
             around = f"{crop_info.get('object_kept', 0)}/{crop_info.get('kept', 0)}"
             mean_p = sum(vis_p) / len(vis_p)
             print(f"| {variant} | {c} | {classes[(k + 1) % len(classes)]} | {ref_p:.3f} | {mean_p:.3f} | "
