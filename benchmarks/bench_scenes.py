@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_few_refs import judge_probs  # the same judge as the side-by-side benchmark
 
 from vital_fv import ClassTarget, Job, load_model, references, run_method, visualize_batch
 from vital_fv.methods.vital import OPTIM_PRESETS
@@ -77,12 +78,6 @@ def scene(target: torch.Tensor, distractor: torch.Tensor, k: int) -> torch.Tenso
     st, sl = (h - sh - 4, 4) if left > w // 2 else (4, w - sw - 4)
     out[:, st : st + sh, sl : sl + sw] = copy
     return out.round().clamp(0, 255).to(torch.uint8)
-
-
-def judge_probs(judge, images: torch.Tensor) -> torch.Tensor:
-    x = F.interpolate(images, size=judge.preprocess.input_size, mode="bilinear", antialias=True)
-    with torch.no_grad():
-        return judge.module(judge.preprocess.normalize(x)).softmax(-1)
 
 
 def main() -> int:

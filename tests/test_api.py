@@ -98,6 +98,25 @@ def test_fewer_references_than_asked_and_references_of_another_unit_are_named(ti
         vital_fv.visualize(tiny_spec, UnitTarget("act2", 1), mined, steps=1, n_refs=2, progress=False)
 
 
+def _methods_do_no_work(monkeypatch) -> list[int]:
+    """Every registered method's ``run`` replaced by a stand-in that records the call and returns blank results;
+    each keeps its method's signature, so its own options are still checked. Returns the list of calls."""
+    ran: list[int] = []
+
+    def no_work(run):
+        @functools.wraps(run)
+        def fake(model, jobs, **_k):
+            ran.append(1)
+            return [Result(torch.zeros(3, 8, 8), {"seed": j.seed, "status": "complete"}) for j in jobs]
+
+        return fake
+
+    for m in vital_fv.method_names():
+        meth = vital_fv.get_method(m)
+        monkeypatch.setattr(meth, "run", no_work(meth.run))
+    return ran
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lr=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
        steps=st.one_of(st.none(), st.integers(-5, 10**6)), size=st.one_of(st.none(), st.integers(-10, 10**5)),
@@ -108,19 +127,7 @@ def test_fewer_references_than_asked_and_references_of_another_unit_are_named(ti
 def test_any_options_either_run_or_get_our_error_before_any_work(tiny_spec, refs_dir, tmp_path, monkeypatch, lr,
                                                                  steps, size, seeds, n_refs, alpha, name, method,
                                                                  preset):
-    ran = []
-
-    def no_work(run):
-        @functools.wraps(run)  # the method's own signature, so its own options are checked
-        def fake(model, jobs, **_k):
-            ran.append(1)
-            return [Result(torch.zeros(3, 8, 8), {"seed": j.seed, "status": "complete"}) for j in jobs]
-
-        return fake
-
-    for m in vital_fv.method_names():
-        meth = vital_fv.get_method(m)
-        monkeypatch.setattr(meth, "run", no_work(meth.run))
+    ran = _methods_do_no_work(monkeypatch)
     try:
         vital_fv.visualize(tiny_spec, "one", refs_dir if method == "vital" else None, method=method, preset=preset,
                            lr=lr, steps=steps, size=size, seeds=seeds, n_refs=n_refs, alpha_percentile=alpha,
@@ -145,19 +152,7 @@ def test_any_argument_of_any_type_either_runs_or_gets_our_error_naming_it(tiny_s
                                                                           odd):
     """Wrong types (bools for numbers, strings for lists, None where a value is needed) are refused by name before
     any work, never a raw TypeError / ValueError / AttributeError, and nothing runs after a refusal."""
-    ran = []
-
-    def no_work(run):
-        @functools.wraps(run)  # one stand-in per method, each with its method's signature (its own options)
-        def fake(model, jobs, **_k):
-            ran.append(1)
-            return [Result(torch.zeros(3, 8, 8), {"seed": j.seed, "status": "complete"}) for j in jobs]
-
-        return fake
-
-    for m in vital_fv.method_names():
-        meth = vital_fv.get_method(m)
-        monkeypatch.setattr(meth, "run", no_work(meth.run))
+    ran = _methods_do_no_work(monkeypatch)
     kwargs = {"target": "one", "references": refs_dir, "steps": 1, "out": tmp_path / "o", "overwrite": True,
               "progress": False, **odd}
     target, references = kwargs.pop("target"), kwargs.pop("references")
