@@ -132,7 +132,9 @@ def main() -> int:
                                              weighting=weighting, device="cpu", progress=False)
         if VARIANTS[variant] is None:
             jobs = [Job(ClassTarget(idx[c]), None, s) for c in classes for s in seeds]
-            res = run_method(variant, spec, jobs, preset="quick", progress=False, device="cpu")
+            # one image at a time: batched MACO costs more per image than alone on a CPU (issue 30)
+            res = [r for job in jobs for r in run_method(variant, spec, [job], preset="quick", progress=False,
+                                                          device="cpu")]
         else:
             jobs = [Job(ClassTarget(idx[c]), sets[c], s) for c in classes for s in seeds]
             res = visualize_batch(spec, jobs, preset=preset, progress=False, device="cpu")

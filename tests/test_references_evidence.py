@@ -115,12 +115,15 @@ def test_evidence_maps_find_the_object_and_object_crops_are_its_size(map_spec):
     refs = references.from_tensor(small_object(), n=20, augment=True, seed=2)
     scene = evidence_crops(refs, map_spec, 0, device="cpu").prepare(map_spec.preprocess)[1:]
     chosen = evidence_crops(refs, map_spec, 0, objects=True, device="cpu")
-    objects = chosen.prepare(map_spec.preprocess)[1:]
+    objects = chosen.prepare(map_spec.preprocess)  # every reference a crop: the blue frame is not kept whole
+    assert len(objects) == 20 and not chosen.whole and "whole_originals" in chosen.describe()
     # crops of half the frame or more cannot be mostly the ninth-of-a-frame object; crops at its size can
     assert red_share(scene) < 0.3 and red_share(objects) > 0.5
     info = chosen.describe()["crops"]
-    assert info["object_candidates"] == 38 and info["object_kept"] >= 15
-    assert "around the object" in chosen.summary()
+    assert info["object_candidates"] == 40 and info["object_kept"] >= 15
+    assert chosen.summary() == "1 photo: 20 crops around the class, chosen by the model's evidence"
+    top, left, h, w = info["scan_best"][1:]  # the scan's best window lies on the object (rows 10-40, cols 50-80)
+    assert 10 - h / 2 <= top <= 40 - h / 2 and 50 - w / 2 <= left <= 80 - w / 2 and h <= 60
     boxes = [b for b in chosen.boxes if b[3] * b[4] < 0.5 * 90 * 90]
     assert boxes and all(b[3] <= 70 and b[4] <= 70 for b in boxes)
 
@@ -167,3 +170,24 @@ def test_random_crops_fit_any_image_and_vary(h, w, lo, seed):
         assert i == 0 and top >= 0 and top + bh <= h and left >= 0 and left + bw <= w and bh >= 1 and bw >= 1
     if min(h, w) >= 64 and lo < 0.9:
         assert len({b[1:5] for b in boxes}) > 1  # not one fallback crop repeated (a wide image included)
+
+
+def test_objects_crop_each_photo_of_a_full_folder_to_the_class(map_spec):
+    """Item 5: as many photos as references, the class small in each at its own place: each is cropped to it."""
+    photos = []
+    for k in range(4):
+        img = torch.zeros(3, 90, 120, dtype=torch.uint8)
+        img[2] = 220
+        top, left = 5 + 15 * k, 10 + 25 * k
+        img[:, top : top + 30, left : left + 30] = 0
+        img[0, top : top + 30, left : left + 30] = 220
+        photos.append(img)
+    refs = references.from_tensor(torch.stack(photos), n=4, augment=True, seed=3)
+    plain = refs.prepare(map_spec.preprocess)
+    chosen = evidence_crops(refs, map_spec, 0, objects=True, device="cpu")
+    got = chosen.prepare(map_spec.preprocess)
+    assert len(got) == len(plain) == 4 and [b[0] for b in chosen.boxes] == [0, 1, 2, 3]  # one crop per photo
+    assert red_share(plain) < 0.2 and red_share(got) > 0.5
+    assert chosen.summary() == "4 photos: each cropped where the model finds the class"
+    assert chosen.content_hash() != refs.content_hash()
+    assert evidence_crops(refs, map_spec, 0, device="cpu") is refs  # evidence crops only complete few photos

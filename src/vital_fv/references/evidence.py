@@ -2,15 +2,20 @@
 
 With one or a few photos, the augmentation's random crops keep whatever else is in the frame (a dog photographed
 in front of a bicycle gives as many bicycle crops as dog crops, and the visualization copies the scene). Three
-uses of the model's own evidence (Grad-CAM at the last layer with positions: no library here computes it on any
-``ModelSpec`` through our hooks, so it is ours, a dozen lines):
+uses of the model's own evidence:
 
 - ``evidence_crops``: the candidates are seeded random crops of half the frame or more and, with
-  ``objects=True``, crops centred where the evidence lies, down to the object's own size; the model scores each by
-  its probability for the class and the best-scoring ones are kept. The record says how the crops were chosen.
-- ``weight_by_evidence``: each reference's positions are weighted by the evidence when the prototypes are made
-  (the paper's relevance weighting, applied on the reference side), so positions on other objects count less.
-- ``evidence_maps``: the maps themselves, (N, S, S) in [0, 1].
+  ``objects=True``, crops drawn around the windows of a multi-scale scan where the model finds the class most
+  probable (an object of a fifth of the frame gets crops of its own size); the model scores each candidate by its
+  probability for the class and the best-scoring ones are kept. The record says how the crops were chosen.
+- ``weight_by_evidence``: each reference's positions are weighted by Grad-CAM when the prototypes are made (the
+  paper's relevance weighting, applied on the reference side), so positions on other objects count less.
+- ``evidence_maps``: the Grad-CAM maps themselves, (N, S, S) in [0, 1] (no library here computes Grad-CAM on any
+  ``ModelSpec`` through our hooks, so it is ours, a dozen lines).
+
+Why a scan and not Grad-CAM to place the object crops: at the last spatial layer (7x7 on EfficientNet-Lite) the
+map cannot find an object of a fifth of the frame inside a larger photo (benchmarks/README.md, "scenes"); the
+classifier's own probability on windows of a quarter to 0.6 of the frame finds it on every bundled scene.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from .sets import ReferenceSet
 
 CANDIDATES_PER_CROP = 4  # candidates scored per crop kept (measured in benchmarks/README.md, "few references")
 EVIDENCE_FLOOR = 0.1  # the weight of a position without evidence, against 1 at the map's peak (weight_by_evidence)
-OBJECT_SCALE = (1.0, 2.2)  # an object crop's side, in multiples of the object's extent along it
-OBJECT_MIN_SIDE = 0.15  # ... and at least this fraction of the frame's side
+OBJECT_SCALE = (0.8, 1.6)  # an object crop's side, in multiples of the scan window it is drawn around
+SCAN_SIDES = (0.25, 0.4, 0.6)  # the scan's window sides, fractions of the image's shorter side (few photos)
+SCAN_SIDES_EACH = (0.4, 0.6)  # ... and for a folder as large as --n-refs (a third of the cost a photo)
 
 
 def evidence_maps(model: Any, class_index: int, images01: torch.Tensor, *, device: Any = "auto",
@@ -57,85 +63,127 @@ def evidence_maps(model: Any, class_index: int, images01: torch.Tensor, *, devic
     return torch.cat(maps)
 
 
-def _whole_views(refs: ReferenceSet, size: int) -> torch.Tensor:
-    """Each original image, the whole frame stretched to size x size (the evidence is located, not judged)."""
-    return torch.stack([F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
-                        for img in refs.images]) / 255.0
+def _score(refs: ReferenceSet, boxes: list, model: Any, class_index: int, device: Any, batch_size: int
+           ) -> list[float]:
+    """The model's probability for ``class_index`` on each box of ``refs`` resized to its input."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    prep = model.preprocess
+    mode, size = InterpolationMode(prep.interpolation), prep.input_size
+    dev = resolve_device(device)
+    scores: list[float] = []
+    with frozen_on(model.module, dev), torch.no_grad():
+        for start in range(0, len(boxes), batch_size):
+            batch = torch.stack([
+                TF.resized_crop(refs.images[b[0]], b[1], b[2], b[3], b[4], [size, size], interpolation=mode,
+                                antialias=True)
+                for b in boxes[start : start + batch_size]
+            ]).float() / 255.0
+            logits = model.module(prep.normalize(batch.clamp(0, 1)).to(dev))
+            scores += logits.float().softmax(-1)[:, class_index].cpu().tolist()
+    return scores
 
 
-def object_boxes(refs: ReferenceSet, maps: torch.Tensor, count: int, seed: int
-                 ) -> list[tuple[int, int, int, int, int, bool]]:
-    """``count`` seeded crops centred where each image's evidence lies (centres drawn in proportion to the squared
-    map), each side ``OBJECT_SCALE`` times the object's extent (where the map is at least half its peak), so a
-    small object gets crops of its own size instead of half the frame."""
+def scan_windows(refs: ReferenceSet, sides: tuple[float, ...] = (0.25, 0.4, 0.6)
+                 ) -> list[tuple[int, int, int, int, int]]:
+    """Square windows over every image, ``sides`` of its shorter side, half a window apart (the last one
+    flush with the edge): the scan that finds where a small object is."""
+    out = []
+    for i, img in enumerate(refs.images):
+        height, width = img.shape[-2:]
+        for frac in sides:
+            side = max(1, round(frac * min(height, width)))
+            step = max(1, side // 2)
+            tops = sorted({*range(0, height - side + 1, step), height - side})
+            lefts = sorted({*range(0, width - side + 1, step), width - side})
+            out += [(i, t, left, side, side) for t in tops for left in lefts]
+    return out
+
+
+def object_boxes(refs: ReferenceSet, windows: list[tuple[int, int, int, int, int]], scores: list[float],
+                 count: int, seed: int) -> list[tuple[int, int, int, int, int, bool]]:
+    """``count`` seeded crops around the scan's windows, drawn in proportion to the squared class probability
+    (so the best windows give most crops), each ``OBJECT_SCALE`` times its window's side with its own aspect and
+    shift: a small object gets crops of its own size instead of half the frame."""
     g = torch.Generator().manual_seed(seed + 7919)
+    weights = torch.tensor(scores, dtype=torch.float64) ** 2 + 1e-12
     boxes = []
-    size = maps.shape[-1]
-    for k in range(max(0, count)):
-        i = k % len(refs.images)
+    for _ in range(max(0, count)):
+        i, t, left, side, _ = windows[int(torch.multinomial(weights / weights.sum(), 1, generator=g))]
         height, width = refs.images[i].shape[-2:]
-        m = maps[i]
-        ys, xs = torch.nonzero(m >= 0.5, as_tuple=True)
-        ext_h = (int(ys.max() - ys.min()) + 1) / size if len(ys) else 1.0
-        ext_w = (int(xs.max() - xs.min()) + 1) / size if len(xs) else 1.0
-        flat = (m.flatten() ** 2) + 1e-12
-        c = int(torch.multinomial(flat / flat.sum(), 1, generator=g))
-        cy, cx = (c // size + 0.5) / size, (c % size + 0.5) / size
-        u = torch.rand(4, generator=g, dtype=torch.float64).tolist()
+        u = torch.rand(5, generator=g, dtype=torch.float64).tolist()
         scale = OBJECT_SCALE[0] + u[0] * (OBJECT_SCALE[1] - OBJECT_SCALE[0])
-        aspect = math.exp((u[1] - 0.5) * math.log(16 / 9))  # 3/4 .. 4/3 around the object's own shape
-        fh = min(1.0, max(OBJECT_MIN_SIDE, ext_h * scale / math.sqrt(aspect)))
-        fw = min(1.0, max(OBJECT_MIN_SIDE, ext_w * scale * math.sqrt(aspect)))
-        h, w = max(1, round(fh * height)), max(1, round(fw * width))
-        jitter_y, jitter_x = (u[2] - 0.5) * 0.25 * h, (u[3] - 0.5) * 0.25 * w
-        top = int(min(max(0, round(cy * height - h / 2 + jitter_y)), height - h))
-        left = int(min(max(0, round(cx * width - w / 2 + jitter_x)), width - w))
-        boxes.append((i, top, left, h, w, bool(torch.rand(1, generator=g) < 0.5)))
+        aspect = math.exp((u[1] - 0.5) * math.log(16 / 9))  # 3/4 .. 4/3
+        h = max(1, min(height, round(side * scale / math.sqrt(aspect))))
+        w = max(1, min(width, round(side * scale * math.sqrt(aspect))))
+        cy = t + side / 2 + (u[2] - 0.5) * 0.3 * side
+        cx = left + side / 2 + (u[3] - 0.5) * 0.3 * side
+        top = int(min(max(0, round(cy - h / 2)), height - h))
+        lft = int(min(max(0, round(cx - w / 2)), width - w))
+        boxes.append((i, top, lft, h, w, u[4] < 0.5))
     return boxes
 
 
 def evidence_crops(refs: ReferenceSet, model: Any, class_index: int, *, candidates: int = CANDIDATES_PER_CROP,
                    objects: bool = False, device: Any = "auto", batch_size: int = 32) -> ReferenceSet:
     """``refs`` with its augmentation crops chosen by ``model``'s probability for ``class_index``: of
-    ``candidates`` × the missing count of seeded crops (random ones of half the frame or more; with ``objects``,
-    half of them centred on the evidence at the object's own size), the most probable ones. Sets with no crops
-    to make are returned as they are."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
+    ``candidates`` × the missing count of seeded random crops (half the frame or more), the most probable ones.
+    Sets with no crops to make are returned as they are.
 
-    extra = refs.count - len(refs.images)
-    if not refs.augment or extra <= 0:
+    ``objects``: every reference becomes a chosen crop, the originals are not used whole (their frames hold the
+    other objects): the candidates add each whole frame and crops drawn around the windows of a multi-scale scan
+    where the class is most probable, at the object's own size. A set with as many photos as ``n`` gets each photo
+    cropped to its most probable candidate."""
+    if not refs.augment or (refs.count <= len(refs.images) and not objects):
         return refs
-    prep = model.preprocess
-    mode, size = InterpolationMode(prep.interpolation), prep.input_size
-    total = extra * max(1, candidates)
-    if objects:
-        maps = evidence_maps(model, class_index, _whole_views(refs, size), device=device)
-        n_obj = total // 2
-        pool = refs.random_boxes(total - n_obj) + object_boxes(refs, maps, n_obj, refs.seed)
-    else:
-        pool = refs.random_boxes(total)
-    dev = resolve_device(device)
-    scores: list[float] = []
-    with frozen_on(model.module, dev), torch.no_grad():
-        for start in range(0, len(pool), batch_size):
-            batch = torch.stack([
-                TF.resized_crop(refs.images[i], top, left, h, w, [size, size], interpolation=mode, antialias=True)
-                for i, top, left, h, w, _ in pool[start : start + batch_size]
-            ]).float() / 255.0
-            logits = model.module(prep.normalize(batch.clamp(0, 1)).to(dev))
-            scores += logits.float().softmax(-1)[:, class_index].cpu().tolist()
-    order = sorted(range(len(pool)), key=lambda k: (-scores[k], k))[:extra]
-    chosen = [pool[k] for k in order]
+    if not objects:
+        return _most_probable(refs, refs.random_boxes((refs.count - len(refs.images)) * max(1, candidates)),
+                              model, class_index, refs.count - len(refs.images), device, batch_size, {})
+    windows = scan_windows(refs, SCAN_SIDES if refs.count > len(refs.images) else SCAN_SIDES_EACH)
+    window_scores = _score(refs, windows, model, class_index, device, batch_size)
+    best = max(range(len(windows)), key=lambda k: (window_scores[k], -k))
+    scan = {"scan_windows": len(windows), "scan_best": list(windows[best]),
+            "scan_best_score": round(window_scores[best], 6)}
+    frames = [(i, 0, 0, *img.shape[-2:], False) for i, img in enumerate(refs.images)]
+    if refs.count > len(refs.images):  # few photos: the most probable of many crops over all of them
+        total = refs.count * max(1, candidates)
+        around = object_boxes(refs, windows, window_scores, total // 2, refs.seed)
+        return _most_probable(refs, refs.random_boxes(total - total // 2 - len(frames)) + frames + around,
+                              model, class_index, refs.count, device, batch_size, scan, len(around))
+    # as many photos as references: each photo's own most probable crop (the whole frame among its candidates)
+    chosen, kept, n_around = [], [], 0
+    for i in range(len(refs.images)):
+        mine = [k for k, w in enumerate(windows) if w[0] == i]
+        around = object_boxes(refs, [windows[k] for k in mine], [window_scores[k] for k in mine],
+                              max(1, candidates), refs.seed + i)
+        pool = [frames[i], *around]
+        scores = _score(refs, pool, model, class_index, device, batch_size)
+        k = max(range(len(pool)), key=lambda j: (scores[j], -j))
+        chosen.append(pool[k])
+        kept.append(scores[k])
+        n_around += k > 0
+    return replace(refs, boxes=chosen, whole=False, info={**refs.info, "crops": {
+        "chosen_by": "evidence", "class_index": class_index, "candidates": len(refs.images) * (1 + max(1, candidates)),
+        "kept": len(chosen), "score": "model probability of the class", "kept_mean": round(sum(kept) / len(kept), 6),
+        "kept_min": round(min(kept), 6), "object_candidates": len(refs.images) * max(1, candidates),
+        "object_kept": n_around, "whole_frames_kept": len(chosen) - n_around, **scan}})
+
+
+def _most_probable(refs: ReferenceSet, pool: list, model: Any, class_index: int, keep: int, device: Any,
+                   batch_size: int, scan: dict[str, Any], n_around: int = 0) -> ReferenceSet:
+    """``refs`` with the ``keep`` most probable boxes of ``pool`` (the last ``n_around`` drawn around the scan's
+    windows); with a scan, the boxes are every reference (``whole`` off)."""
+    scores = _score(refs, pool, model, class_index, device, batch_size)
+    order = sorted(range(len(pool)), key=lambda k: (-scores[k], k))[:keep]
     kept = [scores[k] for k in order]
-    n_random = len(pool) - (total // 2 if objects else 0)
     info = {**refs.info, "crops": {
-        "chosen_by": "evidence", "class_index": class_index, "candidates": len(pool), "kept": len(chosen),
+        "chosen_by": "evidence", "class_index": class_index, "candidates": len(pool), "kept": len(order),
         "score": "model probability of the class", "kept_mean": round(sum(kept) / len(kept), 6),
         "kept_min": round(min(kept), 6), "candidates_mean": round(sum(scores) / len(scores), 6),
-        "object_candidates": len(pool) - n_random, "object_kept": sum(k >= n_random for k in order),
+        "object_candidates": n_around, "object_kept": sum(k >= len(pool) - n_around for k in order), **scan,
     }}
-    return replace(refs, boxes=chosen, info=info)
+    return replace(refs, boxes=[pool[k] for k in order], info=info, whole=not scan)
 
 
 def weight_by_evidence(refs: ReferenceSet, model: Any, class_index: int, *, device: Any = "auto"

@@ -40,8 +40,9 @@ def resolve(
     missing references with crops: by default on for a class (a folder or files with fewer images than ``n``, the
     bundled photo), off for units and concepts; ``augment=False`` uses the images as they are. For a class,
     ``crops="evidence"`` keeps the crops the model rates most probable for it (``references.evidence``),
-    ``"objects"`` does so among crops that also include ones centred on the class's evidence at the object's own
-    size, ``"random"`` keeps random ones. ``weighting="evidence"`` weights each reference's positions by the
+    ``"objects"`` makes every reference such a crop, among candidates that include crops around where a multi-scale
+    scan finds the class, at the object's own size (a folder of ``n`` photos or more: each photo cropped to the
+    class), ``"random"`` keeps random ones. ``weighting="evidence"`` weights each reference's positions by the
     class's evidence when the prototypes are made.
     """
     given = [name for name, v in (("refs", refs), ("pool", pool), ("images", images)) if v is not None]
@@ -54,9 +55,10 @@ def resolve(
         augment = isinstance(target, ClassTarget)
     found = _source(model, target, refs, pool, images, n, augment, use, device, progress, cache_dir)
     makes_crops = found.augment and found.count > len(found.images) and found.boxes is None
-    if isinstance(target, ClassTarget) and (makes_crops and crops != "random" or weighting == "evidence"):
+    chooses = makes_crops and crops == "evidence" or found.augment and found.boxes is None and crops == "objects"
+    if isinstance(target, ClassTarget) and (chooses or weighting == "evidence"):
         index, _ = target.resolve(model.class_names, model.class_synonyms)
-        if makes_crops and crops != "random":
+        if chooses:
             found = evidence_crops(found, model, index, objects=crops == "objects", device=device)
         if weighting == "evidence":
             found = weight_by_evidence(found, model, index, device=device)

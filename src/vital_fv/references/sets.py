@@ -35,7 +35,8 @@ class ReferenceSet:
     When ``augment`` is set and the set holds fewer images than ``n``, random resized crops and flips of the
     images (seeded) make up the difference; the record says so. ``boxes`` replaces the random crops with chosen
     ones, ``(image, top, left, height, width, flip)`` each (``references.evidence`` picks them by the model's
-    evidence for the target).
+    evidence for the target). With ``whole`` off, the originals are not used whole: ``boxes`` holds every
+    reference (``--crops objects``: each one cropped to where the class is).
     """
 
     images: list[torch.Tensor]
@@ -53,6 +54,7 @@ class ReferenceSet:
     # and what made them (part of the content hash, so weighted prototypes are cached apart)
     position_weights: torch.Tensor | None = field(default=None, compare=False, repr=False)
     weighting: str | None = None
+    whole: bool = True
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -74,6 +76,8 @@ class ReferenceSet:
             parts.append([list(b) for b in self.boxes])
         if self.weighting is not None:
             parts.append(self.weighting)
+        if not self.whole:
+            parts.append("crops only")
         blob = json.dumps(parts).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -85,14 +89,14 @@ class ReferenceSet:
         mode = InterpolationMode(preprocess.interpolation)
         size = preprocess.input_size
         out = []
-        for img in self.images:
+        for img in self.images if self.whole else ():
             if self.fit == "stretch":
                 out.append(F.resize(img, [size, size], interpolation=mode, antialias=True))
                 continue
             x = F.resize(_bounded(img, size, preprocess.resize_size), [preprocess.resize_size], interpolation=mode,
                          antialias=True)
             out.append(F.center_crop(x, [size, size]))
-        extra = self.count - len(self.images)
+        extra = self.count - (len(self.images) if self.whole else 0)
         boxes = self.boxes[:extra] if self.boxes is not None else self.random_boxes(extra)
         for i, top, left, h, w, flip in boxes:
             x = F.resized_crop(self.images[i], top, left, h, w, [size, size], interpolation=mode, antialias=True)
@@ -125,9 +129,14 @@ class ReferenceSet:
         """What the run uses, in words: "1 photo: 49 crops chosen by the model's evidence", "50 images"."""
         n = len(self.images)
         extra = self.count - n
+        crops = self.info.get("crops") or {}
+        if not self.whole:
+            what = f"{n} photo{'s' if n != 1 else ''}"
+            if extra <= 0:
+                return f"{what}: each cropped where the model finds the class"
+            return f"{what}: {self.count} crops around the class, chosen by the model's evidence"
         if extra <= 0:
             return f"{n} image{'s' if n != 1 else ''}"
-        crops = self.info.get("crops") or {}
         how = ("chosen by the model's evidence" + (" (around the object)" if crops.get("object_kept") else "")
                if crops.get("chosen_by") == "evidence" else "chosen" if self.boxes is not None else "at random")
         return f"{n} photo{'s' if n != 1 else ''}: {extra} crop{'s' if extra != 1 else ''} {how}"
@@ -140,7 +149,8 @@ class ReferenceSet:
             "sha256": self.hashes,
             "originals": len(self.images),
             "count": self.count,
-            "augmented": self.augment and self.count > len(self.images),
+            "augmented": self.augment and (self.count > len(self.images) or not self.whole),
+            **({} if self.whole else {"whole_originals": False}),
             "augment_seed": self.seed,
             "crop_scale": list(self.crop_scale),
             "content_hash": self.content_hash(),
