@@ -26,6 +26,8 @@ from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
 from .methods.base import check_options
 from .options import (
     CROPS,
+    DEFAULT_CROPS,
+    DEFAULT_REF_WEIGHTING,
     WEIGHTINGS,
     check_alpha_percentile,
     check_choice,
@@ -169,8 +171,8 @@ def visualize(
     pool: str | os.PathLike[str] | None = None,
     images: str | os.PathLike[str] | None = None,
     augment: bool | None = None,
-    crops: str = "evidence",
-    ref_weighting: str = "none",
+    crops: str = DEFAULT_CROPS,
+    ref_weighting: str = DEFAULT_REF_WEIGHTING,
     use: str = "patches",
     layers: Sequence[str] | LayerPreset | None = None,
     layer_weights: Sequence[float] | None = None,

@@ -66,11 +66,11 @@ def _reference_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                     help="make up missing class references with crops (default: on for classes with fewer images "
                          "than --n-refs; --no-augment uses the images as they are)")
-    sp.add_argument("--crops", choices=options.CROPS, default="evidence",
+    sp.add_argument("--crops", choices=options.CROPS, default=options.DEFAULT_CROPS,
                     help="classes: keep the crops the model rates most probable for the class (evidence, default), "
                          "the same among crops that also include ones around the object at its own size (objects), "
                          "or random ones")
-    sp.add_argument("--ref-weighting", choices=options.WEIGHTINGS, default="none",
+    sp.add_argument("--ref-weighting", choices=options.WEIGHTINGS, default=options.DEFAULT_REF_WEIGHTING,
                     help="classes: weight each reference's positions by the class's evidence (Grad-CAM) when the "
                          "prototypes are made (evidence), or not (none, default)")
 

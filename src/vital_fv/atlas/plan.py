@@ -11,7 +11,17 @@ from typing import Any
 
 from ..concepts import CONCEPTS_FILE
 from ..errors import VitalError
-from ..options import CROPS, WEIGHTINGS, check_choice, check_n_refs, check_positive, check_seeds, check_type
+from ..options import (
+    CROPS,
+    DEFAULT_CROPS,
+    DEFAULT_REF_WEIGHTING,
+    WEIGHTINGS,
+    check_choice,
+    check_n_refs,
+    check_positive,
+    check_seeds,
+    check_type,
+)
 from ..targets import ClassTarget, UnitTarget
 from ..version import __version__
 from .ledger import Ledger
@@ -82,8 +92,8 @@ def plan_atlas(
     lr: float | None = None,
     n_refs: int = 50,
     augment: bool | None = None,
-    crops: str = "evidence",
-    ref_weighting: str = "none",
+    crops: str = DEFAULT_CROPS,
+    ref_weighting: str = DEFAULT_REF_WEIGHTING,
     shard_size: int = 256,
     patch: int = 64,
     overwrite: bool = False,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VitalError
-from ..options import CROPS, WEIGHTINGS, check_choice, check_n_refs
+from ..options import CROPS, DEFAULT_CROPS, DEFAULT_REF_WEIGHTING, WEIGHTINGS, check_choice, check_n_refs
 from ..targets import ClassTarget, UnitTarget
 from .evidence import evidence_crops, weight_by_evidence
 from .mining import mine_checked, mined_references
@@ -26,8 +26,8 @@ def resolve(
     n: int = 50,
     augment: bool | None = None,
     use: str = "patches",
-    crops: str = "evidence",
-    weighting: str = "none",
+    crops: str = DEFAULT_CROPS,
+    weighting: str = DEFAULT_REF_WEIGHTING,
     device: Any = "auto",
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
