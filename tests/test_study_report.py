@@ -118,3 +118,49 @@ def test_labels_scored_by_another_sentence_encoder_beside_wordnet(tmp_path):
     assert sum(r["n"] for r in cos) == sum(r["n"] for r in table if r["part"] == "label-wup")
     with pytest.raises(VitalError, match="is not a folder"):
         make_report(study, tmp_path / "rep2", text_model=tmp_path / "none")
+
+
+PAIRS = [("espresso", "a cup of coffee", "a dog on grass"), ("moped", "motor scooter", "a palace"),
+         ("palace", "a castle", "bassinet"), ("tripod", "camera stand", "a banana"),
+         ("missile", "rocket", "a teapot")]
+
+
+def test_the_default_label_score_is_the_packaged_sentence_encoder_offline(monkeypatch, tmp_path):
+    """all-MiniLM-L6-v2 from its PyPI package, extracted into the cache, loaded with every connection refused; a
+    right label scores clearly above a wrong one for every class."""
+    import socket
+
+    from vital_fv.study.report import default_encoder, text_encoder
+
+    def refuse(*_a, **_k):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    folder = default_encoder(tmp_path / "cache")
+    assert (folder / "modules.json").is_file() and folder.is_relative_to(tmp_path / "cache")
+    assert default_encoder(tmp_path / "cache") == folder  # extracted once
+    encode = text_encoder()
+    for cls, right, wrong in PAIRS:
+        c, r, w = encode([cls, right, wrong])
+        assert float(c @ r) - float(c @ w) > 0.15, (cls, float(c @ r), float(c @ w))
+
+
+def test_the_report_puts_each_method_beside_its_chance_level(tmp_path):
+    study = tmp_path / "s"
+    create_study(study_results(tmp_path / "r"), study, parts=["rate-class", "label"], participants_per_subset=2)
+    client = TestClient(make_app(study))
+    store = Store(study)
+    photo = {c["image"] for c in store.design["attention"]}
+    right = {"espresso": "a cup of coffee", "tripod": "camera stand", "missile": "rocket"}
+    for _ in range(4):  # one participant per subset: every class labelled by both methods
+        _participant(client, lambda t: 5 if t["part"] == "rate-class" else "motorbike" if t["images"][0] in photo
+                     else right[hidden_class(store, t["images"][0])])
+    table = make_report(study, tmp_path / "rep", n_boot=50)
+    labels = [r for r in table if r["part"] == "label"]
+    assert len(labels) == 2 and all(r["n"] == 3 for r in labels)
+    assert all(r["mean"] - r["chance"] > 0.25 for r in labels)
+    text = (tmp_path / "rep" / "table.md").read_text()
+    assert "| chance |" in text and f"{labels[0]['chance']:.2f}" in text
+    wup = [r for r in table if r["part"] == "label-wup"]
+    assert [r["n"] for r in wup] == [3, 3]  # Wu-Palmer beside it, for the same labels

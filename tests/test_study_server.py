@@ -206,8 +206,12 @@ def test_fifty_participants_at_once_and_a_server_killed_mid_study(tmp_path):
 
     server = start()
     store = Store(study)
-    per_participant = 12  # trials each (see the design: 4 + 2 + 4 + 2 with the attention checks)
-    total = 50 * per_participant
+    from vital_fv.study.design import trials_for
+
+    design = store.design  # 50 over the subsets, as evenly as they go; a subset's trial count is fixed
+    make = trials_for(design)
+    per_subset = [50 // design["subsets"] + (s < 50 % design["subsets"]) for s in range(design["subsets"])]
+    total = sum(k * len(make(s, 0)) for s, k in enumerate(per_subset))
     try:
         with ThreadPoolExecutor(max_workers=50) as pool:
             rngs = [random.Random(i) for i in range(50)]
