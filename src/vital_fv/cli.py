@@ -307,6 +307,9 @@ def _add_study(sub: Any, reg: _Registry) -> None:
     cr.add_argument("--seed", type=int, help="fixes every participant's seed, in order (default: drawn, recorded)")
     cr.add_argument("--abandon-after", type=int, default=60, help="minutes without an answer after which an "
                     "unfinished participant frees their slot (default 60)")
+    cr.add_argument("--images", help="the image folder whose scan gives the 2afc's queries (strongest and weakest "
+                    "image per target; default: the folder the units were mined from)")
+    cr.add_argument("--device", default="auto", help="where the 2afc's scan runs (default auto)")
     cr.add_argument("--out", required=True, help="the study folder (study.sqlite, images/)")
     cr.add_argument("--overwrite", action="store_true", help="make it anew over an existing study")
     se = steps.add_parser("serve", help="serve the study to participants")
@@ -789,7 +792,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                              participants_per_subset=args.participants_per_subset, title=args.title,
                              texts=args.texts, completion_code=args.completion_code,
                              completion_url=args.completion_url, seed=args.seed,
-                             abandon_after_minutes=args.abandon_after, overwrite=args.overwrite)
+                             abandon_after_minutes=args.abandon_after, images=args.images, device=args.device,
+                             overwrite=args.overwrite)
         d = store.design
         print(f"{args.out}: {len(d['targets']['class'])} classes, {len(d['targets']['unit'])} units, methods "
               f"{', '.join(d['methods'])} in {d['subsets']} subsets of up to {d['participants_per_subset']}, seed "

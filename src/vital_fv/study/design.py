@@ -205,6 +205,10 @@ def create_study(results: str | os.PathLike[str], out: str | os.PathLike[str], *
                          f"--parts is empty: choose from {', '.join(PARTS)}")
     check_positive("--participants-per-subset", participants_per_subset)
     check_positive("--abandon-after", abandon_after_minutes)
+    if "2afc" in parts:
+        from ..device import resolve_device
+
+        device = str(resolve_device(device))  # checked now, not after the records are read
     if images is not None and not Path(images).is_dir():
         raise VitalError(f"--images {images} is not a folder")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):

@@ -93,6 +93,12 @@ def text_encoder(folder: str | os.PathLike[str] | None = None) -> Any:
     except ImportError:
         raise VitalError("scoring labels needs sentence-transformers: pip install 'vital-fv[study]'") from None
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar in the report's output says nothing
+    except ImportError:
+        pass
+    try:
         model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     except Exception as exc:  # a folder that is not a model: say which, not a library traceback
         raise VitalError(f"--text-model {folder}: cannot load a sentence encoder from it ({exc})") from None
