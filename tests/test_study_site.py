@@ -52,7 +52,12 @@ def test_a_participant_from_a_platform_link_in_the_browser(page, tmp_path):
                 instructed.append(part)
                 text = page.text_content("#instr-text")
                 assert "Example" in text or "demonstration" in text, part  # each part with an example
-                if len(instructed) == 1 or "Naming" in part:
+                if "Choosing" not in part:  # and a picture of one (the 2AFC has its demonstration trial)
+                    page.wait_for_function("[...document.querySelectorAll('#instr-example img')].length > 0 && "
+                                           "[...document.querySelectorAll('#instr-example img')].every("
+                                           "i => i.complete && i.naturalWidth > 0)")
+                    assert page.text_content("#instr-example figcaption").startswith("An example")
+                if len(instructed) <= 2 or "Naming" in part:
                     page.screenshot(path=str(shots_dir / f"instructions-{len(instructed)}.png"), full_page=True)
                 page.click("#instr-next")
                 continue

@@ -123,9 +123,10 @@ def _queries(stim: _Stimuli, scan: dict[str, dict[str, Any]], target: str) -> di
                            info={**found[kind], "of": found["images"]}) for kind in ("strong", "weak")}
 
 
-def _demo(stim: _Stimuli) -> dict[str, Any]:
-    """The 2AFC's demonstration: crops of a cat photo as what a unit responds to, another crop of the cat and a
-    brick wall as the queries (the cat is the answer); photos no other part uses."""
+def _examples(stim: _Stimuli, parts: Sequence[str], classes: set[str]) -> dict[str, Any]:
+    """What the instructions show (the paper's Figs. 32-35) and the 2AFC's demonstration, all from a cat photo and
+    a brick wall that no other part uses: crops of the cat as what a unit responds to, another crop of the cat (the
+    answer) and the wall as the demonstration's queries. No cat example where the study has a cat class."""
     from ..references import crop
     from ..references.sets import _bundled_photo
     from ..result import png_bytes
@@ -137,8 +138,18 @@ def _demo(stim: _Stimuli) -> dict[str, Any]:
     boxes = [(x, y, x + side, y + side) for y in (0, (h - side) // 2, h - side) for x in (0, (w - side) // 2)]
     refs = [stim.add("demo", png_bytes(crop(cat, b).float() / 255), target="demo") for b in boxes]
     strong = stim.add("demo", png_bytes(crop(cat, (w - side, 0, w, side)).flip(-1).float() / 255), target="demo")
-    weak = stim.add("demo", png_bytes(wall.float() / 255), target="demo")
-    return {"refs": refs, "strong": strong, "weak": weak}
+    out: dict[str, Any] = {"examples": {}, "demo": None}
+    if "2afc" in parts:
+        weak = stim.add("demo", png_bytes(wall.float() / 255), target="demo")
+        out["demo"] = {"refs": refs, "strong": strong, "weak": weak}
+    if "rate-unit" in parts:
+        out["examples"]["rate-unit"] = {"refs": refs, "images": [strong]}
+    if not any("cat" in re.findall(r"[a-z]+", c) for c in classes):
+        whole = stim.add("demo", png_bytes(cat.float() / 255), target="demo")
+        for part in ("rate-class", "label"):
+            if part in parts:
+                out["examples"][part] = {"word": "cat", "images": [whole]}
+    return out
 
 
 DEFAULT_TITLE = "A study of images"  # neutral: nothing about the results folder reaches participants
@@ -308,7 +319,7 @@ def create_study(results: str | os.PathLike[str], out: str | os.PathLike[str], *
               "participants_per_subset": participants_per_subset, "abandon_after_minutes": abandon_after_minutes,
               "seed": secrets.randbelow(2**31) if seed is None else seed, "seed_given": seed is not None,
               "targets": targets, "attention": attention, "results": str(root.resolve()), **wording,
-              "demo": _demo(stim) if "2afc" in parts else None}
+              **_examples(stim, parts, {c["label"].lower() for c in targets["class"]})}
     return Store.create(out, design, stim.rows)
 
 

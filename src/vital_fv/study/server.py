@@ -118,7 +118,8 @@ def make_app(folder: str | Path, max_new_per_minute: int = MAX_NEW_PER_MINUTE) -
 
     @app.get("/api/study")
     def about() -> Any:
-        return {"title": design["title"], "parts": design["parts"], "texts": design.get("texts", {})}
+        return {"title": design["title"], "parts": design["parts"], "texts": design.get("texts", {}),
+                "examples": design.get("examples", {})}
 
     @app.post("/api/participants")
     def start(body: Annotated[dict, Body()], x_admin_token: AdminHeader = None) -> Any:

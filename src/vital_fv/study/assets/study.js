@@ -11,6 +11,12 @@
     "label": "Naming images", "2afc": "Choosing photos" };
   let token = sessionStorage.getItem(KEY);
   let texts = {};
+  let examples = {};
+  const CAPTIONS = {
+    "rate-class": (e) => "An example: this photo shows the word “" + e.word + "” very well, a 5.",
+    "rate-unit": () => "An example: the large image has what the small photos have in common (a cat's face), a 5.",
+    "label": (e) => "An example: for this image, one would type “" + e.word + "”.",
+  };
   let instructed = null;  // the part whose instructions were just read
   let shownAt = 0;
 
@@ -76,6 +82,13 @@
     show("instructions");
     $("instr-part").textContent = PART_NAMES[t.part] || t.part;
     paragraphs($("instr-text"), (texts.instructions || {})[t.part]);
+    const ex = examples[t.part], fig = $("instr-example");
+    fig.replaceChildren();
+    fig.hidden = !ex;
+    if (ex) {
+      if (ex.refs) fig.append(el("div", { class: "refs" }, ...ex.refs.map((id) => img(id, "example reference"))));
+      fig.append(img(ex.images[0], "example image"), el("figcaption", { text: CAPTIONS[t.part](ex) }));
+    }
     $("instr-next").onclick = () => { instructed = t.part; render(t); };
     $("instr-next").focus();
   }
@@ -174,6 +187,7 @@
   async function main() {
     const about = await api("GET", "/api/study");
     texts = about.texts || {};
+    examples = about.examples || {};
     $("title").textContent = about.title;
     document.title = about.title;
     paragraphs($("welcome-text"), texts.welcome);
