@@ -177,3 +177,46 @@ def test_texts_from_a_file_and_each_wrong_key_named(tmp_path):
         assert not (tmp_path / "t").exists()
     with pytest.raises(VitalError, match="--texts .*no such file"):
         create_study(results, tmp_path / "t", texts=tmp_path / "none.toml")
+
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE stimuli (id TEXT PRIMARY KEY, file TEXT NOT NULL, kind TEXT NOT NULL, method TEXT, target TEXT,
+    label TEXT, wnid TEXT, info TEXT);
+CREATE TABLE participants (token TEXT PRIMARY KEY, subset INTEGER NOT NULL, seed INTEGER NOT NULL,
+    started REAL NOT NULL, finished REAL, consent INTEGER NOT NULL);
+CREATE TABLE demographics (token TEXT PRIMARY KEY, age TEXT, gender TEXT, created REAL NOT NULL);
+CREATE TABLE trials (token TEXT NOT NULL, n INTEGER NOT NULL, part TEXT NOT NULL, shown TEXT NOT NULL,
+    key TEXT NOT NULL, PRIMARY KEY (token, n));
+CREATE TABLE answers (token TEXT NOT NULL, n INTEGER NOT NULL, value TEXT NOT NULL, ms INTEGER,
+    created REAL NOT NULL, PRIMARY KEY (token, n));
+"""
+
+
+def test_a_study_made_by_version_1_keeps_its_answers_and_goes_on(study, tmp_path):
+    """Part 1's database (token in the database, no pilot or shown-at columns) opens, keeps its answers, moves
+    its admin token to the 0600 file and takes new participants."""
+    import sqlite3
+
+    new = Store(study)
+    design, stimuli = new.meta("design"), new.con.execute("SELECT * FROM stimuli").fetchall()
+    old = tmp_path / "v1"
+    (old / "images").mkdir(parents=True)
+    con = sqlite3.connect(old / "study.sqlite")
+    con.executescript(V1_SCHEMA)
+    con.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("design", design),
+                                                        ("admin_token", "old-token-123"), ("created", "0")])
+    con.executemany("INSERT INTO stimuli VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [tuple(r) for r in stimuli])
+    con.execute("INSERT INTO participants VALUES ('tok', 0, 9, 1.0, NULL, 1)")
+    con.execute("INSERT INTO trials VALUES ('tok', 0, 'rate-class', '{\"images\": []}', '{\"method\": \"vital\"}')")
+    con.execute("INSERT INTO answers VALUES ('tok', 0, '4', 800, 2.0)")
+    con.commit()
+    con.close()
+    store = Store(old)
+    rows = store.rows()
+    assert [(r["token"], r["value"], r["seed"], r["pilot"]) for r in rows] == [("tok", 4, 9, 0)]
+    assert store.admin_token == "old-token-123" and (store.token_file.stat().st_mode & 0o777) == 0o600
+    assert store.meta("schema_version") == "2"
+    client = TestClient(make_app(old))
+    assert client.post("/api/participants", json={"consent": True}).status_code == 200
+    assert "tok" not in export_answers(old, tmp_path / "v1.csv").read_text()
