@@ -220,3 +220,16 @@ def test_a_study_made_by_version_1_keeps_its_answers_and_goes_on(study, tmp_path
     client = TestClient(make_app(old))
     assert client.post("/api/participants", json={"consent": True}).status_code == 200
     assert "tok" not in export_answers(old, tmp_path / "v1.csv").read_text()
+
+
+def test_a_text_that_names_a_labelled_class_is_warned_about(tmp_path):
+    results = study_results(tmp_path / "r")
+    texts = tmp_path / "t.toml"
+    texts.write_text('[instructions]\nlabel = "Example: for a cup of coffee, type espresso."\n')
+    with pytest.warns(UserWarning, match="instructions.label names the class 'espresso'"):
+        create_study(results, tmp_path / "s", parts=["rate-class", "label"], texts=texts)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the package's own texts name no class of this study
+        create_study(results, tmp_path / "s2", parts=["rate-class", "label"])

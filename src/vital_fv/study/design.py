@@ -152,6 +152,18 @@ def _examples(stim: _Stimuli, parts: Sequence[str], classes: set[str]) -> dict[s
     return out
 
 
+def _warn_priming(texts: dict[str, Any], classes: Sequence[str]) -> None:
+    """A class named in the participants' texts is read before it is labelled: warn, naming the text and class."""
+    flat = [(k, v) for k, v in texts.items() if isinstance(v, str)] + \
+        [(f"instructions.{p}", v) for p, v in texts.get("instructions", {}).items()]
+    for name in classes:
+        pattern = re.compile(rf"\b{re.escape(name.lower())}\b")
+        for key, text in flat:
+            if pattern.search(text.lower()):
+                warnings.warn(f"--texts: {key} names the class {name!r}, which participants label: it primes "
+                              "their answer; reword it", stacklevel=3)
+
+
 DEFAULT_TITLE = "A study of images"  # neutral: nothing about the results folder reaches participants
 
 
@@ -314,6 +326,8 @@ def create_study(results: str | os.PathLike[str], out: str | os.PathLike[str], *
             targets["unit"].append({"target": f"unit:{label}", "label": label, "refs": crops, "queries": queries,
                                     "by_method": by_method})
     attention = _attention(stim, parts, {c["label"].lower() for c in targets["class"]})
+    if "label" in parts:
+        _warn_priming(wording["texts"], [c["label"] for c in targets["class"]])
     design = {"title": title or DEFAULT_TITLE, "parts": list(parts),
               "methods": methods, "subsets": len(methods) * (2 if split else 1), "split_classes": split,
               "participants_per_subset": participants_per_subset, "abandon_after_minutes": abandon_after_minutes,
