@@ -140,7 +140,7 @@ def test_the_default_label_score_is_the_packaged_sentence_encoder_offline(monkey
     folder = default_encoder(tmp_path / "cache")
     assert (folder / "modules.json").is_file() and folder.is_relative_to(tmp_path / "cache")
     assert default_encoder(tmp_path / "cache") == folder  # extracted once
-    encode = text_encoder()
+    encode = text_encoder(folder)  # loaded afresh from the extracted folder, every connection refused
     for cls, right, wrong in PAIRS:
         c, r, w = encode([cls, right, wrong])
         assert float(c @ r) - float(c @ w) > 0.15, (cls, float(c @ r), float(c @ w))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import hashlib
 import io
 import os
@@ -83,10 +84,18 @@ def default_encoder(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def text_encoder(folder: str | os.PathLike[str] | None = None) -> Any:
     """A sentence encoder (a sentence-transformers model folder; default all-MiniLM-L6-v2 from its PyPI
     package): texts -> unit vectors, loaded from disk only (nothing is downloaded)."""
+    return _packaged_encoder() if folder is None else _load_encoder(folder)
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged_encoder() -> Any:
+    """The default encoder, extracted and loaded once per process (reports and exports made one after another)."""
+    return _load_encoder(default_encoder())
+
+
+def _load_encoder(folder: str | os.PathLike[str]) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if folder is None:
-        folder = default_encoder()
-    elif not Path(folder).is_dir():
+    if not Path(folder).is_dir():
         raise VitalError(f"--text-model {folder} is not a folder: give a sentence-transformers model folder")
     try:
         from sentence_transformers import SentenceTransformer
