@@ -56,7 +56,8 @@ def load(participants: int) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "vital_fv.cli", "study", "serve", str(study), "--port",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               str(port), "--max-new-per-minute", str(max(60, participants))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         with socket.socket() as s:
@@ -101,7 +102,7 @@ def sim(results: str, participants: int, model: str, out: str) -> None:
     study = tmp / "study"
     create_study(results, study, parts=["rate-class", "label"], participants_per_subset=participants)
     done = simulate(str(study), participants, model=model, concurrency=2)
-    table = make_report(study, out, n_boot=1000, overwrite=True)
+    table = make_report(study, out, n_boot=1000, pilots=True, overwrite=True)  # simulated participants are pilots
     print(f"{len(done)} simulated participants ({model}), {sum(d['answers'] for d in done)} answers; report in {out}")
     for r in table:
         print(r)

