@@ -91,7 +91,8 @@ def test_fewer_references_than_asked_and_references_of_another_unit_are_named(ti
     with pytest.warns(UserWarning, match="3 reference images where --n-refs asks for 50.*--augment"):
         vital_fv.visualize(tiny_spec, 1, refs_dir, steps=1, progress=False, augment=False)
     completed = vital_fv.visualize(tiny_spec, 1, refs_dir, steps=1, n_refs=10, progress=False)  # by default
-    assert completed.record["references"]["summary"] == "3 photos: 7 crops chosen by the model's evidence"
+    summary = completed.record["references"]["summary"]
+    assert summary == "3 photos: 10 crops around the class, chosen by the model's evidence"
     assert completed.record["references"]["count"] == 10
     mined = references.resolve(tiny_spec, UnitTarget("act2", 0), images=refs_dir, n=2, progress=False)
     with pytest.warns(UserWarning, match="mined for act2:0, not act2:1"):

@@ -452,14 +452,14 @@ def test_a_class_with_few_photos_is_completed_by_evidence_unless_the_plan_says_n
     ledger.close()
     assert plan["references"] == {"augment": None, "crops": "objects", "weighting": "evidence"}
     refs = _references(lite0, plan, ClassTarget(967), item.refs, "cpu", False)
-    assert refs.count == 4 and refs.summary().startswith("1 photo: 3 crops chosen by the model's evidence")
+    assert refs.count == 4 and refs.summary() == "1 photo: 4 crops around the class, chosen by the model's evidence"
     assert refs.weighting and refs.position_weights.shape[0] == 4
     assert main(["atlas", "plan", "--classes", "espresso", "--refs", str(tmp_path / "refs"), "--n-refs", "4",
                  "--no-augment", "--out", str(tmp_path / "b")]) == 0
     ledger = Ledger.open(tmp_path / "b")
     plain = _references(lite0, ledger.plan, ClassTarget(967), ledger.items()[0].refs, "cpu", False)
     ledger.close()
-    assert plain.count == 1 and plain.summary() == "1 image" and plain.weighting is None
+    assert plain.count == 1 and plain.summary() == "1 image" and plain.boxes is None and plain.whole
     with pytest.raises(SystemExit):
         main(["atlas", "plan", "--classes", "espresso", "--crops", "best", "--out", str(tmp_path / "c")])
     assert "argument --crops: invalid choice" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def test_batch_items_are_independent_of_their_neighbours(tiny_spec, refs_a, refs
     # Few steps: Adam turns float noise in near-zero gradients (batched vs single convolutions) into lr-sized
     # steps, so long runs drift apart chaotically even though nothing is shared; a real leak shows at once.
     kw = dict(preset="quick", steps=2, progress=False)
-    alone = visualize(tiny_spec, 1, refs_a, seed=5, **kw)
+    alone = visualize(tiny_spec, 1, refs_a, seed=5, ref_weighting="none", **kw)  # the batch's refs are unweighted
     batch = visualize_batch(
         tiny_spec, [Job(ClassTarget(2), refs_b, 3), Job(ClassTarget(1), refs_a, 5)], **kw
     )
@@ -85,7 +85,7 @@ def test_ctrl_c_keeps_the_current_image_marked_interrupted(tiny_spec, refs_a):
 
     handle = tiny_spec.module.conv1.register_forward_hook(interrupt_at_fifth)
     try:
-        r = visualize(tiny_spec, 0, refs_a, steps=50, progress=False, cache=False)
+        r = visualize(tiny_spec, 0, refs_a, steps=50, progress=False, cache=False, ref_weighting="none")
     finally:
         handle.remove()
     assert r.status == "interrupted"

@@ -67,12 +67,13 @@ def _reference_args(sp: argparse.ArgumentParser) -> None:
                     help="make up missing class references with crops (default: on for classes with fewer images "
                          "than --n-refs; --no-augment uses the images as they are)")
     sp.add_argument("--crops", choices=options.CROPS, default=options.DEFAULT_CROPS,
-                    help="classes: keep the crops the model rates most probable for the class (evidence, default), "
-                         "the same among crops that also include ones around the object at its own size (objects), "
-                         "or random ones")
+                    help="classes: make every reference a crop around where the model finds the class, at the "
+                         "object's own size (objects, default: one photo of a dog before a bicycle gives dog crops; "
+                         "a folder of --n-refs photos or more gets each photo cropped to the class), keep the whole "
+                         "photos and add the crops the model rates most probable (evidence), or random ones")
     sp.add_argument("--ref-weighting", choices=options.WEIGHTINGS, default=options.DEFAULT_REF_WEIGHTING,
                     help="classes: weight each reference's positions by the class's evidence (Grad-CAM) when the "
-                         "prototypes are made (evidence), or not (none, default)")
+                         "prototypes are made (evidence, default), or not (none)")
 
 
 def _run_args(sp: argparse.ArgumentParser, cache_help: str) -> None:

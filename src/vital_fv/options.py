@@ -18,8 +18,8 @@ DEFAULT_MODEL = "efficientnet_lite0"
 CROPS = ("evidence", "objects", "random")  # how a class's augmentation crops are chosen (``references.resolve``)
 WEIGHTINGS = ("none", "evidence")  # how a class reference's positions count in its prototypes (the same)
 # the defaults of both, measured on the scenes benchmark (benchmarks/README.md, "scenes")
-DEFAULT_CROPS = "evidence"
-DEFAULT_REF_WEIGHTING = "none"
+DEFAULT_CROPS = "objects"
+DEFAULT_REF_WEIGHTING = "evidence"
 MIN_SIZE, MAX_SIZE = 16, 4096  # generated resolution, px: below, a stride-32 network has no positions left
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 

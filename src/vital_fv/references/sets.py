@@ -137,8 +137,8 @@ class ReferenceSet:
             return f"{what}: {self.count} crops around the class, chosen by the model's evidence"
         if extra <= 0:
             return f"{n} image{'s' if n != 1 else ''}"
-        how = ("chosen by the model's evidence" + (" (around the object)" if crops.get("object_kept") else "")
-               if crops.get("chosen_by") == "evidence" else "chosen" if self.boxes is not None else "at random")
+        how = ("chosen by the model's evidence" if crops.get("chosen_by") == "evidence"
+               else "chosen" if self.boxes is not None else "at random")
         return f"{n} photo{'s' if n != 1 else ''}: {extra} crop{'s' if extra != 1 else ''} {how}"
 
     def describe(self) -> dict[str, Any]:
