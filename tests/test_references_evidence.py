@@ -62,11 +62,14 @@ def test_resolve_uses_evidence_for_a_class_and_random_on_request(colour_spec, tm
     (tmp_path / "a.png").write_bytes(png_bytes(two_objects()[0].float() / 255))
     ev = references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8, augment=True)
     assert ev.describe()["crops"]["chosen_by"] == "evidence"
+    assert ev.weighting is None and ev.describe()["weighting"]["by"] == "none"  # no layer with positions
     plain = references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8, augment=True, crops="random")
     assert "crops" not in plain.describe() and plain.boxes is None
     few = references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8)  # few references: completed
     assert few.count == 8 and few.describe()["crops"]["chosen_by"] == "evidence"
-    assert few.describe()["summary"] == "1 photo: 7 crops chosen by the model's evidence"
+    assert few.describe()["summary"] == "1 photo: 8 crops around the class, chosen by the model's evidence"
+    old = references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8, crops="evidence")  # the whole photo kept
+    assert old.whole and old.describe()["summary"] == "1 photo: 7 crops chosen by the model's evidence"
     kept = references.resolve(colour_spec, ClassTarget("red"), tmp_path, n=8, augment=False)  # --no-augment
     assert kept.count == 1 and "crops" not in kept.describe() and kept.describe()["summary"] == "1 image"
     with pytest.raises(VitalError, match="--crops must be one of evidence, objects, random"):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..device import frozen_on, resolve_device
+from ..errors import VitalError
 from ..features import capture
 from .sets import ReferenceSet
 
@@ -191,10 +192,14 @@ def weight_by_evidence(refs: ReferenceSet, model: Any, class_index: int, *, devi
     """``refs`` with each reference's positions weighted by the class's evidence on it (``EVIDENCE_FLOOR`` where
     there is none, 1 at the peak): ``compute_prototypes`` then averages each channel's evidence-weighted sorted
     activations, so an object beside the class in the same frame counts less."""
+    try:
+        layer = model.last_hidden_layer()
+    except VitalError as e:  # no layer with positions (a model of pooled features): nothing to weight by
+        return replace(refs, info={**refs.info, "weighting": {"by": "none", "why": str(e)}})
     images = refs.prepare(model.preprocess)
     maps = evidence_maps(model, class_index, images, device=device)
     weights = EVIDENCE_FLOOR + (1 - EVIDENCE_FLOOR) * maps
     info = {**refs.info, "weighting": {"by": "evidence (Grad-CAM)", "class_index": class_index,
-                                       "layer": model.last_hidden_layer(), "floor": EVIDENCE_FLOOR,
+                                       "layer": layer, "floor": EVIDENCE_FLOOR,
                                        "mean": round(float(weights.mean()), 6)}}
     return replace(refs, position_weights=weights, weighting=f"evidence:{class_index}:{EVIDENCE_FLOOR}", info=info)
