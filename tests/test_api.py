@@ -154,6 +154,7 @@ def test_any_argument_of_any_type_either_runs_or_gets_our_error_naming_it(tiny_s
     """Wrong types (bools for numbers, strings for lists, None where a value is needed) are refused by name before
     any work, never a raw TypeError / ValueError / AttributeError, and nothing runs after a refusal."""
     ran = _methods_do_no_work(monkeypatch)
+    monkeypatch.chdir(tmp_path)  # an odd `out` ("", "0") is a folder relative to here: not the checkout
     kwargs = {"target": "one", "references": refs_dir, "steps": 1, "out": tmp_path / "o", "overwrite": True,
               "progress": False, **odd}
     target, references = kwargs.pop("target"), kwargs.pop("references")

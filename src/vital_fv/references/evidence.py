@@ -86,8 +86,7 @@ def _score(refs: ReferenceSet, boxes: list, model: Any, class_index: int, device
     return scores
 
 
-def scan_windows(refs: ReferenceSet, sides: tuple[float, ...] = (0.25, 0.4, 0.6)
-                 ) -> list[tuple[int, int, int, int, int]]:
+def scan_windows(refs: ReferenceSet, sides: tuple[float, ...] = SCAN_SIDES) -> list[tuple[int, int, int, int, int]]:
     """Square windows over every image, ``sides`` of its shorter side, half a window apart (the last one
     flush with the edge): the scan that finds where a small object is."""
     out = []
@@ -152,23 +151,34 @@ def evidence_crops(refs: ReferenceSet, model: Any, class_index: int, *, candidat
         around = object_boxes(refs, windows, window_scores, total // 2, refs.seed)
         return _most_probable(refs, refs.random_boxes(total - total // 2 - len(frames)) + frames + around,
                               model, class_index, refs.count, device, batch_size, scan, len(around))
-    # as many photos as references: each photo's own most probable crop (the whole frame among its candidates)
-    chosen, kept, n_around = [], [], 0
+    # as many photos as references: each photo's own most probable crop (the whole frame among its candidates),
+    # all candidates scored in one pass
+    pools = []
     for i in range(len(refs.images)):
         mine = [k for k, w in enumerate(windows) if w[0] == i]
-        around = object_boxes(refs, [windows[k] for k in mine], [window_scores[k] for k in mine],
-                              max(1, candidates), refs.seed + i)
-        pool = [frames[i], *around]
-        scores = _score(refs, pool, model, class_index, device, batch_size)
-        k = max(range(len(pool)), key=lambda j: (scores[j], -j))
+        pools.append([frames[i], *object_boxes(refs, [windows[k] for k in mine], [window_scores[k] for k in mine],
+                                               max(1, candidates), refs.seed + i)])
+    flat = [b for pool in pools for b in pool]
+    scores = _score(refs, flat, model, class_index, device, batch_size)
+    chosen, kept, n_around, start = [], [], 0, 0
+    for pool in pools:
+        mine = scores[start : start + len(pool)]
+        k = max(range(len(pool)), key=lambda j: (mine[j], -j))
         chosen.append(pool[k])
-        kept.append(scores[k])
+        kept.append(mine[k])
         n_around += k > 0
-    return replace(refs, boxes=chosen, whole=False, info={**refs.info, "crops": {
-        "chosen_by": "evidence", "class_index": class_index, "candidates": len(refs.images) * (1 + max(1, candidates)),
-        "kept": len(chosen), "score": "model probability of the class", "kept_mean": round(sum(kept) / len(kept), 6),
-        "kept_min": round(min(kept), 6), "object_candidates": len(refs.images) * max(1, candidates),
-        "object_kept": n_around, "whole_frames_kept": len(chosen) - n_around, **scan}})
+        start += len(pool)
+    info = _crops_info(class_index, len(flat), kept, scores, len(flat) - len(pools), n_around, scan)
+    return replace(refs, boxes=chosen, whole=False, info={**refs.info, "crops": info})
+
+
+def _crops_info(class_index: int, candidates: int, kept: list[float], scores: list[float], object_candidates: int,
+                object_kept: int, scan: dict[str, Any]) -> dict[str, Any]:
+    """What the record says about how the crops were chosen."""
+    return {"chosen_by": "evidence", "class_index": class_index, "candidates": candidates, "kept": len(kept),
+            "score": "model probability of the class", "kept_mean": round(sum(kept) / len(kept), 6),
+            "kept_min": round(min(kept), 6), "candidates_mean": round(sum(scores) / len(scores), 6),
+            "object_candidates": object_candidates, "object_kept": object_kept, **scan}
 
 
 def _most_probable(refs: ReferenceSet, pool: list, model: Any, class_index: int, keep: int, device: Any,
@@ -177,14 +187,9 @@ def _most_probable(refs: ReferenceSet, pool: list, model: Any, class_index: int,
     windows); with a scan, the boxes are every reference (``whole`` off)."""
     scores = _score(refs, pool, model, class_index, device, batch_size)
     order = sorted(range(len(pool)), key=lambda k: (-scores[k], k))[:keep]
-    kept = [scores[k] for k in order]
-    info = {**refs.info, "crops": {
-        "chosen_by": "evidence", "class_index": class_index, "candidates": len(pool), "kept": len(order),
-        "score": "model probability of the class", "kept_mean": round(sum(kept) / len(kept), 6),
-        "kept_min": round(min(kept), 6), "candidates_mean": round(sum(scores) / len(scores), 6),
-        "object_candidates": n_around, "object_kept": sum(k >= len(pool) - n_around for k in order), **scan,
-    }}
-    return replace(refs, boxes=[pool[k] for k in order], info=info, whole=not scan)
+    info = _crops_info(class_index, len(pool), [scores[k] for k in order], scores, n_around,
+                       sum(k >= len(pool) - n_around for k in order), scan)
+    return replace(refs, boxes=[pool[k] for k in order], info={**refs.info, "crops": info}, whole=not scan)
 
 
 def weight_by_evidence(refs: ReferenceSet, model: Any, class_index: int, *, device: Any = "auto"

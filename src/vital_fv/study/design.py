@@ -89,14 +89,15 @@ def _scan(images: str | os.PathLike[str] | None, root: Path, classes: dict, unit
           ) -> dict[str, dict[str, Any]]:
     """The 2AFC's queries of every target (``queries.scan_queries``), the images whose crops rate-unit shows
     left out."""
-    from .queries import scan_queries, sha256_file
+    from ..zoo import file_sha256
+    from .queries import scan_queries
 
     shown, folders = set(), set()
     for u in units.values():
         for src in u["mining"]["sources"][:MAX_REFS]:
             path = _source(src, root)
             if path is not None:
-                shown.add(sha256_file(path))
+                shown.add(file_sha256(path))
         folders |= {p.parent for s in u["mining"]["sources"] if (p := _source(s, root)) is not None}
     if images is None:
         if len(folders) != 1:

@@ -10,28 +10,22 @@ crops) are left out, and each image is the query of one target at most, so no pa
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from ..errors import VitalError
 
 
 def model_input(img: torch.Tensor, preprocess: Any) -> torch.Tensor:
-    """A uint8 (3, H, W) image as the model sees it, in [0, 1]: short side to the resize size, center crop."""
-    x = img.float()[None] / 255
-    h, w = x.shape[-2:]
-    scale = preprocess.resize_size / min(h, w)
-    x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
-                      antialias=True, align_corners=False)
-    s = preprocess.input_size
-    top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
-    return x[..., top : top + s, left : left + s].clamp(0, 1)
+    """A uint8 (3, H, W) image as the model sees it, in [0, 1] (1, 3, S, S): the model's own resize and center crop,
+    as every reference gets them (``ReferenceSet.prepare``)."""
+    from ..references import from_tensor
+
+    return from_tensor(img[None]).prepare(preprocess)
 
 
 def parse_target(target: str) -> tuple[str, Any]:
@@ -49,6 +43,7 @@ def parse_target(target: str) -> tuple[str, Any]:
 def activations(spec: Any, targets: Sequence[str], paths: Sequence[Path], batch_size: int = 16
                 ) -> torch.Tensor:
     """(targets, images) activations of every image in ``paths`` for every target (see the module)."""
+    from ..device import frozen_on
     from ..features import capture
     from ..references import read_image
     from ..references.mining import _unit_scores
@@ -56,19 +51,14 @@ def activations(spec: Any, targets: Sequence[str], paths: Sequence[Path], batch_
     parsed = [parse_target(t) for t in targets]
     layers = sorted({u.layer for kind, u in parsed if kind == "unit"})
     device = next(spec.module.parameters()).device
-    spec.module.eval()
     cols = []
-    with capture(spec.module, layers, spec.name) as feats:
+    with frozen_on(spec.module), capture(spec.module, layers, spec.name) as feats:
         for i in range(0, len(paths), batch_size):
             x = torch.cat([model_input(read_image(p)[0], spec.preprocess) for p in paths[i : i + batch_size]])
             logits = spec.module(spec.preprocess.normalize(x).to(device)).float().cpu()
             cols.append(torch.stack([logits[:, t] if kind == "class" else
                                      _unit_scores(feats[t.layer], t).float().cpu() for kind, t in parsed]))
     return torch.cat(cols, 1) if cols else torch.empty(len(targets), 0)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def choose_queries(acts: torch.Tensor, candidates: Sequence[int]) -> list[tuple[int, int] | None]:
@@ -107,11 +97,12 @@ def scan_queries(model: str, targets: Sequence[str], folder: str | os.PathLike[s
     """For each target, its strongest and weakest image of ``folder`` (none of them with a sha256 in ``shown``):
     {target: {"strong": {"path", "activation", "rank"}, "weak": {...}, "images": n}}."""
     from ..references import list_images
+    from ..zoo import file_sha256
 
     paths = list_images(folder)
     if not paths:
         raise VitalError(f"--images {folder}: no images to take the 2AFC's queries from")
-    shas = [sha256_file(p) for p in paths]
+    shas = [file_sha256(p) for p in paths]
     firsts = {s: i for i, s in reversed(list(enumerate(shas)))}  # the same picture twice counts once
     candidates = sorted(i for s, i in firsts.items() if s not in shown)
     acts = activations(_model(model, device), targets, paths)
