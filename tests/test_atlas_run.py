@@ -18,6 +18,7 @@ import torch
 from vital_fv import ClassTarget, Job, references, run_method
 from vital_fv.atlas import InProcess, Ledger, atlas_status, plan_atlas, run_atlas
 from vital_fv.cli import main
+from vital_fv.errors import VitalError
 
 
 def test_a_target_in_a_batch_gives_the_image_it_gives_alone(tiny_spec):
@@ -68,6 +69,55 @@ class StopsAfter(InProcess):
         if self.left == 0:
             raise KeyboardInterrupt
         return super().wait()
+
+
+class Recording(InProcess):
+    """The in-process executor, noting each batch's method and size."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = []
+
+    def submit(self, batch):
+        self.batches.append((batch[0].method, len(batch)))
+        return super().submit(batch)
+
+
+def test_auto_batch_is_chosen_per_method_used_and_kept_in_the_ledger(small_job, tmp_path, monkeypatch, capsys):
+    from vital_fv.methods import batching
+
+    job = _copy(small_job, tmp_path)
+    calls = []
+
+    def fake(method, spec, jobs, *, items, **kwargs):  # a measurement that says vital 2, fourier 1
+        calls.append((method, items, len(jobs)))
+        return batching.BatchChoice({"vital": 2, "fourier": 1}[method], "measured", {1: 0.5, 2: 0.4})
+
+    monkeypatch.setattr(batching, "choose_for_jobs", fake)
+    ex = Recording(Ledger.open(job).plan, job, "cpu")
+    assert run_atlas(job, device="cpu", progress=False, executor=ex)["done"] == 4
+    assert sorted(calls) == [("fourier", 2, 1), ("vital", 2, 1)]  # once per method, probed with one item's job
+    assert sorted(ex.batches) == [("fourier", 1), ("fourier", 1), ("vital", 2)]
+    assert all(r["attempts"] == 1 for r in Ledger.open(job).rows())  # the claimed extras went back unpenalized
+    batch = atlas_status(job)["batch"]
+    assert batch["vital"]["size"] == 2 and batch["fourier"]["how"] == "measured"
+    assert main(["atlas", "status", str(job)]) == 0
+    assert "vital: batch 2 (measured)" in capsys.readouterr().out
+
+
+def test_auto_batch_without_a_fake_and_a_forced_batch(small_job, tmp_path):
+    (tmp_path / "a").mkdir()
+    job = _copy(small_job, tmp_path / "a")
+    assert run_atlas(job, batch="auto", device="cpu", progress=False)["done"] == 4
+    # two steps a run: shorter than measuring would be, so each method's items run as one batch
+    assert {m: b["how"] for m, b in atlas_status(job)["batch"].items()} == {"vital": "short", "fourier": "short"}
+    (tmp_path / "b").mkdir()
+    forced = _copy(small_job, tmp_path / "b")
+    ex = Recording(Ledger.open(forced).plan, forced, "cpu")
+    run_atlas(forced, batch=1, device="cpu", progress=False, executor=ex)
+    assert ex.batches == [(m, 1) for m, _ in ex.batches] and len(ex.batches) == 4
+    with pytest.raises(VitalError, match="--batch"):
+        run_atlas(forced, batch="many", device="cpu", progress=False)
 
 
 def test_plan_run_status_and_resume_after_ctrl_c(small_job, tmp_path, capsys):

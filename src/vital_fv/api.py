@@ -24,6 +24,7 @@ from .errors import VitalError
 from .features import resolve_layers
 from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
 from .methods.base import check_options
+from .methods.batching import check_batch, choose_for_jobs, chunks
 from .options import (
     CROPS,
     DEFAULT_CROPS,
@@ -186,6 +187,7 @@ def visualize(
     overwrite: bool = False,
     alpha_percentile: float = 98.0,
     progress: bool = True,
+    batch_size: int | str = "auto",
 ) -> Result | list[Result]:
     """Visualize ``target`` on ``model`` with ``method`` (any registered one: vital, fourier, maco, deepinversion).
 
@@ -195,12 +197,15 @@ def visualize(
     photo of a demo class. ``seeds`` gives one image per seed. Returns one ``Result`` for one target and no
     ``seeds``, else a list, target-major. With ``out``, each result is saved as ``out/STEM.png`` (+ ``.json``, and
     ``.rgba.png`` / ``.alpha.npy`` with a transparency map; ``name`` sets the stem), existing files are refused
-    before any work unless ``overwrite``, and a Ctrl-C saves the images so far.
+    before any work unless ``overwrite``, and a Ctrl-C saves the images so far. ``batch_size``: images optimized
+    together; "auto" times a few steps at sizes 1, 2, 4, ... and takes the fastest per image (``methods.batching``;
+    cached, said in the log and each record's ``batch``).
     """
     _check_arguments(dict(locals()))  # types first: each option's own check below then sees what it expects
     m = get_method(method)
     get_preset(m, preset, steps, lr)  # every option is checked before any work
     check_alpha_percentile(alpha_percentile)
+    forced_batch = check_batch(batch_size, "batch_size")
     check_layer_weights(layers if not isinstance(layers, LayerPreset) else layers.layers, layer_weights)
     check_size(size)
     check_n_refs(n_refs)
@@ -277,18 +282,28 @@ def visualize(
     jobs = [Job(t, r, s) for t, r in zip(plain, per_target, strict=True) for s in seed_list]
     log.info(_describe_run(spec, m.name, plain, per_target, preset, relevance, seed_list))
 
+    results: list[Result] = []
     try:
-        results = run_method(m, spec, jobs, preset=preset, steps=steps, lr=lr, size=size, device=device,
-                             progress=progress, **options)
+        choice = choose_for_jobs(m, spec, jobs, device=device, preset=preset, steps=steps, forced=forced_batch,
+                                 size=size, cache_dir=cache_dir, **options)
+        for part in chunks(jobs, choice.size):
+            done = run_method(m, spec, part, preset=preset, steps=steps, lr=lr, size=size, device=device,
+                              progress=progress, **options)
+            for r in done:
+                r.record["batch"] = choice.describe()
+            results += done
+            if any(r.status == "interrupted" for r in done):  # Ctrl-C: the images so far are saved, no more run
+                break
     except NonFiniteLossError as exc:
+        exc.results = results + exc.results
         if out_dir is not None:
-            _save_all(exc.results, out_dir, stems, alpha_percentile)
+            _save_all(exc.results, out_dir, stems[: len(exc.results)], alpha_percentile)
             exc.args = (f"{exc} Saved: {', '.join(str(r.path) for r in exc.results)}",)
         raise
     for r in results:
         r.alpha_percentile = alpha_percentile
     if out_dir is not None:
-        _save_all(results, out_dir, stems, alpha_percentile)
+        _save_all(results, out_dir, stems[: len(results)], alpha_percentile)
     return results if many or seeds is not None else results[0]
 
 

@@ -45,6 +45,11 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _batch(text: str) -> int | str:
+    """``auto`` or an integer (checked with the other counts, so a bad one is named like them)."""
+    return text if text == "auto" else int(text)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -263,7 +268,9 @@ def _add_atlas(sub: Any, reg: _Registry) -> None:
     pl.add_argument("--overwrite", action="store_true", help="plan anew over an existing job")
     ru = steps.add_parser("run", help="run a planned job (the same command resumes it)")
     ru.add_argument("job", help="the job folder")
-    ru.add_argument("--batch", type=int, default=8, help="items optimized together (default 8)")
+    ru.add_argument("--batch", type=_batch, default="auto",
+                    help="items optimized together, or auto (default): per method, the fastest per image of a few "
+                         "steps timed at sizes 1, 2, 4, ... on the device (cached per model, method and device)")
     ru.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     ru.add_argument("--workers", type=int, help="local worker processes (or Ray actors with --ray), each loading "
                                                 "the model once (default: this process)")
@@ -413,7 +420,8 @@ def _check_options(args: argparse.Namespace) -> None:
     if get("seeds") is not None and not get("batch"):
         options.check_seeds(get("seeds"))
     for dest, (flag, least, unit) in _COUNTS.items():
-        options.check_positive(flag, get(dest), least, unit)
+        if get(dest) != "auto":
+            options.check_positive(flag, get(dest), least, unit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -752,6 +760,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         print(f"  mining: {st['mining']['done']}/{st['mining']['shards']} shards done")
     for w, wc in st["workers"].items():
         print(f"  worker {w}: {wc['done']} done, {wc['running']} running, {wc['failed']} failed")
+    for m, b in (st.get("batch") or {}).items():
+        print(f"  {m}: batch {b['size']} ({b['how']})")
     for f in st["failed"][:10]:
         print(f"  failed: {f['label']} ({f['method']}, seed {f['seed']}, {f['attempts']} attempts): {f['error']}")
     bad = st["damaged"]

@@ -7,6 +7,7 @@ the gradient back through the sort's permutation to the unsorted positions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -98,12 +99,23 @@ def argsort_rows(rows: torch.Tensor) -> torch.Tensor:
     a = rows.float().contiguous().numpy()
     # Floats order like signed integers once the magnitude bits of negatives are flipped.
     bits = a.view(np.int32)
-    key = (bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))).astype(np.int64)
+    flip = bits >> 31
+    flip &= np.int32(0x7FFFFFFF)
+    flip ^= bits
+    key = flip.astype(np.int64)
     key <<= 32
-    key |= np.arange(a.shape[-1], dtype=np.int64)
+    key |= _positions(a.shape[-1])
     key.sort(axis=-1)
     key &= np.int64(0xFFFFFFFF)
     return torch.from_numpy(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(n: int) -> np.ndarray:
+    """0..n-1 as int64, made once per row length (read-only: shared between calls)."""
+    out = np.arange(n, dtype=np.int64)
+    out.flags.writeable = False
+    return out
 
 
 def weighted_sorted(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

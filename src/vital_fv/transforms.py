@@ -45,3 +45,29 @@ def zoom(x: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
     theta[:, 1, 1] = inv
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class GaussianBlur:
+    """``torchvision``'s ``gaussian_blur`` (reflect padding, depthwise conv) with the kernel built once: the same
+    operations on the same kernel, so the same values, without rebuilding the kernel at every step."""
+
+    def __init__(self, kernel_size: int, sigma: float) -> None:
+        self.kernel_size, self.sigma = kernel_size, sigma
+        self._kernels: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
+
+    def kernel(self, device: torch.device, dtype: torch.dtype, channels: int) -> torch.Tensor:
+        key = (device, dtype, channels)
+        if key not in self._kernels:
+            half = (self.kernel_size - 1) * 0.5
+            x = torch.linspace(-half, half, steps=self.kernel_size, dtype=dtype, device=device)
+            pdf = torch.exp(-0.5 * (x / self.sigma).pow(2))
+            k1 = pdf / pdf.sum()
+            k2 = torch.mm(k1[:, None], k1[None, :])
+            self._kernels[key] = k2.expand(channels, 1, self.kernel_size, self.kernel_size)
+        return self._kernels[key]
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """``img`` (B, C, H, W), floating point."""
+        pad = self.kernel_size // 2
+        x = torch.nn.functional.pad(img, [pad, pad, pad, pad], mode="reflect")
+        return torch.nn.functional.conv2d(x, self.kernel(img.device, img.dtype, img.shape[-3]), groups=img.shape[-3])

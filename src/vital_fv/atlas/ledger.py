@@ -139,6 +139,15 @@ class Ledger:
     def plan(self) -> dict[str, Any]:
         return json.loads(self._con.execute("SELECT value FROM meta WHERE key = 'plan'").fetchone()[0])
 
+    def meta(self, key: str) -> Any:
+        """A JSON value the driver stored under ``key`` (None if absent), e.g. ``batch``: the batch size chosen."""
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._transaction() as con:
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
+
     def items(self, status: str | None = None) -> list[Item]:
         sql = "SELECT * FROM items" + (" WHERE status = ?" if status else "") + " ORDER BY id"
         return [self._item(r) for r in self._con.execute(sql, (status,) if status else ())]

@@ -23,18 +23,24 @@ from .work import Outcome
 log = logging.getLogger("vital_fv")
 
 
-def run_atlas(folder: str | os.PathLike[str], *, batch: int = 8, device: str = "auto", workers: int | None = None,
-              devices: Sequence[str] | None = None, ray: str | None = None, max_attempts: int = 3,
-              retry_failed: bool = False, verify: bool = False, progress: bool = True,
+MINE_BATCH = 8  # mining shards per claim (a worker scans them one after the other)
+
+
+def run_atlas(folder: str | os.PathLike[str], *, batch: int | str = "auto", device: str = "auto",
+              workers: int | None = None, devices: Sequence[str] | None = None, ray: str | None = None,
+              max_attempts: int = 3, retry_failed: bool = False, verify: bool = False, progress: bool = True,
               executor: Executor | None = None) -> dict[str, int]:
     """Run a planned job to the end (or until Ctrl-C): done items are never redone unless their files went
     missing or changed size (``verify``: or their sha256), items a stopped driver left running go back to the
     queue, failures are retried up to ``max_attempts`` (``retry_failed``: the failed ones too). ``workers`` local
     processes (pinned round-robin to ``devices``), or ``ray`` (``auto`` or an address) with ``workers`` actors;
-    default: this process. Returns the ledger's counts."""
+    default: this process. ``batch``: items optimized together, or "auto": per method, the fastest per image of
+    a few steps timed at candidate sizes on the device (``methods.batching``, cached per model x method x
+    device; stored in the ledger's ``batch`` field). Returns the ledger's counts."""
     from ..device import resolve_device
+    from ..methods.batching import check_batch
 
-    check_positive("--batch", batch)
+    forced = check_batch(batch)
     check_positive("--max-attempts", max_attempts)
     check_positive("--workers", workers)
     for d in [device, *(devices or [])]:
@@ -62,8 +68,9 @@ def run_atlas(folder: str | os.PathLike[str], *, batch: int = 8, device: str = "
             plan = ledger.plan
             ex = executor or make_executor(plan, Path(folder), workers=workers, devices=devices, ray=ray,
                                            device=device, progress=progress and not workers and ray is None)
+            sizer = _BatchSizer(ledger, plan, forced, (devices or [device])[0], ex, ray is not None)
             try:
-                _drive(ledger, ex, batch, max_attempts, progress)
+                _drive(ledger, ex, sizer, max_attempts, progress)
             finally:
                 ex.close()
             return ledger.counts()
@@ -71,7 +78,48 @@ def run_atlas(folder: str | os.PathLike[str], *, batch: int = 8, device: str = "
         ledger.close()
 
 
-def _drive(ledger: Ledger, ex: Executor, batch: int, max_attempts: int, progress: bool) -> None:
+class _BatchSizer:
+    """How many items of a method go into one batch: forced, or chosen by measurement the first time the driver
+    claims items of that method (on the run's device, with the first claimed item's references; the model is the
+    executor's own where it runs in this process). Each choice is logged and stored in the ledger (``batch``)."""
+
+    def __init__(self, ledger: Ledger, plan: dict[str, Any], forced: int | None, device: str, ex: Executor,
+                 remote: bool) -> None:
+        from ..methods.batching import CANDIDATES
+
+        self.ledger, self.plan, self.forced, self.device, self.ex, self.remote = \
+            ledger, plan, forced, device, ex, remote
+        self.claim = forced or max(CANDIDATES)
+        self.choices: dict[str, Any] = {}
+        self._spec = None
+
+    def size_for(self, items: Sequence[Item]) -> int:
+        from ..methods.batching import BatchChoice, choose_for_jobs
+
+        method = items[0].method
+        if self.forced is not None:
+            return self.forced
+        if method == MINE:
+            return MINE_BATCH
+        if method not in self.choices:
+            if self.remote:  # a Ray cluster's devices are not this machine's: nothing here to time
+                choice = BatchChoice(MINE_BATCH, "default")
+                log.info(f"{method}: batch {choice.size} (Ray: the workers' devices are not timed here; "
+                         "--batch N chooses)")
+            else:
+                from .work import batch_jobs, load_plan_model
+
+                if self._spec is None:
+                    self._spec = getattr(self.ex, "spec", None) or load_plan_model(self.plan)
+                jobs = batch_jobs(self._spec, self.plan, items[:1], self.device)
+                choice = choose_for_jobs(method, self._spec, jobs, items=len(items), device=self.device,
+                                         preset=self.plan["preset"], steps=self.plan["steps"])
+            self.choices[method] = choice
+            self.ledger.set_meta("batch", {m: c.describe() for m, c in self.choices.items()})
+        return self.choices[method].size
+
+
+def _drive(ledger: Ledger, ex: Executor, sizer: _BatchSizer, max_attempts: int, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     counts = ledger.counts()
@@ -81,9 +129,13 @@ def _drive(ledger: Ledger, ex: Executor, batch: int, max_attempts: int, progress
         try:
             while True:
                 while len(inflight) < ex.slots:
-                    items = ledger.claim(batch, "driver")
+                    items = ledger.claim(sizer.claim, "driver")
                     if not items:
                         break
+                    size = sizer.size_for(items)
+                    if size < len(items):  # claimed for the largest candidate: the rest go back to the queue
+                        ledger.release(items[size:])
+                        items = items[:size]
                     inflight[items[0].id] = items
                     ledger.assign(items, ex.submit(items))
                 if not inflight:
@@ -216,6 +268,7 @@ def atlas_status(folder: str | os.PathLike[str], verify: bool = False) -> dict[s
         rows = ledger.rows()
         counts = ledger.counts()
         plan = ledger.plan
+        batch = ledger.meta("batch")
     finally:
         ledger.close()
     damaged = check_done(folder, rows, verify)
@@ -233,7 +286,7 @@ def atlas_status(folder: str | os.PathLike[str], verify: bool = False) -> dict[s
     left = sum(r["status"] in ("pending", "running") for r in rows if r["method"] != MINE)
     shards_left = sum(r["status"] in ("pending", "running") for r in shards)
     return {
-        "plan": plan, "counts": counts, "total": len(rows), "workers": workers,
+        "plan": plan, "counts": counts, "total": len(rows), "workers": workers, "batch": batch,
         "images_per_hour": 3600 / per_item if per_item else None,
         "eta_seconds": left * per_item + shards_left * per_shard if per_item else None,
         "mining": {"shards": len(shards), "done": len(shard_done) if shards else 0, "seconds_per_shard": per_shard},

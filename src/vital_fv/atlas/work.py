@@ -57,21 +57,13 @@ def _references(spec: Any, plan: dict[str, Any], target: Any, source: str | None
 def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], batch: Sequence[Item],
                device: Any = "auto", progress: bool = False) -> list[Outcome]:
     """Optimize ``batch`` (items of one method) together and write each result to ``folder/images``."""
-    from ..methods import Job, NonFiniteLossError, run_method
+    from ..methods import NonFiniteLossError, run_method
 
     start = time.perf_counter()
     method = batch[0].method
     if method == MINE:
         return [_mine(spec, plan, folder, it, device) for it in batch]
-    targets = [target_from_json(it.target) for it in batch]
-    refs_by_target: dict[Any, Any] = {}
-    jobs = []
-    for it, t in zip(batch, targets, strict=True):
-        key = (json.dumps(it.target, sort_keys=True), it.refs)
-        if key not in refs_by_target:  # read once per target (its prototypes are cached as for `visualize`)
-            refs_by_target[key] = (t.references() if it.refs == "concept" else
-                                   _references(spec, plan, t, it.refs, device, progress))
-        jobs.append(Job(getattr(t, "target", t), refs_by_target[key], it.seed))  # a concept: its direction
+    jobs = batch_jobs(spec, plan, batch, device, progress)
     try:
         results = run_method(method, spec, jobs, preset=plan["preset"], steps=plan["steps"], lr=plan["lr"],
                              device=device, progress=progress)
@@ -92,6 +84,23 @@ def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], 
         written = sorted(f"{it.stem}{ext}" for ext in OUTPUT_SUFFIXES if (out / f"{it.stem}{ext}").is_file())
         outcomes.append(Outcome(it, outputs=[f"{IMAGES_DIR}/{w}" for w in written], seconds=share))
     return outcomes
+
+
+def batch_jobs(spec: Any, plan: dict[str, Any], batch: Sequence[Item], device: Any = "auto",
+               progress: bool = False) -> list[Any]:
+    """The ``Job`` of each item (references read once per target; prototypes cached as for ``visualize``)."""
+    from ..methods import Job
+
+    refs_by_target: dict[Any, Any] = {}
+    jobs = []
+    for it in batch:
+        t = target_from_json(it.target)
+        key = (json.dumps(it.target, sort_keys=True), it.refs)
+        if key not in refs_by_target:
+            refs_by_target[key] = (t.references() if it.refs == "concept" else
+                                   _references(spec, plan, t, it.refs, device, progress))
+        jobs.append(Job(getattr(t, "target", t), refs_by_target[key], it.seed))  # a concept: its direction
+    return jobs
 
 
 def load_plan_model(plan: dict[str, Any]) -> Any:

@@ -74,14 +74,21 @@ def scorer(model: ModelSpec, jobs: Sequence[Job], classes: torch.Tensor) -> Scor
     def score(x01: torch.Tensor, owners: list[int]) -> torch.Tensor:
         with capture(model.module, layers, model.name) as feats:
             logits = model.module(model.preprocess.normalize(x01))
+            # Rows by unbind, not indexing: each indexed row's backward wrote a gradient the size of the whole
+            # batch (quadratic in the batch); unbind's backward is one stack.
+            rows: dict[str, tuple[torch.Tensor, ...]] = {}
+            logit_rows = None
             values = []
             for row, b in enumerate(owners):
                 t = jobs[b].target
                 if isinstance(t, UnitTarget):
-                    out = feats[t.layer]
-                    values.append(t.value(out[0][row] if isinstance(out, (tuple, list)) else out[row]))
+                    if t.layer not in rows:
+                        out = feats[t.layer]
+                        rows[t.layer] = (out[0] if isinstance(out, (tuple, list)) else out).unbind(0)
+                    values.append(t.value(rows[t.layer][row]))
                 else:
-                    values.append(logits[row, classes[b]])
+                    logit_rows = logits.unbind(0) if logit_rows is None else logit_rows
+                    values.append(logit_rows[row][classes[b]])
         return torch.stack(values)
 
     return score

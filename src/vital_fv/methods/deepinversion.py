@@ -66,6 +66,7 @@ class DeepInversion(Ascent):
         "quick": DeepInversionPreset(500, 0.05),
     }
     targets = ("class",)
+    coupled_batch = True  # the batch statistics couple the items: splitting a batch changes its images
 
     def check(self, model: ModelSpec) -> None:
         if not _batchnorms(model.module):

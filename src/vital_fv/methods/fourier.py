@@ -94,7 +94,8 @@ class Fourier(Ascent):
 
         def step(i: int) -> float:
             img = fourier_image(spec, scale, size)
-            x = torch.cat([lucid_transforms(img[k], gens[k], size) for k in range(b)])
+            # unbind, not img[k]: each indexed item's backward wrote a gradient the size of the whole batch.
+            x = torch.cat([lucid_transforms(item, g, size) for item, g in zip(img.unbind(0), gens, strict=True)])
             return ascend(update, score(x, list(range(b))), curve, i)
 
         status, times = run_steps(preset.steps, step, progress, self.name)

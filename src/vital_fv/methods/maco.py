@@ -104,15 +104,27 @@ def load_spectrum(path: str | os.PathLike[str] | None, size: int) -> tuple[torch
 
 def random_crops(img: torch.Tensor, gen: torch.Generator, n: int, out: int, mean_frac: float) -> torch.Tensor:
     """``n`` random square crops of one image (3, S, S), each resized to ``out`` (MACO's crops)."""
+    return random_crops_batch(img.unsqueeze(0), [gen], n, out, mean_frac)
+
+
+def random_crops_batch(
+    imgs: torch.Tensor, gens: Sequence[torch.Generator], n: int, out: int, mean_frac: float
+) -> torch.Tensor:
+    """``n`` random square crops of each image (B, 3, S, S), item k's from ``gens[k]``, each resized to ``out``:
+    (B * n, 3, out, out), item-major. One ``roi_align`` over the batch: a call per item made each item's backward
+    write a gradient the size of the whole batch (quadratic in the batch)."""
     from torchvision.ops import roi_align
 
-    s = img.shape[-1]
-    frac = (torch.randn(n, generator=gen) * 0.1 + mean_frac).clamp(0.1, 1.0)
-    cx = (0.5 + torch.randn(n, generator=gen) * 0.15).clamp(frac / 2, 1 - frac / 2)
-    cy = (0.5 + torch.randn(n, generator=gen) * 0.15).clamp(frac / 2, 1 - frac / 2)
-    boxes = torch.stack([torch.zeros(n), cx - frac / 2, cy - frac / 2, cx + frac / 2, cy + frac / 2], 1) * s
-    boxes[:, 0] = 0
-    return roi_align(img.unsqueeze(0), boxes.to(img.device, img.dtype), output_size=(out, out), aligned=True)
+    s = imgs.shape[-1]
+    boxes = []
+    for k, gen in enumerate(gens):
+        frac = (torch.randn(n, generator=gen) * 0.1 + mean_frac).clamp(0.1, 1.0)
+        cx = (0.5 + torch.randn(n, generator=gen) * 0.15).clamp(frac / 2, 1 - frac / 2)
+        cy = (0.5 + torch.randn(n, generator=gen) * 0.15).clamp(frac / 2, 1 - frac / 2)
+        box = torch.stack([torch.zeros(n), cx - frac / 2, cy - frac / 2, cx + frac / 2, cy + frac / 2], 1) * s
+        box[:, 0] = k
+        boxes.append(box)
+    return roi_align(imgs, torch.cat(boxes).to(imgs.device, imgs.dtype), output_size=(out, out), aligned=True)
 
 
 @dataclass(frozen=True)
@@ -169,8 +181,11 @@ class Maco(Ascent):
             img = maco_image(phase, magnitude, size)
             img.retain_grad()
             current["img"] = img
-            crops = torch.cat([random_crops(img[k], gens[k], preset.crops, input_size, mean_frac) for k in range(b)])
-            crops = crops + (torch.rand(crops.shape, generator=gens[0]).to(device) - 0.5) * 2 * preset.noise
+            crops = random_crops_batch(img, gens, preset.crops, input_size, mean_frac)
+            # Each item's noise from its own generator, so a seed gives the same image alone or in a batch.
+            shape = (preset.crops, *crops.shape[1:])
+            noise = torch.cat([torch.rand(shape, generator=g) for g in gens]).to(device)
+            crops = crops + (noise - 0.5) * 2 * preset.noise
             return ascend(update, score(crops, owners).view(b, preset.crops).mean(1), curve, i)
 
         status, times = run_steps(preset.steps, step, progress, self.name)

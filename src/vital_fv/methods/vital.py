@@ -32,7 +32,7 @@ from ..relevance import Relevance, channel_importance, normalize_relevance, pars
 from ..result import Result
 from ..signals import hold_signals
 from ..targets import ClassTarget, UnitTarget, check_units
-from ..transforms import roll, sample_rolls, sample_scales, zoom
+from ..transforms import GaussianBlur, roll, sample_rolls, sample_scales, zoom
 from ..zoo import LayerPreset, ModelSpec, unit_preset
 from .base import (
     Job,
@@ -458,8 +458,6 @@ def _acting(opt: OptimPreset, target: Target) -> OptimPreset:
 def _gradient_shaping(x: torch.Tensor, acting: Sequence[OptimPreset]) -> Any:
     """What Adam sees of the image's gradient (after the transparency map took the loss's own): the low-pass,
     then each item's unit priors; None when none is on."""
-    from torchvision.transforms.functional import gaussian_blur
-
     opt = acting[0]  # the batch shares the schedule and the low-pass; the priors are per item
 
     def per_item(values: list[float]) -> torch.Tensor | None:
@@ -469,14 +467,15 @@ def _gradient_shaping(x: torch.Tensor, acting: Sequence[OptimPreset]) -> Any:
     smooth = per_item([a.unit_smooth + a.channel_smooth for a in acting])  # at most one of the two acts per item
     if not (opt.grad_blur or prior is not None or smooth is not None):
         return None
-    k = 2 * math.ceil(2 * opt.grad_blur) + 1
+    low_pass = GaussianBlur(2 * math.ceil(2 * opt.grad_blur) + 1, opt.grad_blur) if opt.grad_blur else None
+    neighbourhood = GaussianBlur(5, 1.0)
 
     def shape() -> None:
         g = x.grad
-        if opt.grad_blur:
+        if low_pass is not None:
             # Adam normalizes each pixel's update, so gradient components the stride-2 stem barely sees
             # (pixel-level colour alternations) get full-size steps; a low-pass keeps them out of the image.
-            g = gaussian_blur(g, [k, k], [opt.grad_blur, opt.grad_blur])
+            g = low_pass(g)
         # Adam turns even these small terms into full-size steps where the loss has no gradient of its own.
         if prior is None and smooth is None:
             x.grad = g
@@ -486,7 +485,7 @@ def _gradient_shaping(x: torch.Tensor, acting: Sequence[OptimPreset]) -> Any:
             g = g + prior * scale * x.detach()
         if smooth is not None:
             xd = x.detach()
-            g = g + smooth * scale * (xd - gaussian_blur(xd, [5, 5], [1.0, 1.0]))
+            g = g + smooth * scale * (xd - neighbourhood(xd))
         x.grad = g
 
     return shape
