@@ -80,10 +80,10 @@ def main() -> int:
             row += f" {time.perf_counter() - t:.1f} |"
         lines.append(row)
         print(row, flush=True)
+        if args.out:  # after every model, so a run cut by a time limit keeps what it measured
+            Path(args.out).write_text(f"command: {' '.join(sys.argv)}\n\n" + "\n".join(lines) + "\n")
         del spec
         gc.collect()
-    if args.out:
-        Path(args.out).write_text(f"command: {' '.join(sys.argv)}\n\n" + "\n".join(lines) + "\n")
     return 0
 
 

@@ -5,6 +5,10 @@ one process vs 2 shards on 2 workers. Each configuration is timed end to end (pr
 references, optimization, files), one after another in one run.
 
     python benchmarks/bench_atlas.py --steps 100 --out benchmarks/results/cpu_atlas.md       # ~15 min on 2 cores
+    python benchmarks/bench_atlas.py --classes 0-99 --only auto,auto2 --device cuda --steps 50   # issue 30's GPU rows
+
+``auto`` / ``auto2``: `vital atlas run` with the batch size chosen by measurement (issue 30), in one process and
+with 2 local workers on the same device.
 
 VITAL's references come from an unlabelled pool (the 14 photos that ship with scikit-image and scikit-learn,
 ranked per class by the model), so any class works offline.
@@ -34,9 +38,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--only", help="comma-separated configurations: single,batch4,batch8,workers,ray,mining")
+    ap.add_argument("--classes", default=",".join(map(str, CLASSES)), help="the classes (A-B, or a list)")
+    ap.add_argument("--device", default="auto")
     ap.add_argument("--out", help="markdown file for the table")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
+    classes = args.classes.split(",") if "-" not in args.classes else [
+        str(c) for c in range(int(args.classes.split("-")[0]), int(args.classes.split("-")[1]) + 1)]
+    device = ["--device", args.device]
     tmp = Path(tempfile.mkdtemp(prefix="bench-atlas-"))
     pool = tmp / "pool"
     vital("photos", "--out", str(pool))
@@ -45,11 +54,11 @@ def main() -> int:
 
     def plan(name: str) -> Path:
         job = tmp / name
-        vital("atlas", "plan", "--classes", ",".join(map(str, CLASSES)), "--pool", str(pool), "--n-refs", "8",
+        vital("atlas", "plan", "--classes", ",".join(classes), "--pool", str(pool), "--n-refs", "8",
               *steps, "--out", str(job))
         return job
 
-    def record(label: str, seconds: float, n: int = len(CLASSES)) -> None:
+    def record(label: str, seconds: float, n: int = len(classes)) -> None:
         rows.append((label, seconds, 3600 * n / seconds))
         print(f"| {label} | {seconds:.0f} | {3600 * n / seconds:.0f} |", flush=True)
 
@@ -57,12 +66,21 @@ def main() -> int:
     if not only or "single" in only:
         out = tmp / "single"
         t = sum(vital("visualize", "--class", str(c), "--pool", str(pool), "--n-refs", "8", "--preset", "quick",
-                      *steps, "--out", str(out), "--quiet") for c in CLASSES)
+                      *steps, "--out", str(out), "--quiet", *device) for c in classes)
         record("(a) one `vital visualize` per class", t)
     for b in (4, 8):
         if not only or f"batch{b}" in only:
             job = plan(f"batch{b}")
-            record(f"(b) atlas run --batch {b}", vital("atlas", "run", str(job), "--batch", str(b), "--quiet"))
+            record(f"(b) atlas run --batch {b}", vital("atlas", "run", str(job), "--batch", str(b), "--quiet",
+                                                        *device))
+    for name, workers in (("auto", []), ("auto2", ["--workers", "2", "--devices", f"{args.device},{args.device}"])):
+        if only and name in only:
+            job = plan(name)
+            t = vital("atlas", "run", str(job), *workers, "--quiet", *device)
+            chosen = "; ".join(line.strip() for line in subprocess.run(
+                [sys.executable, "-m", "vital_fv.cli", "atlas", "status", str(job)], capture_output=True,
+                text=True).stdout.splitlines() if "batch" in line)
+            record(f"atlas run --batch auto, {'2 workers' if workers else '1 process'} ({chosen})", t)
     if not only or "workers" in only:
         job = plan("workers")
         t_workers = vital("atlas", "run", str(job), "--workers", "2", "--batch", "4", "--quiet")

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import torch
 
-CLASSES = ("espresso", "goldfinch", "lemon", "jellyfish", "volcano", "lighthouse", "pizza", "daisy")
-
 
 def per_image_step(method: str, spec, jobs, size: int, steps: int, device, preset: str, cache) -> float:
     from vital_fv.methods import run_method
@@ -56,7 +54,7 @@ def main() -> int:
     spec = load_model(args.model).to(device)
     sizes = [int(s) for s in args.sizes.split(",")]
     methods = args.methods.split(",") if args.methods else method_names()
-    bundled = [c for c in CLASSES if c in references.bundled_classes()] or references.bundled_classes()
+    bundled = references.bundled_classes()
     rows = []
     with tempfile.TemporaryDirectory() as d:
         cache = PrototypeCache(d)
@@ -74,17 +72,21 @@ def main() -> int:
             rows.append(f"| {method} | " + " | ".join(f"{med[s] * 1000:.1f}" for s in sizes)
                         + f" | {best} | {med[best] / med[sizes[0]]:.2f} |")
             print(rows[-1], flush=True)
+            text = table(args, device, sizes, rows)
+            if args.out:  # after every method, so a run cut by a time limit keeps what it measured
+                Path(args.out).write_text(f"command: {' '.join(sys.argv)}\n\n{text}\n")
+    print(table(args, device, sizes, rows))
+    return 0
+
+
+def table(args: argparse.Namespace, device: torch.device, sizes: list[int], rows: list[str]) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     head = (f"{args.model}, {name}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), preset "
             f"{args.preset}; ms per image-step (median step after the first two of {args.steps}, over "
             f"{args.rounds} rounds) at batch " + ", ".join(map(str, sizes)) + f"; run at {time.strftime('%F %H:%M')}")
     lines = [head, "", "| method | " + " | ".join(f"batch {s}" for s in sizes) + " | best | best / batch "
              f"{sizes[0]} |", "|---|" + "---|" * (len(sizes) + 2), *rows]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(f"command: {' '.join(sys.argv)}\n\n{text}\n")
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
