@@ -35,6 +35,24 @@ def test_python_and_cli_make_the_same_files(method, tiny_spec, refs_dir, tmp_pat
     assert results[1].path == tmp_path / "py" / f"tiny-1-one{'' if method == 'vital' else '-maco'}-s1.png"
 
 
+def test_batch_size_forced_or_auto_runs_in_chunks_and_says_so(tiny_spec, tmp_path):
+    """Issue 30: ``batch_size`` splits the run; each record says the batch and how it was chosen. The images of a
+    seed are its own in any chunking (up to float32's batch-size-dependent sums)."""
+    refs = references.from_tensor(torch.rand(2, 3, 36, 36, generator=torch.Generator().manual_seed(0)))
+    one = vital_fv.visualize(tiny_spec, [1, 2], refs, steps=3, seeds=[0, 1], batch_size=1, progress=False,
+                             out=tmp_path / "one")
+    auto = vital_fv.visualize(tiny_spec, [1, 2], refs, steps=3, seeds=[0, 1], progress=False)
+    assert [r.record["batch"]["size"] for r in one] == [1] * 4 and one[0].record["batch"]["how"] == "forced"
+    assert auto[0].record["batch"] == {"size": 4, "how": "short", "seconds_per_image_step": {}}  # 3 steps: no probe
+    assert len(list((tmp_path / "one").glob("*.png"))) == 8  # each result saved (+ .rgba.png)
+    for a, b in zip(one, auto, strict=True):
+        assert a.record["seed"] == b.record["seed"] and a.record["target"] == b.record["target"]
+        assert (a.image - b.image).abs().mean() < 0.01  # Adam grows the last-bit differences a little
+    assert (one[0].image - one[1].image).abs().mean() > 0.05  # another seed is another image
+    with pytest.raises(VitalError, match="batch_size must be a positive integer or 'auto'"):
+        vital_fv.visualize(tiny_spec, 1, refs, steps=2, batch_size=0, progress=False)
+
+
 def test_one_target_and_no_seeds_give_one_result(tiny_spec):
     refs = references.from_tensor(torch.rand(2, 3, 36, 36))
     r = vital_fv.visualize(tiny_spec, 1, refs, steps=2, progress=False)

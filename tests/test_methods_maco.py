@@ -48,3 +48,24 @@ def test_offline_spectrum_falls_off_with_frequency():
     assert mag[0, 1, 1] > 5 * mag[0, 20, 20]
     photos = references.offline_photos()
     assert len(photos) >= 10
+
+
+def test_a_seed_gives_the_same_image_alone_and_in_a_batch(tiny_spec):
+    """Each item's crops and noise come from its own generator (issue 30: the noise was all drawn from the first
+    item's, so a seed's image depended on its place in the batch). float32: the batch's sums differ in the last
+    bits only."""
+    jobs = [Job(ClassTarget(1), None, 3), Job(ClassTarget(2), None, 5)]
+    together = run_method("maco", tiny_spec, jobs, steps=2, progress=False)
+    for job, batched in zip(jobs, together, strict=True):
+        (alone,) = run_method("maco", tiny_spec, [job], steps=2, progress=False)
+        assert torch.allclose(alone.image, batched.image, atol=1e-4), job
+
+
+def test_batched_crops_are_each_items_own_crops():
+    from vital_fv.methods.maco import random_crops, random_crops_batch
+
+    imgs = torch.rand(3, 3, 40, 40)
+    together = random_crops_batch(imgs, [torch.Generator().manual_seed(s) for s in (0, 1, 2)], 4, 16, 0.6)
+    alone = torch.cat([random_crops(img, torch.Generator().manual_seed(s), 4, 16, 0.6)
+                       for img, s in zip(imgs, (0, 1, 2), strict=True)])
+    assert together.shape == (12, 3, 16, 16) and torch.equal(together, alone)
