@@ -510,7 +510,7 @@ def _optimize(
     # fused: one kernel for the whole update (CPU and CUDA); the parameter is a single image tensor.
     optimizer = torch.optim.Adam([x], lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=True)
     weights = torch.tensor(layer_preset.weights, device=device, dtype=torch.float32).unsqueeze(1)
-    curves = torch.zeros(opt.steps, len(names), len(jobs))
+    curves = torch.zeros(opt.steps, len(names), len(jobs), device=device)  # read once at the end: no copy a step
     skip = model.skip_tokens
     alpha = torch.zeros_like(x)  # |d loss / d x| summed over steps: the transparency map (SPEC §4)
 
@@ -558,9 +558,9 @@ def _optimize(
                 item_loss = item_loss + layer_preset.l2 * l2_norm(x)
             value = update(item_loss.sum(), len(jobs))  # non-finite: no update, x stays the last finite image
             if math.isfinite(value):
-                curves[i] = per_layer.detach().float().cpu()
+                curves[i] = per_layer.detach().float()
             return value
 
         status, step_times = run_steps(opt.steps, step, progress, "vital", on_interrupt=lambda: clamp_(x, lo, hi))
     images = model.preprocess.denormalize(x.detach()).clamp(0, 1).cpu()
-    return images, curves[: len(step_times)], step_times, status, alpha.cpu()
+    return images, curves[: len(step_times)].cpu(), step_times, status, alpha.cpu()
