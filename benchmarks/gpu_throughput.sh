@@ -25,7 +25,7 @@ if [ $SMOKE = 1 ]; then
   ARCH=(--models resnet50,vit_l_32 --reps 2); ARCH_T=900
   BATCH=(--sizes 1,2 --steps 3 --rounds 1 --threads 1); BATCH_T=900
   ATLAS=(--classes 0,1,2 --steps 3); ATLAS_T=900
-  HEAD="CPU smoke ($(nproc) cores): tiny sizes, to show the script works; the numbers mean nothing"
+  HEAD="CPU smoke ($(getconf _NPROCESSORS_ONLN) cores): tiny sizes, to show the script works; the numbers mean nothing"
 else
   DEV=cuda; TABLE=$OUT/gpu_throughput.md
   ARCH=(--models resnet50,densenet121,convnext_base,vit_l_32,vit_l_16 --reps 10); ARCH_T=170
