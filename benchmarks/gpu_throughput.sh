@@ -8,7 +8,8 @@
 # others: (1) the VITAL step / plain forward+backward on the paper's five architectures (bench_architectures.py);
 # (2) seconds per image-step at batch 1, 8, 32 for every registered method (bench_batching.py); (3) an atlas of
 # 100 classes with the batch size chosen by measurement, in one process and with 2 workers on the one GPU
-# (bench_atlas.py). The table is $OUT/gpu_throughput.md (the smoke's: $OUT/cpu_throughput_smoke.md).
+# (bench_atlas.py). The table is $OUT/gpu_throughput.md (the smoke's: $OUT/cpu_throughput_smoke.md), made from
+# whatever parts $OUT holds: PARTS="architectures" reruns one part into the same $OUT.
 set -uo pipefail
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
@@ -22,7 +23,7 @@ fi
 export PYTHONPATH=${PYTHONPATH:-$PWD/src} PYTHONUNBUFFERED=1
 if [ $SMOKE = 1 ]; then
   DEV=cpu; TABLE=$OUT/cpu_throughput_smoke.md
-  ARCH=(--models resnet50,vit_l_32 --reps 2); ARCH_T=900
+  ARCH=(--models resnet50 --reps 2); ARCH_T=1500
   BATCH=(--sizes 1,2 --steps 3 --rounds 1 --threads 1); BATCH_T=900
   ATLAS=(--classes 0,1,2 --steps 3); ATLAS_T=900
   HEAD="CPU smoke ($(getconf _NPROCESSORS_ONLN) cores): tiny sizes, to show the script works; the numbers mean nothing"
@@ -33,12 +34,13 @@ else
   ATLAS=(--classes 0-99 --steps 50); ATLAS_T=200
   HEAD="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
 fi
-echo "$HEAD" | tee "$OUT/throughput.log"
-timeout $ARCH_T $PY benchmarks/bench_architectures.py --device $DEV "${ARCH[@]}" --out "$OUT/architectures.md" \
+PARTS=${PARTS:-architectures batching atlas}
+echo "$HEAD" | tee -a "$OUT/throughput.log"
+[[ " $PARTS " == *" architectures "* ]] && timeout $ARCH_T $PY benchmarks/bench_architectures.py --device $DEV "${ARCH[@]}" --out "$OUT/architectures.md" \
   2>&1 | tee -a "$OUT/throughput.log"
-timeout $BATCH_T $PY benchmarks/bench_batching.py --device $DEV "${BATCH[@]}" --out "$OUT/batching.md" \
+[[ " $PARTS " == *" batching "* ]] && timeout $BATCH_T $PY benchmarks/bench_batching.py --device $DEV "${BATCH[@]}" --out "$OUT/batching.md" \
   2>&1 | tee -a "$OUT/throughput.log"
-timeout $ATLAS_T $PY benchmarks/bench_atlas.py --device $DEV --only auto,auto2 "${ATLAS[@]}" --out "$OUT/atlas.md" \
+[[ " $PARTS " == *" atlas "* ]] && timeout $ATLAS_T $PY benchmarks/bench_atlas.py --device $DEV --only auto,auto2 "${ATLAS[@]}" --out "$OUT/atlas.md" \
   2>&1 | tee -a "$OUT/throughput.log"
 {
   echo "# Throughput (issue 30): $HEAD"
