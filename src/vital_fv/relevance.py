@@ -655,10 +655,9 @@ def _start(top: torch.Tensor, targets: Sequence[Any], method: str) -> tuple[torc
 
 def normalize_relevance(rel: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """R̂: min–max normalization of (B, C, P) relevance per channel over positions (a flat channel gives 0)."""
-    lo, hi = torch.aminmax(rel, dim=-1, keepdim=True)  # one pass for both; the same values as amin and amax
-    span = hi - lo
-    # in place on one new tensor (this runs on every layer at every LRP step): the values torch.where gave
-    return torch.sub(rel, lo).div_(span.clamp(min=eps)).masked_fill_(span <= eps, 0.0)
+    lo = rel.amin(-1, keepdim=True)
+    span = rel.amax(-1, keepdim=True) - lo
+    return torch.where(span > eps, (rel - lo) / span.clamp(min=eps), torch.zeros_like(rel))
 
 
 def channel_importance(rel: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
