@@ -16,11 +16,29 @@ from pathlib import Path
 from typing import Any
 
 from ..options import check_device_name, check_positive
-from .executors import Executor, make_executor
+from .executors import Executor, InProcess, LocalWorkers
 from .ledger import MINE, Item, Ledger
 from .work import Outcome
 
 log = logging.getLogger("vital_fv")
+
+
+def make_executor(plan: dict[str, Any], folder: Path, *, workers: int | None, devices: Sequence[str] | None,
+                  ray: str | None, device: str, progress: bool) -> Executor:
+    """The executor a ``vital atlas run`` asks for: ``--ray``, ``--workers``, or this process."""
+    if ray is not None:
+        from .raycluster import RayWorkers  # Ray is optional: imported only when asked for
+
+        return RayWorkers(plan, folder, address=ray, workers=workers or 1, devices=devices)
+    if workers:
+        return LocalWorkers(plan, folder, workers, devices or [device])
+    if device == "auto" and not devices:  # "this machine, all its devices": one worker per GPU when there are several
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            return LocalWorkers(plan, folder, len(gpus), gpus)
+    return InProcess(plan, folder, (devices or [device])[0], progress)
 
 
 def run_atlas(folder: str | os.PathLike[str], *, batch: int = 8, device: str = "auto", workers: int | None = None,

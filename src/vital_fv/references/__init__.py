@@ -8,9 +8,7 @@
 """
 
 from .mining import (
-    MINING_RECORD,
     MiningResult,
-    from_mining,
     mine,
     mine_checked,
     mine_many,
@@ -24,6 +22,7 @@ from .scan import JsonStore, ScanInterrupted, TensorStore, scan_images
 from .sets import (
     BUNDLED,
     IMAGE_SUFFIXES,
+    MINING_RECORD,
     OFFLINE_PHOTOS,
     ReferenceSet,
     bundled,
@@ -33,6 +32,7 @@ from .sets import (
     decode_image,
     from_files,
     from_folder,
+    from_mining,
     from_pool,
     from_tensor,
     image_paths,

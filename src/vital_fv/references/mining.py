@@ -1,7 +1,7 @@
 """Mining a unit's references (SPEC §4): the patches of a folder that most activate it, each from its own image.
 
 A thin layer over ``scan.scan_images`` (content-keyed, resumable) and ``patches.image_patches`` (how images are
-cut); ``vital mine`` writes the result as a folder that ``from_mining`` / ``from_folder`` read back.
+cut); ``vital mine`` writes the result as a folder that ``sets.from_mining`` / ``sets.from_folder`` read back.
 """
 
 from __future__ import annotations
@@ -27,9 +27,14 @@ from ..result import atomic_write_bytes, png_bytes, refuse_overwrite
 from ..version import __version__
 from .patches import image_patches
 from .scan import JsonStore, MultiStore, scan_images
-from .sets import ReferenceSet, contact_sheet, crop, from_files, image_paths, read_image
-
-MINING_RECORD = "mining.json"
+from .sets import (
+    MINING_RECORD,
+    ReferenceSet,
+    contact_sheet,
+    crop,
+    image_paths,
+    read_image,
+)
 
 
 @dataclass
@@ -212,23 +217,6 @@ def save_mining(result: MiningResult, refs: ReferenceSet, out: str | os.PathLike
     atomic_write_bytes(record_path, json.dumps( {"vital_fv": __version__, **result.params, "k": info["k"], "use": use,
                                    "cache_key": result.key, "references": entries}, indent=1).encode())
     return record_path
-
-
-def from_mining(folder: str | os.PathLike[str]) -> ReferenceSet:
-    """References from a ``vital mine`` output folder: its patches, or their source images if mined with
-    ``--use images``."""
-    folder = Path(folder)
-    try:
-        rec = json.loads((folder / MINING_RECORD).read_text())
-    except (OSError, ValueError) as exc:
-        raise VitalError(f"cannot read {folder / MINING_RECORD}: {exc}") from None
-    use = rec.get("use", "patches")
-    files = [folder / e["file"] if use == "patches" else Path(e["source"]) for e in rec["references"]]
-    refs = from_files(files)
-    refs.fit = "stretch" if use == "patches" else "crop"
-    refs.label = f"mined:{rec.get('unit')} ({folder})"
-    refs.info = {"mining": {k: rec.get(k) for k in ("model", "unit", "patch", "stride", "k", "use", "cache_key")}}
-    return refs
 
 
 def mine_to_folder(

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import VitalError, close_matches
 
+MINING_RECORD = "mining.json"  # what `vital mine` writes into its folder: `from_folder` reads such a folder back
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -280,6 +281,23 @@ def from_files(
                         info={"decoding": decoding} if decoding else {})
 
 
+def from_mining(folder: str | os.PathLike[str]) -> ReferenceSet:
+    """References from a ``vital mine`` output folder: its patches, or their source images if mined with
+    ``--use images``."""
+    folder = Path(folder)
+    try:
+        rec = json.loads((folder / MINING_RECORD).read_text())
+    except (OSError, ValueError) as exc:
+        raise VitalError(f"cannot read {folder / MINING_RECORD}: {exc}") from None
+    use = rec.get("use", "patches")
+    files = [folder / e["file"] if use == "patches" else Path(e["source"]) for e in rec["references"]]
+    refs = from_files(files)
+    refs.fit = "stretch" if use == "patches" else "crop"
+    refs.label = f"mined:{rec.get('unit')} ({folder})"
+    refs.info = {"mining": {k: rec.get(k) for k in ("model", "unit", "patch", "stride", "k", "use", "cache_key")}}
+    return refs
+
+
 def from_folder(
     folder: str | os.PathLike[str], n: int = 50, augment: bool = False, seed: int = 0
 ) -> ReferenceSet:
@@ -287,8 +305,6 @@ def from_folder(
 
     The authors draw N random images of the class; the seed makes the draw repeatable and is recorded.
     """
-    from .mining import MINING_RECORD, from_mining
-
     if (Path(folder) / MINING_RECORD).is_file():
         return from_mining(folder)
     paths = list_images(folder)
