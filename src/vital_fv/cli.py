@@ -529,9 +529,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from .features import layer_shapes
-    from .zoo import EMBEDDED_MODELS, load_model
+    from .zoo import embedded_models, load_model
 
-    if args.weights is None and args.model not in EMBEDDED_MODELS:
+    if args.weights is None and args.model not in embedded_models():
         spec = load_model(args.model, random_init=True)  # names and shapes need no weights
     else:
         spec = _load(args)

@@ -14,19 +14,16 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..db import connect, transaction
 from ..db import create as create_db
+from ..db import transaction
 from ..errors import VitalError
+from ..jobs import LEDGER_FILE, MINE, SCHEMA_VERSION, open_ledger, read_plan, read_rows
 
-MINE = "mine"  # the method name of mining shard items (``atlas.mining``): they run before all others
-
-SCHEMA_VERSION = 1
-LEDGER_FILE = "atlas.sqlite"
 LOCK_FILE = "driver.lock"
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -109,27 +106,7 @@ class Ledger:
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str]) -> Ledger:
-        folder = Path(folder)
-        path = folder / LEDGER_FILE
-        if not path.is_file():
-            raise VitalError(f"{folder} is not an atlas job (no {LEDGER_FILE}): make one with `vital atlas plan ... "
-                             f"--out {folder}`")
-        try:
-            con = connect(path)
-            version = int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-        except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
-            raise VitalError(f"cannot read the atlas ledger {path}: {exc}") from None
-        if version > SCHEMA_VERSION:
-            con.close()
-            raise VitalError(f"the atlas job {folder} was made by a newer vital-fv (ledger version {version}, this "
-                             f"one reads up to {SCHEMA_VERSION}): upgrade vital-fv")
-        columns = {r[1] for r in con.execute("PRAGMA table_info(items)")}
-        if "digests" not in columns:  # a job made before the files' hashes were recorded: its items get them
-            # when they are made (again); an older vital-fv reads the rows by column name as before. A read-only
-            # job stays as it is: read without hashes (``rows`` gives every item digests None)
-            with suppress(sqlite3.OperationalError):
-                con.execute("ALTER TABLE items ADD COLUMN digests TEXT")
-        return cls(folder, con)
+        return cls(Path(folder), open_ledger(folder))
 
     def close(self) -> None:
         self._con.close()
@@ -137,7 +114,7 @@ class Ledger:
     # ---------------------------------------------------------------------------------------------- reading
     @property
     def plan(self) -> dict[str, Any]:
-        return json.loads(self._con.execute("SELECT value FROM meta WHERE key = 'plan'").fetchone()[0])
+        return read_plan(self._con)
 
     def items(self, status: str | None = None) -> list[Item]:
         sql = "SELECT * FROM items" + (" WHERE status = ?" if status else "") + " ORDER BY id"
@@ -145,7 +122,7 @@ class Ledger:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every item with all its columns (for status and the gallery)."""
-        return [{"digests": None, **dict(r)} for r in self._con.execute("SELECT * FROM items ORDER BY id")]
+        return read_rows(self._con)
 
     def counts(self) -> dict[str, int]:
         found = dict(self._con.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
