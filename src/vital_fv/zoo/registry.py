@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the registry only holds canonizers: importing the relevance
 Loader = Callable[[str, "str | os.PathLike[str] | None"], ModelSpec]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: its functions and canonizer have no value equality
 class Family:
     """One architecture family: what vital-fv knows about it, in one place.
 
