@@ -10,7 +10,7 @@ from torch import nn
 
 from vital_fv import references
 from vital_fv.errors import VitalError
-from vital_fv.relevance import Canonizer, Relevance, ResidualSum, conservation
+from vital_fv.relevance import Canonizer, Relevance, ResidualSum, SumRule, conservation
 from vital_fv.zoo import (
     PRESETS,
     Architecture,
@@ -48,8 +48,21 @@ def _residual_forward(self, x):
     return self.head(self.vital_sum(torch.stack([h, self.branch(h)], dim=-1)))
 
 
+class _CountedSumRule(SumRule):
+    """The toy family's rule choice for its sums: the common split, counted, so a test sees it was the one used."""
+
+    calls: list[int] = []
+
+    def relevance(self, module, x, r):
+        _CountedSumRule.calls.append(1)
+        return super().relevance(module, x, r)
+
+
 class _ToyCanonizer(Canonizer):
     family = "toy"
+
+    def rules(self):
+        return [((ResidualSum,), _CountedSumRule())]
 
     def matches(self, model):
         return isinstance(model, _FunctionalResidual)
@@ -118,9 +131,11 @@ def test_relevance_uses_a_registered_familys_canonizer(toy_family):
             assert rel.family == "generic"
     finally:
         register_family(toy_family)
+    _CountedSumRule.calls.clear()
     with Relevance(model, ["stem"], "lrp") as rel:
         out = rel(x, [0, 1])
         assert rel.family == "toy" and rel.describe()["family"] == "toy"
+    assert _CountedSumRule.calls  # the family's own rule choice ruled its sum
     assert abs(conservation(out)["stem"] - 1) < 1e-3 < abs(before - 1)  # the add was invisible to the rules
     assert not hasattr(model, "vital_sum") and not model._forward_hooks  # the caller's model is untouched
 

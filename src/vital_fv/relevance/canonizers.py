@@ -134,3 +134,8 @@ class Canonizer:
     def zennit_canonizers(self) -> list[Any]:
         return []
 
+    def rules(self) -> list[tuple[tuple[type, ...], Any]]:
+        """The family's own LRP rule choices, (module types, zennit rule hook) pairs tried before the common table
+        (``rules.lrp_composite``): a family whose modules need another rule says so here."""
+        return []
+

@@ -169,13 +169,14 @@ def guided_composite():  # noqa: ANN201 - zennit Composite
 
 
 def lrp_composite(canonizers: Sequence[Canonizer] = ()):  # noqa: ANN201 - zennit Composite
-    """zennit's layer-map composite with the rule table of the module docstring, and the families' own zennit
+    """zennit's layer-map composite with the rule table of the module docstring (after the families' own rule
+    choices, ``Canonizer.rules``: the first matching entry rules a module), and the families' own zennit
     canonizers."""
     from zennit.composites import LayerMapComposite
     from zennit.layer import Sum
 
     norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-    layer_map = [
+    layer_map = [entry for c in canonizers for entry in c.rules()] + [
         (norms + ACTIVATIONS + (ConstantScale,), PassRule()),
         ((ResidualSum, Sum), SumRule()),
         ((nn.AvgPool2d, nn.AdaptiveAvgPool2d, AttentionMix), ZRule()),
