@@ -439,7 +439,7 @@ def test_workers_and_the_resource_tracker_die_with_a_driver_killed_with_sigkill(
 
 
 def test_a_class_with_few_photos_is_completed_by_evidence_unless_the_plan_says_no(lite0, tmp_path, capsys):
-    from vital_fv.atlas.work import _references
+    from vital_fv.atlas.work import item_references
     from vital_fv.result import png_bytes
 
     (tmp_path / "refs" / "espresso").mkdir(parents=True)
@@ -451,13 +451,13 @@ def test_a_class_with_few_photos_is_completed_by_evidence_unless_the_plan_says_n
     plan, (item,) = ledger.plan, ledger.items()
     ledger.close()
     assert plan["references"] == {"augment": None, "crops": "objects", "weighting": "evidence"}
-    refs = _references(lite0, plan, ClassTarget(967), item.refs, "cpu", False)
+    refs = item_references(lite0, item, "cpu")
     assert refs.count == 4 and refs.summary() == "1 photo: 4 crops around the class, chosen by the model's evidence"
     assert refs.weighting and refs.position_weights.shape[0] == 4
     assert main(["atlas", "plan", "--classes", "espresso", "--refs", str(tmp_path / "refs"), "--n-refs", "4",
                  "--no-augment", "--out", str(tmp_path / "b")]) == 0
     ledger = Ledger.open(tmp_path / "b")
-    plain = _references(lite0, ledger.plan, ClassTarget(967), ledger.items()[0].refs, "cpu", False)
+    plain = item_references(lite0, ledger.items()[0], "cpu")
     ledger.close()
     assert plain.count == 1 and plain.summary() == "1 image" and plain.boxes is None and plain.whole
     with pytest.raises(SystemExit):

@@ -11,6 +11,7 @@ import torch
 import vital_fv
 from vital_fv import ClassTarget, Job, UnitTarget, VitalError, cli
 from vital_fv.methods import (
+    MethodOption,
     Preset,
     Updater,
     build_record,
@@ -44,9 +45,10 @@ class Toy:
     targets = ("class",)
     needs_references = False
     transparency = True
+    options = (MethodOption("brightness", float, 0.0, "toy: starting grey level above 0.5", flag="--brightness",
+                            what="a number"),)
 
-    def run(self, model, jobs, *, preset="paper", steps=None, lr=None, size=None, device="auto", progress=True,
-            brightness=0.0):
+    def run(self, model, jobs, *, preset, steps, lr, size, device, progress, brightness):
         p = get_preset(self, preset, steps, lr)
         size = size or model.preprocess.input_size
         x = torch.full((len(jobs), 3, size, size), p.init + brightness, requires_grad=True)

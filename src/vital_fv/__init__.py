@@ -16,18 +16,20 @@ from .version import __version__
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
     from . import methods, references
-    from .api import visualize
-    from .methods import Job, Method, NonFiniteLossError, get_method, method_names, register, run_method
+    from .api import rerun, run, visualize
+    from .methods import Job, Method, MethodOption, NonFiniteLossError, get_method, method_names, register, run_method
     from .methods.vital import OPTIM_PRESETS, OptimPreset, visualize_batch
     from .result import Result
+    from .runspec import References, ReferenceSource, RunSpec
     from .targets import ClassTarget, DirectionTarget, UnitTarget
     from .zoo import PRESETS, LayerPreset, ModelSpec, Preprocess, list_models, load_model
 
 # Imported on first use (PEP 562): torch takes seconds to import, and `vital` answers a bad option before that.
 _LAZY = {
-    **dict.fromkeys(["visualize"], ".api"),
-    **dict.fromkeys(["Job", "Method", "NonFiniteLossError", "get_method", "method_names", "register", "run_method"],
-                    ".methods"),
+    **dict.fromkeys(["rerun", "run", "visualize"], ".api"),
+    **dict.fromkeys(["References", "ReferenceSource", "RunSpec"], ".runspec"),
+    **dict.fromkeys(["Job", "Method", "MethodOption", "NonFiniteLossError", "get_method", "method_names", "register",
+                     "run_method"], ".methods"),
     **dict.fromkeys(["OPTIM_PRESETS", "OptimPreset", "visualize_batch"], ".methods.vital"),
     "Result": ".result",
     **dict.fromkeys(["ClassTarget", "DirectionTarget", "UnitTarget"], ".targets"),
@@ -58,11 +60,15 @@ __all__ = [
     "Job",
     "LayerPreset",
     "Method",
+    "MethodOption",
     "ModelSpec",
     "NonFiniteLossError",
     "OptimPreset",
     "Preprocess",
+    "ReferenceSource",
+    "References",
     "Result",
+    "RunSpec",
     "UnitTarget",
     "VitalError",
     "__version__",
@@ -73,6 +79,8 @@ __all__ = [
     "methods",
     "references",
     "register",
+    "rerun",
+    "run",
     "run_method",
     "visualize",
     "visualize_batch",

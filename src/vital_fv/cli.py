@@ -91,15 +91,47 @@ class _Registry:
         self.methods: list[str] | None = None
         self.presets: list[str] | None = None
         self.descriptions: dict[str, str] = {}
+        self.options: dict[str, list[tuple[Any, Any]]] = {}  # declared method options by name, with their methods
         if load:
             from .methods import get_method, method_names, preset_names
+            from .methods.base import all_options
 
             self.methods, self.presets = method_names(), preset_names()
             self.descriptions = {m: get_method(m).description for m in self.methods}
+            self.options = all_options()
 
 
-def _optim_args(sp: argparse.ArgumentParser, reg: _Registry) -> None:
-    sp.add_argument("--preset", default="paper", choices=reg.presets, help="optimization preset (default paper)")
+def _method_option_args(sp: argparse.ArgumentParser, reg: _Registry) -> None:
+    """One flag per method option declared with a command-line spelling (``Method.options``: ``--spectrum`` for
+    MACO, ``--relevance`` for VITAL, a registered method's own); the light parse (no registry) leaves them to the
+    full one. A value the chosen method does not take is refused by ``RunSpec.check``, naming the methods that do."""
+    for name, declared in reg.options.items():
+        flags = [o for _, o in declared if o.flag]
+        if not flags:
+            continue
+        opt = flags[0]
+        kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+        helps = "; ".join(dict.fromkeys(o.help for o in flags if o.help))
+        if bool in kinds:
+            sp.add_argument(opt.flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helps)
+            continue
+        kind = int if int in kinds and float not in kinds else float if float in kinds else str
+        choices = [c for c in opt.choices if "_" not in str(c) or str(c).replace("_", "-") not in opt.choices] \
+            if opt.choices else None
+        if choices and "auto" in choices and opt.default == "auto":
+            choices.remove("auto")  # the default, by leaving the flag out
+        sp.add_argument(opt.flag, dest=name, type=kind, choices=choices, default=None, help=helps)
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options given on the command line (a flag left out is the method's default)."""
+    from .methods.base import all_options
+
+    return {name: getattr(args, name) for name in all_options() if getattr(args, name, None) is not None}
+
+
+def _optim_args(sp: argparse.ArgumentParser, reg: _Registry, default: str | None = "paper") -> None:
+    sp.add_argument("--preset", default=default, choices=reg.presets, help="optimization preset (default paper)")
     sp.add_argument("--steps", type=int, help="override the preset's step count")
     sp.add_argument("--lr", type=float, help="override the preset's learning rate")
 
@@ -111,7 +143,7 @@ def _relevance_arg(sp: argparse.ArgumentParser, default: str | None, what: str) 
 def _add_visualize(sub: Any, reg: _Registry) -> None:
     v = sub.add_parser("visualize", help="optimize a visualization of a class, unit or concept")
     _model_args(v)
-    what = v.add_mutually_exclusive_group(required=True)
+    what = v.add_mutually_exclusive_group()  # one of them, or --from
     what.add_argument("--class", dest="cls", help="class index or name (e.g. 967 or espresso)")
     what.add_argument("--unit", help="LAYER:CHANNEL or LAYER:CHANNEL@Y,X (a channel, or one neuron of it)")
     what.add_argument("--concept", help="FILE:INDEX, a concept from `vital concepts` (concepts.safetensors:3)")
@@ -121,27 +153,28 @@ def _add_visualize(sub: Any, reg: _Registry) -> None:
     src.add_argument("--pool", help="unlabelled folder: use the N images the model rates most probable")
     src.add_argument("--images", help="units: mine the top --n-refs patches of this folder (cached), then visualize; "
                                       "concepts: its --n-refs crops that express the concept most")
-    _relevance_arg(v, None, "weight activations by their relevance for the target (default: lrp for units, none "
-                            "for classes)")
     v.add_argument("--use", choices=["patches", "images"], default="patches",
                    help="with --images: the mined patches (default) or their whole source images")
-    v.add_argument("--n-refs", type=int, default=50, help="number of reference images (default 50)")
+    v.add_argument("--n-refs", type=int, help="number of reference images (default 50)")
     _reference_args(v)
-    _optim_args(v, reg)
+    _optim_args(v, reg, None)  # None: paper, unless --from gives the record's
     v.add_argument("--layers", type=_names, help="comma-separated layer names (default: the model's preset)")
     v.add_argument("--layer-weights", type=_floats, help="comma-separated loss weights, one per layer")
     v.add_argument("--size", type=int, help="generated resolution (default: the model's input size)")
     v.add_argument("--no-class-token", action="store_true",
                    help="ViTs: leave the class token out of the matched token distributions")
-    v.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds, one image each (default 0)")
+    v.add_argument("--seeds", type=_ints, help="comma-separated seeds, one image each (default 0)")
     v.add_argument("--out", default="out", help="output folder (default out/)")
     v.add_argument("--name", help="file name stem (default MODEL-CLASS-sSEED)")
     v.add_argument("--alpha-percentile", type=float, default=98.0,
                    help="transparency map: clip at this percentile before scaling (default 98)")
     v.add_argument("--no-cache", action="store_true", help="neither read nor write cached prototypes")
-    v.add_argument("--method", default="vital", choices=reg.methods,
+    v.add_argument("--method", choices=reg.methods,
                    help="; ".join(f"{m}: {d}" for m, d in reg.descriptions.items()) + " (default vital)")
-    v.add_argument("--spectrum", help="maco: magnitude spectrum file from `vital spectrum` (default: the shipped one)")
+    _method_option_args(v, reg)
+    v.add_argument("--from", dest="from_record", metavar="RECORD.json",
+                   help="make a result again from its record (its model, target, seed, references, method and "
+                        "options); with --out, --name, --device, --overwrite, --quiet only")
     v.add_argument("--batch", type=_positive, help="number of images (seeds 0..N-1), e.g. 64 for deepinversion")
     _run_args(v, "prototype and mining cache folder")
 
@@ -257,6 +290,7 @@ def _add_atlas(sub: Any, reg: _Registry) -> None:
     pl.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     pl.add_argument("--n-refs", type=int, default=50, help="references per target (default 50)")
     _reference_args(pl)
+    _method_option_args(pl, reg)  # the methods' own options, as on `vital visualize`, stored in each item
     pl.add_argument("--shard-size", type=int, default=256, help="images per mining shard (default 256)")
     pl.add_argument("--patch", type=int, default=64, help="mining patch size in px at the model's input scale")
     pl.add_argument("--out", required=True, help="the job folder (atlas.sqlite, images/)")
@@ -438,7 +472,8 @@ def _main(argv: list[str], stops: list[int]) -> int:
 
     if not {"-h", "--help"} & set(argv):  # help lists the registry's choices: it needs the full parser
         try:
-            _check_options(build_parser(registry=False).parse_args(argv))
+            # method flags come from the registry: the full parse below judges them
+            _check_options(build_parser(registry=False).parse_known_args(argv)[0])
         except VitalError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -492,29 +527,55 @@ def _relevance(args: argparse.Namespace) -> str | None:
     return None if args.relevance == "none" else args.relevance.replace("-", "_")
 
 
-def cmd_visualize(args: argparse.Namespace) -> int:
-    from .api import visualize
+# Given with --from, these would be silently ignored: refused instead (the record says what the run was).
+_NOT_WITH_FROM = ("cls", "unit", "concept", "refs", "pool", "images", "method", "preset", "steps", "lr", "size",
+                  "layers", "layer_weights", "seeds", "batch", "n_refs", "augment", "weights")
+
+
+def _run_spec(args: argparse.Namespace) -> Any:
+    """The ``RunSpec`` of ``vital visualize``'s arguments, or of a record's (``--from``)."""
+    from dataclasses import replace
+
     from .concepts import load_concepts
+    from .runspec import References, RunSpec, as_target
     from .targets import UnitTarget
 
+    if args.from_record:
+        given = [k for k in _NOT_WITH_FROM if getattr(args, k, None) not in (None, False, [0])]
+        given += list(_method_options(args))
+        if given:
+            flag = "--" + ("class" if given[0] == "cls" else given[0].replace("_", "-"))
+            raise VitalError(f"--from makes the recorded run again: drop {flag} (only --out, --name, --device, "
+                             "--overwrite, --cache-dir and --quiet go with it)")
+        spec = RunSpec.from_record(args.from_record)
+        return replace(spec, out=args.out, name=args.name or spec.name, overwrite=args.overwrite,
+                       progress=not args.quiet, device=args.device if args.device != "auto" else spec.device,
+                       cache_dir=args.cache_dir or spec.cache_dir)
     if args.unit:
-        target: Any = UnitTarget.parse(args.unit)
+        targets: list[Any] = [UnitTarget.parse(args.unit)]
     elif args.concept:
-        target = load_concepts(args.concept)
+        targets = load_concepts(args.concept)
+    elif args.cls is not None:
+        targets = [as_target(args.cls)]
     else:
-        target = args.cls
+        raise VitalError("give what to visualize: --class, --unit or --concept (or --from RECORD.json)")
+    seeds = args.seeds if args.seeds is not None else [0]
+    return RunSpec(
+        args.model, tuple(targets),
+        References.given(args.refs, pool=args.pool, images=args.images, n=args.n_refs if args.n_refs else 50,
+                         augment=args.augment, crops=args.crops, weighting=args.ref_weighting, use=args.use),
+        method=args.method or "vital", preset=args.preset or "paper", steps=args.steps, lr=args.lr, size=args.size,
+        layers=args.layers, layer_weights=args.layer_weights, class_token=False if args.no_class_token else None,
+        options=_method_options(args), seeds=list(range(args.batch)) if args.batch else seeds, device=args.device,
+        weights=args.weights, cache=not args.no_cache, cache_dir=args.cache_dir, out=args.out, name=args.name,
+        overwrite=args.overwrite, alpha_percentile=args.alpha_percentile, progress=not args.quiet)
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .api import run
+
     start = time.perf_counter()
-    results = visualize(
-        args.model, target, args.refs, weights=args.weights, method=args.method, preset=args.preset,
-        seeds=list(range(args.batch)) if args.batch else args.seeds, steps=args.steps, lr=args.lr, size=args.size,
-        device=args.device, n_refs=args.n_refs, pool=args.pool, images=args.images, augment=args.augment,
-        crops=args.crops, ref_weighting=args.ref_weighting, use=args.use, layers=args.layers,
-        layer_weights=args.layer_weights,
-        relevance=args.relevance or "auto",
-        class_token=False if args.no_class_token else None, spectrum=args.spectrum, cache=not args.no_cache,
-        cache_dir=args.cache_dir, out=args.out, name=args.name, overwrite=args.overwrite,
-        alpha_percentile=args.alpha_percentile, progress=not args.quiet,
-    )
+    results = run(_run_spec(args))
     with hold_signals():  # the files are written: a late Ctrl-C must not turn the report into a false one
         for r in results:
             _report_saved(r, r.path)
@@ -723,7 +784,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
             pool=args.pool, images=args.images, methods=args.methods, preset=args.preset, seeds=args.seeds,
             steps=args.steps, lr=args.lr, n_refs=args.n_refs, augment=args.augment, crops=args.crops,
             ref_weighting=args.ref_weighting, shard_size=args.shard_size, patch=args.patch,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, options=_method_options(args))
         counts, plan = ledger.counts(), ledger.plan
         ledger.close()
         print(f"{args.out}: {sum(counts.values())} items ({', '.join(plan['methods'])}; seeds "

@@ -151,6 +151,10 @@ RECORD = struct(
         "image_spectrum": struct({}, {"slope": NUMBER, "hf_share": NUMBER}),
         "layers": struct({}, {"layers": list_of(STR)}),
         "relevance": nullable(struct({}, {"method": nullable(STR)})),
+        # the run that made it (``runspec.RunSpec.to_json``; absent in records made before): its own checks run
+        # when it is read back (``RunSpec.from_record``)
+        "spec": struct({"runspec": INT, "model": struct({"name": NAME}), "targets": list_of(OBJECT),
+                        "method": NAME, "seeds": list_of(INT)}, {"references": OBJECT, "options": OBJECT}),
     },
 )
 

@@ -25,7 +25,7 @@ from ..errors import VitalError
 
 MINE = "mine"  # the method name of mining shard items (``atlas.mining``): they run before all others
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each item holds its run description (``spec``); version 1 jobs are read, not run
 LEDGER_FILE = "atlas.sqlite"
 LOCK_FILE = "driver.lock"
 STATUSES = ("pending", "running", "done", "failed")
@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS items (
     label TEXT NOT NULL,           -- what a person reads: "967 espresso", "blocks.5.2:17"
     method TEXT NOT NULL,
     seed INTEGER NOT NULL,
-    refs TEXT,                     -- the reference source (a folder, "bundled", "pool:DIR", "images:DIR") or NULL
+    refs TEXT,                     -- what a person reads of the reference source (a folder, "bundled", "pool:DIR",
+                                   -- "mined:DIR") or NULL; the worker reads the spec
+    spec TEXT,                     -- JSON: the item's RunSpec (runspec.RunSpec.to_json; NULL for mining shards)
     stem TEXT NOT NULL UNIQUE,     -- output files images/STEM.png (+ .json ...): one copy per item
     status TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -68,6 +70,7 @@ class Item:
     stem: str
     status: str
     attempts: int
+    spec: dict[str, Any] | None = None  # the run description (``RunSpec`` JSON); None: a shard, or a version 1 job
 
 
 class Ledger:
@@ -96,9 +99,9 @@ class Ledger:
             con.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)), ("plan", json.dumps(plan)), ("created", str(time.time()))])
             con.executemany(
-                "INSERT INTO items (target, label, method, seed, refs, stem) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO items (target, label, method, seed, refs, stem, spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(json.dumps(it["target"], sort_keys=True), it["label"], it["method"], it["seed"], it.get("refs"),
-                  it["stem"]) for it in items])
+                  it["stem"], json.dumps(it["spec"]) if it.get("spec") is not None else None) for it in items])
 
         try:
             create_db(path, _SCHEMA, fill)  # the job appears complete or not at all
@@ -124,6 +127,9 @@ class Ledger:
             raise VitalError(f"the atlas job {folder} was made by a newer vital-fv (ledger version {version}, this "
                              f"one reads up to {SCHEMA_VERSION}): upgrade vital-fv")
         columns = {r[1] for r in con.execute("PRAGMA table_info(items)")}
+        if "spec" not in columns:  # a version 1 job: read as it is (status, gallery); ``run`` refuses its items
+            with suppress(sqlite3.OperationalError):
+                con.execute("ALTER TABLE items ADD COLUMN spec TEXT")
         if "digests" not in columns:  # a job made before the files' hashes were recorded: its items get them
             # when they are made (again); an older vital-fv reads the rows by column name as before. A read-only
             # job stays as it is: read without hashes (``rows`` gives every item digests None)
@@ -145,7 +151,8 @@ class Ledger:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every item with all its columns (for status and the gallery)."""
-        return [{"digests": None, **dict(r)} for r in self._con.execute("SELECT * FROM items ORDER BY id")]
+        return [{"digests": None, "spec": None, **dict(r)} for r in
+                self._con.execute("SELECT * FROM items ORDER BY id")]
 
     def counts(self) -> dict[str, int]:
         found = dict(self._con.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
@@ -153,8 +160,9 @@ class Ledger:
 
     @staticmethod
     def _item(r: sqlite3.Row) -> Item:
+        spec = r["spec"] if "spec" in r.keys() else None  # noqa: SIM118 (a Row's `in` looks at values)
         return Item(r["id"], json.loads(r["target"]), r["label"], r["method"], r["seed"], r["refs"], r["stem"],
-                    r["status"], r["attempts"])
+                    r["status"], r["attempts"], json.loads(spec) if spec else None)
 
     # ---------------------------------------------------------------------------------------------- writing
     def _transaction(self) -> Any:

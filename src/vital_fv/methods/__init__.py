@@ -8,6 +8,7 @@ method=NAME)``, ``vital visualize --method NAME``, ``vital evaluate`` and the be
 from .base import (
     Job,
     Method,
+    MethodOption,
     NonFiniteLossError,
     Preset,
     Updater,
@@ -39,6 +40,7 @@ __all__ = [
     "Vital",
     "Job",
     "Method",
+    "MethodOption",
     "NonFiniteLossError",
     "Preset",
     "Updater",

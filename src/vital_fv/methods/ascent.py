@@ -107,20 +107,8 @@ class Ascent:
                  **options: Any) -> Optimized:
         raise NotImplementedError
 
-    def run(
-        self,
-        model: ModelSpec,
-        jobs: Sequence[Job],
-        *,
-        preset: str | Preset = "paper",
-        steps: int | None = None,
-        lr: float | None = None,
-        size: int | None = None,
-        device: str | torch.device = "auto",
-        progress: bool = True,
-    ) -> list[Result]:
-        return self.ascend_jobs(model, jobs, preset=preset, steps=steps, lr=lr, size=size, device=device,
-                                progress=progress)
+    def run(self, model: ModelSpec, jobs: Sequence[Job], **settings: Any) -> list[Result]:
+        return self.ascend_jobs(model, jobs, **settings)
 
     def ascend_jobs(self, model: ModelSpec, jobs: Sequence[Job], *, preset: str | Preset, steps: int | None,
                     lr: float | None, size: int | None, device: str | torch.device, progress: bool,

@@ -36,6 +36,7 @@ from ..transforms import roll, sample_rolls, sample_scales, zoom
 from ..zoo import LayerPreset, ModelSpec, unit_preset
 from .base import (
     Job,
+    MethodOption,
     Preset,
     Target,
     Updater,
@@ -116,25 +117,23 @@ class Vital:
     needs_references = True
     transparency = True
 
-    def run(
-        self,
-        model: ModelSpec,
-        jobs: Sequence[Job],
-        *,
-        preset: str | OptimPreset = "paper",
-        steps: int | None = None,
-        lr: float | None = None,
-        size: int | None = None,
-        device: str | torch.device = "auto",
-        progress: bool = True,
-        layers: LayerPreset | None = None,
-        cache: PrototypeCache | None | bool = True,
-        ref_batch_size: int = 16,
-        relevance: str | None = "auto",
-    ) -> list[Result]:
-        return visualize_batch(model, jobs, preset=preset, steps=steps, lr=lr, layers=layers, size=size,
-                               device=device, cache=cache, progress=progress, ref_batch_size=ref_batch_size,
-                               relevance=relevance)
+    file_suffix = ""  # the package's own method: default file stems carry no method name
+    options = (
+        MethodOption("relevance", str, "auto",
+                     "weight activations by their relevance for the target (default: lrp for units, none for "
+                     "classes)", choices=("auto", "lrp", "guided_backprop", "guided-backprop", "none"),
+                     flag="--relevance", what="auto, lrp, guided_backprop or none"),
+        MethodOption("layers", (LayerPreset, list, tuple), None,
+                     "the layers matched and their weights (--layers, --layer-weights; a run turns names into a "
+                     "LayerPreset once the model is loaded)", what="a list of layer names or a LayerPreset"),
+        MethodOption("cache", (bool, PrototypeCache), True, "read and write cached prototypes (--no-cache: off)",
+                     json=False, what="True, False or a PrototypeCache"),
+        MethodOption("ref_batch_size", int, 16, "references per forward pass when prototypes are made",
+                     what="a whole number"),
+    )
+
+    def run(self, model: ModelSpec, jobs: Sequence[Job], **settings: Any) -> list[Result]:
+        return visualize_batch(model, jobs, **settings)
 
 
 def visualize_batch(

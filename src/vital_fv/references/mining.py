@@ -258,3 +258,28 @@ def mine_to_folder(
                           progress=progress, cache_dir=cache_dir)
     refs = mined_references(result, k=k, use=use)
     return save_mining(result, refs, folder, use, overwrite=overwrite), refs
+
+
+def merge_shards(job_layer_dir: str | os.PathLike[str], unit: Any) -> Any:
+    """``unit``'s ``MiningResult`` over every shard of its layer in an atlas job (``atlas.mining``: each shard's
+    ``shard-NNNN.json`` beside its file list; all must be done), as one scan of the whole folder would give."""
+    folder = Path(job_layer_dir)
+    lists = sorted(folder.glob("shard-*.txt"))
+    entries: dict[str, dict[str, Any]] = {}
+    params: dict[str, Any] = {}
+    key = ""
+    for lst in lists:
+        result = lst.with_suffix(".json")
+        if not result.is_file():
+            raise VitalError(f"shard {result.stem} of {folder.name} has not been mined yet: run the job to the end")
+        found = json.loads(result.read_text())["units"].get(unit.label())
+        if found is None:
+            raise VitalError(f"{unit.label()} was not mined in {folder}: plan the job with it")
+        for e in found["entries"]:
+            entries.setdefault(e["sha256"], e)  # one entry per image content, whichever shard saw it
+        params, key = found["params"], found["key"]
+    if not lists:
+        raise VitalError(f"no shards in {folder}")
+    images = sum(1 for lst in lists for line in lst.read_text().splitlines() if line)
+    return MiningResult(list(entries.values()), {**params, "folder": str(folder), "images": images,
+                                                 "shards": len(lists)}, key, cache="merged")
