@@ -140,8 +140,8 @@ def rerun(record: str | os.PathLike[str], *, model: ModelSpec | None = None,
     preset and options, so the same image (on the same device). ``model``: the ``ModelSpec`` where the record's
     model was built in Python; ``out`` / ``name``: where to write it (default: not written; the record's stem)."""
     spec = RunSpec.from_record(record, model)
-    spec = replace(spec, out=out, name=name or spec.name, overwrite=overwrite, progress=progress,
-                   device=device or spec.device)
+    spec = replace(spec, out=out, overwrite=overwrite, progress=progress, device=device or spec.device,
+                   **({"kept_name": name} if spec.keep is not None else {"name": name or spec.name}))
     return run(spec)[0]
 
 
@@ -163,8 +163,10 @@ def run(spec: RunSpec) -> list[Result]:
         model = replace(model, class_token=spec.class_token)
     targets = list(spec.targets)
     stems = output_stems(model, targets, seed_list, m, spec.name)
+    kept = list(range(len(stems))) if spec.keep is None else list(spec.keep)
+    saved = [spec.kept_name if spec.kept_name and len(kept) == 1 else stems[i] for i in kept]
     if out_dir is not None:
-        refuse_overwrite([out_dir / f"{s}{ext}" for s in stems for ext in OUTPUT_SUFFIXES], spec.overwrite)
+        refuse_overwrite([out_dir / f"{stem}{ext}" for stem in saved for ext in OUTPUT_SUFFIXES], spec.overwrite)
 
     layers = spec.layers
     if layers and not isinstance(layers, LayerPreset):
@@ -186,29 +188,29 @@ def run(spec: RunSpec) -> list[Result]:
     log.info(_describe_run(model, m, plain, per_target, spec.preset, spec.options.get("relevance", "auto"),
                            seed_list))
 
-    job_specs = [spec.for_job(t, s, stem) for t, s, stem in
-                 zip([t for t in targets for _ in seed_list], seed_list * len(targets), stems, strict=True)]
+    whole = replace(spec, keep=None, kept_name=None)  # the batch as it ran
     try:
         results = run_method(m, model, jobs, preset=spec.preset, steps=spec.steps, lr=spec.lr, size=spec.size,
                              device=spec.device, progress=spec.progress, **opts)
     except NonFiniteLossError as exc:
-        _keep_specs(exc.results, job_specs)
+        exc.results = _kept(exc.results, kept, whole, stems)
         if out_dir is not None:
-            _save_all(exc.results, out_dir, stems, spec.alpha_percentile)
+            _save_all(exc.results, out_dir, saved, spec.alpha_percentile)
             exc.args = (f"{exc} Saved: {', '.join(str(r.path) for r in exc.results)}",)
         raise
-    _keep_specs(results, job_specs)
+    results = _kept(results, kept, whole, stems)
     for r in results:
         r.alpha_percentile = spec.alpha_percentile
     if out_dir is not None:
-        _save_all(results, out_dir, stems, spec.alpha_percentile)
+        _save_all(results, out_dir, saved, spec.alpha_percentile)
     return results
 
 
-def _keep_specs(results: list[Result], specs: list[RunSpec]) -> None:
-    """Each record keeps the run description of its own job (``vital visualize --from RECORD.json``)."""
-    for r, s in zip(results, specs, strict=True):
-        r.record["spec"] = s.to_json()
+def _kept(results: list[Result], kept: list[int], whole: RunSpec, stems: list[str]) -> list[Result]:
+    """The jobs asked for, each record keeping its own job's run description (``vital visualize --from``)."""
+    for i in kept:
+        results[i].record["spec"] = whole.job_json(i, stems[i])
+    return [results[i] for i in kept]
 
 
 def references_of(spec: RunSpec, model: ModelSpec, targets: list[Any], plain: list[Any]) -> list[ReferenceSet]:

@@ -548,9 +548,10 @@ def _run_spec(args: argparse.Namespace) -> Any:
             raise VitalError(f"--from makes the recorded run again: drop {flag} (only --out, --name, --device, "
                              "--overwrite, --cache-dir and --quiet go with it)")
         spec = RunSpec.from_record(args.from_record)
-        return replace(spec, out=args.out, name=args.name or spec.name, overwrite=args.overwrite,
-                       progress=not args.quiet, device=args.device if args.device != "auto" else spec.device,
-                       cache_dir=args.cache_dir or spec.cache_dir)
+        named = {"kept_name": args.name} if spec.keep is not None else {"name": args.name or spec.name}
+        return replace(spec, out=args.out, overwrite=args.overwrite, progress=not args.quiet,
+                       device=args.device if args.device != "auto" else spec.device,
+                       cache_dir=args.cache_dir or spec.cache_dir, **named)
     if args.unit:
         targets: list[Any] = [UnitTarget.parse(args.unit)]
     elif args.concept:

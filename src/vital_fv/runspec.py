@@ -345,6 +345,10 @@ class RunSpec:
     overwrite: bool = False
     alpha_percentile: float = 98.0
     progress: bool = True
+    # which jobs (target-major, then seed) to return and save, None: all. A record's run is its whole batch with
+    # only its own job kept: jobs optimized together are not bit-for-bit those optimized alone (floating point)
+    keep: tuple[int, ...] | None = None
+    kept_name: str | None = None  # the file stem of the one job kept (default: the stem it had in the batch)
 
     # ------------------------------------------------------------------------------------------ checking
     def check(self) -> Method:
@@ -386,7 +390,12 @@ class RunSpec:
                 flag = {"pool": "pool", "mine": "images", "mined": "images"}.get(src.kind, "refs")
                 raise VitalError(f"{m.name} uses no references: drop --{flag}")
         check_name(self.name)
+        check_name(self.kept_name)
         check_options(m, self.method_options(m), [k.shows_as for k in kinds])
+        jobs = len(self.targets) * len(self.seeds)
+        if self.keep is not None and (not self.keep or any(not isinstance(i, int) or not 0 <= i < jobs
+                                                           for i in self.keep)):
+            raise VitalError(f"keep must name jobs of the run (0..{jobs - 1}), got {self.keep!r:.60}")
         return m
 
     def method_options(self, m: Method) -> dict[str, Any]:
@@ -410,7 +419,18 @@ class RunSpec:
         if refs.source.kind == "default" and get_method(self.method).needs_references:
             refs = replace(refs, source=ReferenceSource("concept" if _is_concept(target) else "bundled"))
         return replace(self, targets=(target,), seeds=(seed,), name=stem, references=refs, out=None,
-                       overwrite=False)
+                       overwrite=False, keep=None, kept_name=None)
+
+    def job_json(self, index: int, stem: str) -> dict[str, Any]:
+        """What a result's record keeps (``spec``): its own job's description, and where the run optimized more
+        jobs together, the whole run (``batch``) and the job's place in it, which ``from_record`` runs again."""
+        seeds = list(self.seeds)
+        target = self.targets[index // len(seeds)]
+        out = self.for_job(target, seeds[index % len(seeds)], stem).to_json()
+        if len(self.targets) * len(seeds) > 1:
+            whole = replace(self, out=None, overwrite=False, keep=None, kept_name=None)
+            out["batch"] = {**whole.to_json(), "index": index}
+        return out
 
     # --------------------------------------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:
@@ -449,6 +469,7 @@ class RunSpec:
             "device": str(self.device), "cache": self.cache is not False,
             "cache_dir": os.path.abspath(self.cache_dir) if self.cache_dir else None,
             "name": self.name, "alpha_percentile": self.alpha_percentile,
+            "keep": list(self.keep) if self.keep is not None else None,
             "rerun": {"possible": not why, "why": "; ".join(why)} if why else {"possible": True},
         }
 
@@ -475,7 +496,8 @@ class RunSpec:
             seeds=tuple(data["seeds"]), device=data.get("device", "auto"),
             weights=m.get("weights") if model is None else None, cache=bool(data.get("cache", True)),
             cache_dir=data.get("cache_dir"), name=data.get("name"),
-            alpha_percentile=data.get("alpha_percentile", 98.0))
+            alpha_percentile=data.get("alpha_percentile", 98.0),
+            keep=tuple(data["keep"]) if data.get("keep") is not None else None)
 
     @classmethod
     def from_record(cls, record: str | os.PathLike[str] | Mapping[str, Any], model: ModelSpec | None = None) \
@@ -493,9 +515,14 @@ class RunSpec:
             raise VitalError(f"{where}the record holds no run description ('spec'): it was made before vital-fv "
                              "kept them, or by another tool; run the command again with its options (the record's "
                              "method, target, seed, optimizer and references say what they were)")
-        spec = cls.from_json(record["spec"], model)
+        own = record["spec"]
+        batch = own.get("batch")
+        if isinstance(batch, Mapping):  # optimized with other jobs: the whole run, only this job kept and named
+            spec = replace(cls.from_json(batch, model), keep=(int(batch["index"]),))
+        else:
+            spec = cls.from_json(own, model)
         if model is not None and isinstance(spec.model, ModelSpec):
-            sha = record["spec"]["model"].get("weights_sha256")
+            sha = own["model"].get("weights_sha256")
             if sha and model.weights_id != sha:
                 raise VitalError(f"{where}the model given is not the one the record was made with (weights sha256 "
                                  f"{model.weights_id[:12]}, the record's {sha[:12]})")
