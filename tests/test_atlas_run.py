@@ -463,3 +463,23 @@ def test_a_class_with_few_photos_is_completed_by_evidence_unless_the_plan_says_n
     with pytest.raises(SystemExit):
         main(["atlas", "plan", "--classes", "espresso", "--crops", "best", "--out", str(tmp_path / "c")])
     assert "argument --crops: invalid choice" in capsys.readouterr().err
+
+
+def test_a_job_planned_before_items_held_their_run_is_refused_saying_what_to_do(tiny_spec, tmp_path, monkeypatch):
+    import sqlite3
+
+    from vital_fv import VitalError
+    from vital_fv.atlas import run_atlas
+
+    monkeypatch.setattr("vital_fv.zoo.load_model", lambda *a, **k: tiny_spec)
+    assert main(["atlas", "plan", "--model", "tiny", "--classes", "1", "--methods", "fourier", "--steps", "2",
+                 "--out", str(tmp_path / "job")]) == 0
+    con = sqlite3.connect(tmp_path / "job" / "atlas.sqlite")  # as a version 1 ledger: no run descriptions
+    with con:
+        con.execute("UPDATE items SET spec = NULL")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(VitalError, match="planned by an older vital-fv.*--overwrite"):
+        run_atlas(tmp_path / "job", device="cpu", progress=False)
+    assert not (tmp_path / "job" / "images").exists()
+    assert Ledger.open(tmp_path / "job").counts()["pending"] == 1  # still read (status, gallery)

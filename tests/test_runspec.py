@@ -143,3 +143,21 @@ def test_the_model_given_must_be_the_recorded_one(tiny_spec, refs_dir):
                                 class_names=tiny_spec.class_names, name="tiny")
     with pytest.raises(VitalError, match="not the one the record was made with"):
         RunSpec.from_record(r.record, other)
+
+
+def test_an_atlas_item_reruns_with_its_batch(tiny_spec, tmp_path, monkeypatch, capsys):
+    """An atlas record keeps its item's run and the batch it was optimized with: rerun makes the same PNG."""
+    monkeypatch.setattr("vital_fv.zoo.load_model", lambda *a, **k: tiny_spec)
+    job = tmp_path / "job"
+    assert cli.main(["atlas", "plan", "--model", "tiny", "--classes", "1,2,3", "--methods", "fourier", "--steps",
+                     "3", "--out", str(job)]) == 0, capsys.readouterr().err
+    assert cli.main(["atlas", "run", str(job), "--batch", "3", "--device", "cpu", "--quiet"]) == 0
+    record = job / "images" / "tiny-2-two-fourier-s0.json"
+    spec = json.loads(record.read_text())["spec"]
+    assert spec["batch"]["index"] == 1 and len(spec["batch"]["items"]) == 3
+    again = vital_fv.rerun(record, model=tiny_spec, out=tmp_path / "again")
+    assert again.path.read_bytes() == record.with_suffix(".png").read_bytes()
+    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
+    assert cli.main(["visualize", "--from", str(record), "--out", str(tmp_path / "cli"), "--name", "x",
+                     "--quiet"]) == 0
+    assert (tmp_path / "cli" / "x.png").read_bytes() == record.with_suffix(".png").read_bytes()

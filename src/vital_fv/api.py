@@ -7,6 +7,7 @@ each result atomically, also after Ctrl-C or a non-finite loss.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from .methods.base import Job, Method, file_suffix
 from .options import DEFAULT_CROPS, DEFAULT_REF_WEIGHTING, check_name, check_type
 from .references import ReferenceSet
 from .result import Result, ensure_writable_dir, refuse_overwrite
-from .runspec import References, RunSpec, as_target, plain_target
+from .runspec import References, RunSpec, as_target, plain_target, target_to_json
 from .signals import hold_signals
 from .targets import ClassTarget, UnitTarget
 from .zoo import LayerPreset, ModelSpec, load_model
@@ -133,16 +134,54 @@ def visualize(
     return results if many or seeds is not None else results[0]
 
 
-def rerun(record: str | os.PathLike[str], *, model: ModelSpec | None = None,
+def rerun(record: str | os.PathLike[str] | Mapping[str, Any], *, model: ModelSpec | None = None,
           out: str | os.PathLike[str] | None = None, name: str | None = None, overwrite: bool = False,
           device: str | None = None, progress: bool = True) -> Result:
-    """Make a result again from its record (``NAME.json``): the same model, target, seed, references, method,
-    preset and options, so the same image (on the same device). ``model``: the ``ModelSpec`` where the record's
-    model was built in Python; ``out`` / ``name``: where to write it (default: not written; the record's stem)."""
-    spec = RunSpec.from_record(record, model)
-    spec = replace(spec, out=out, overwrite=overwrite, progress=progress, device=device or spec.device,
-                   **({"kept_name": name} if spec.keep is not None else {"name": name or spec.name}))
-    return run(spec)[0]
+    """Make a result again from its record (``NAME.json`` or the dict): the same model, target, seed, references,
+    method, preset and options, optimized with the same batch (an atlas item with its batch's other items), so
+    the same image on the same device. ``model``: the ``ModelSpec`` where the record's model was built in Python;
+    ``out`` / ``name``: where to write it (default: not written; the record's stem)."""
+    if out is not None:
+        check_type("out", out, (str, os.PathLike), "a folder path")
+    check_name(name)
+    items, index = RunSpec.batch_from_record(record, model)
+    if items is None:  # a run of vital visualize or the API: itself, or its batch with only this job kept
+        spec = RunSpec.from_record(record, model)
+        spec = replace(spec, out=out, overwrite=overwrite, progress=progress, device=device or spec.device,
+                       **({"kept_name": name} if spec.keep is not None else {"name": name or spec.name}))
+        return run(spec)[0]
+    items = [replace(s, device=device or s.device, progress=progress) for s in items]
+    stem = name or items[index].name or "rerun"
+    out_dir = ensure_writable_dir(out) if out is not None else None
+    if out_dir is not None:
+        refuse_overwrite([out_dir / f"{stem}{ext}" for ext in OUTPUT_SUFFIXES], overwrite)
+    first = items[0]
+    loaded = first.model if isinstance(first.model, ModelSpec) else load_model(first.model, first.weights)
+    result = run_jobs(items, loaded)[index]
+    result.record["spec"] = dict(record["spec"] if isinstance(record, Mapping) else
+                                 json.loads(Path(record).read_text())["spec"])
+    if out_dir is not None:
+        _save_all([result], out_dir, [stem], first.alpha_percentile)
+    return result
+
+
+def run_jobs(specs: Sequence[RunSpec], model: ModelSpec) -> list[Result]:
+    """Jobs of one method, preset and options, each its own ``RunSpec`` (target, seed, references), optimized
+    together in one batch (an atlas worker's batch); nothing is saved. References are read once per target and
+    source."""
+    first = specs[0]
+    m = first.check()
+    refs: dict[str, Any] = {}
+    jobs = []
+    for s in specs:
+        s.check()
+        target, plain = s.targets[0], plain_target(s.targets[0])
+        key = json.dumps([target_to_json(target), s.references.to_json()], sort_keys=True)
+        if key not in refs:
+            refs[key] = references_of(s, model, [target], [plain])[0] if m.needs_references else None
+        jobs.append(Job(plain, refs[key], s.seeds[0]))
+    return run_method(m, model, jobs, preset=first.preset, steps=first.steps, lr=first.lr, size=first.size,
+                      device=first.device, progress=first.progress, **first.method_options(m))
 
 
 def run(spec: RunSpec) -> list[Result]:

@@ -533,9 +533,7 @@ _NOT_WITH_FROM = ("cls", "unit", "concept", "refs", "pool", "images", "method", 
 
 
 def _run_spec(args: argparse.Namespace) -> Any:
-    """The ``RunSpec`` of ``vital visualize``'s arguments, or of a record's (``--from``)."""
-    from dataclasses import replace
-
+    """The ``RunSpec`` of ``vital visualize``'s arguments; None for ``--from`` (other run flags refused)."""
     from .concepts import load_concepts
     from .runspec import References, RunSpec, as_target
     from .targets import UnitTarget
@@ -546,12 +544,8 @@ def _run_spec(args: argparse.Namespace) -> Any:
         if given:
             flag = "--" + ("class" if given[0] == "cls" else given[0].replace("_", "-"))
             raise VitalError(f"--from makes the recorded run again: drop {flag} (only --out, --name, --device, "
-                             "--overwrite, --cache-dir and --quiet go with it)")
-        spec = RunSpec.from_record(args.from_record)
-        named = {"kept_name": args.name} if spec.keep is not None else {"name": args.name or spec.name}
-        return replace(spec, out=args.out, overwrite=args.overwrite, progress=not args.quiet,
-                       device=args.device if args.device != "auto" else spec.device,
-                       cache_dir=args.cache_dir or spec.cache_dir, **named)
+                             "--overwrite and --quiet go with it)")
+        return None  # api.rerun: the record's run (an atlas item with its batch)
     if args.unit:
         targets: list[Any] = [UnitTarget.parse(args.unit)]
     elif args.concept:
@@ -573,10 +567,15 @@ def _run_spec(args: argparse.Namespace) -> Any:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from .api import run
+    from .api import rerun, run
 
     start = time.perf_counter()
-    results = run(_run_spec(args))
+    spec = _run_spec(args)
+    if spec is None:
+        results = [rerun(args.from_record, out=args.out, name=args.name, overwrite=args.overwrite,
+                         device=None if args.device == "auto" else args.device, progress=not args.quiet)]
+    else:
+        results = run(spec)
     with hold_signals():  # the files are written: a late Ctrl-C must not turn the report into a false one
         for r in results:
             _report_saved(r, r.path)

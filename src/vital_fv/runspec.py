@@ -500,24 +500,27 @@ class RunSpec:
             keep=tuple(data["keep"]) if data.get("keep") is not None else None)
 
     @classmethod
+    def batch_from_record(cls, record: str | os.PathLike[str] | Mapping[str, Any], model: ModelSpec | None = None) \
+            -> tuple[list[RunSpec] | None, int]:
+        """For a record of an atlas item optimized with other items (``spec.batch.items``): every item's run and
+        this one's place among them; else ``(None, 0)`` (``from_record`` gives its run)."""
+        data = _read_record(record)
+        batch = data["spec"].get("batch")
+        if not (isinstance(batch, Mapping) and "items" in batch):
+            return None, 0
+        return [cls.from_json(item, model) for item in batch["items"]], int(batch["index"])
+
+    @classmethod
     def from_record(cls, record: str | os.PathLike[str] | Mapping[str, Any], model: ModelSpec | None = None) \
             -> RunSpec:
         """The run that made a result, from its record (a ``NAME.json`` path or the dict): one target, one seed,
         its file stem; refused with what to do for a record written before records kept their run."""
-        where = ""
-        if not isinstance(record, Mapping):
-            where = f"{record}: "
-            try:
-                record = json.loads(Path(record).read_text())
-            except (OSError, ValueError) as exc:
-                raise VitalError(f"cannot read the record {record}: {exc}") from None
-        if not isinstance(record, Mapping) or not isinstance(record.get("spec"), Mapping):
-            raise VitalError(f"{where}the record holds no run description ('spec'): it was made before vital-fv "
-                             "kept them, or by another tool; run the command again with its options (the record's "
-                             "method, target, seed, optimizer and references say what they were)")
+        where = "" if isinstance(record, Mapping) else f"{record}: "
+        record = _read_record(record)
         own = record["spec"]
         batch = own.get("batch")
-        if isinstance(batch, Mapping):  # optimized with other jobs: the whole run, only this job kept and named
+        if isinstance(batch, Mapping) and "items" not in batch:  # optimized with other jobs: the whole run, only
+            # this job kept (an atlas item's batch is several runs: ``batch_from_record``, ``api.rerun``)
             spec = replace(cls.from_json(batch, model), keep=(int(batch["index"]),))
         else:
             spec = cls.from_json(own, model)
@@ -527,3 +530,19 @@ class RunSpec:
                 raise VitalError(f"{where}the model given is not the one the record was made with (weights sha256 "
                                  f"{model.weights_id[:12]}, the record's {sha[:12]})")
         return spec
+
+
+def _read_record(record: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A result record (a path or the dict) that holds a run description, or our error saying what to do."""
+    where = ""
+    if not isinstance(record, Mapping):
+        where = f"{record}: "
+        try:
+            record = json.loads(Path(record).read_text())
+        except (OSError, ValueError) as exc:
+            raise VitalError(f"cannot read the record {record}: {exc}") from None
+    if not isinstance(record, Mapping) or not isinstance(record.get("spec"), Mapping):
+        raise VitalError(f"{where}the record holds no run description ('spec'): it was made before vital-fv "
+                         "kept them, or by another tool; run the command again with its options (the record's "
+                         "method, target, seed, optimizer and references say what they were)")
+    return record

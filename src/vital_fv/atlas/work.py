@@ -7,7 +7,6 @@ targets (each with its own seed, prototypes and loss, as seeds already are), eac
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -56,39 +55,31 @@ def item_references(spec: Any, item: Item, device: Any = "auto", progress: bool 
 def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], batch: Sequence[Item],
                device: Any = "auto", progress: bool = False) -> list[Outcome]:
     """Optimize ``batch`` (items of one method) together and write each result to ``folder/images``: each item's
-    ``RunSpec`` gives its target, seed and references, the first its method's preset and options (one plan)."""
-    from ..methods import Job, NonFiniteLossError, get_method, run_method
-    from ..runspec import plain_target
+    ``RunSpec`` gives its target, seed and references, the first its method's preset and options (one plan),
+    all optimized together by ``api.run_jobs``."""
+    from ..api import run_jobs
+    from ..methods import NonFiniteLossError
 
     start = time.perf_counter()
     method = batch[0].method
     if method == MINE:
         return [_mine(spec, plan, folder, it, device) for it in batch]
     runs = [replace(item_run(spec, it), device=device, progress=progress) for it in batch]
-    m = get_method(method)
-    refs_by_target: dict[Any, Any] = {}
-    jobs = []
-    for it, run in zip(batch, runs, strict=True):
-        t = run.targets[0]
-        key = (json.dumps(it.target, sort_keys=True), json.dumps(it.spec["references"], sort_keys=True))
-        if key not in refs_by_target:  # read once per target (its prototypes are cached as for `visualize`)
-            refs_by_target[key] = (item_references(spec, it, device, progress) if m.needs_references else None)
-        jobs.append(Job(plain_target(t), refs_by_target[key], it.seed))  # a concept: its direction
-    first = runs[0]
     try:
-        results = run_method(m, spec, jobs, preset=first.preset, steps=first.steps, lr=first.lr, size=first.size,
-                             device=device, progress=progress, **first.method_options(m))
+        results = run_jobs(runs, spec)
     except NonFiniteLossError as exc:
         return [Outcome(it, error=f"non-finite loss: {exc}") for it in batch]
     out = Path(folder) / IMAGES_DIR
     out.mkdir(parents=True, exist_ok=True)
     share = (time.perf_counter() - start) / len(batch)
     outcomes = []
-    for it, r in zip(batch, results, strict=True):
+    for i, (it, r) in enumerate(zip(batch, results, strict=True)):
         if r.status == "interrupted":
             outcomes.append(Outcome(it, interrupted=True))
             continue
-        r.record["spec"] = it.spec  # the item's run: `vital visualize --from` makes the image again
+        # the item's run, and the batch it was optimized in: `vital visualize --from` makes the image again
+        r.record["spec"] = {**it.spec, "batch": {"items": [b.spec for b in batch], "index": i}} \
+            if len(batch) > 1 else it.spec
         r.record["atlas"] = {"job": Path(folder).name, "item": it.id, "label": it.label}
         png = out / f"{it.stem}.png"
         r.save(png, overwrite=True)  # an item not yet done may have files from a stopped run: replaced whole
