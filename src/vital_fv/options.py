@@ -125,3 +125,22 @@ def check_numbers(option: str, values: object, what: str) -> None:
     if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence)
             or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)):
         raise VitalError(f"{option} must be {what}, got {type(values).__name__} {values!r:.60}")
+
+
+def check_reference_source(given: Sequence[str], kinds: Sequence[str], needs_references: bool = True) -> None:
+    """Where references may come from for these target kinds ("class", "unit", "neuron", "direction", "concept"),
+    named as the flags a user gave (``refs``, ``pool``, ``images``; none: the default source): one source, a pool
+    only for classes, a folder to mine only for units and concepts, a unit's own references where none is given.
+    The one place these refusals are written (``RunSpec.check``, ``references.resolve``)."""
+    if len(given) > 1:
+        raise VitalError(f"give one reference source, not {' and '.join('--' + g for g in given)}")
+    kinds = set(kinds)
+    if "pool" in given and kinds - {"class"}:
+        raise VitalError("--pool ranks images by a class's probability: for a unit or concept give --images DIR "
+                         "(its top patches or crops) or --refs FOLDER from `vital mine`")
+    if "images" in given and kinds & {"class", "direction"}:
+        raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or --pool "
+                         "DIR for a class")
+    if needs_references and not given and kinds & {"unit", "neuron"}:
+        raise VitalError("a VITAL visualization of a unit needs the unit's references: --images DIR (mines them) "
+                         "or --refs FOLDER from `vital mine`")

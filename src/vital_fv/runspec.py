@@ -46,6 +46,7 @@ from .options import (
     check_n_refs,
     check_name,
     check_numbers,
+    check_reference_source,
     check_seeds,
     check_size,
     check_type,
@@ -238,9 +239,8 @@ class References:
     def given(cls, refs: Any = None, *, pool: Any = None, images: Any = None, **how: Any) -> References:
         """From the API's and CLI's spelling: ``refs`` (a ReferenceSet, a folder or files), ``pool`` or ``images``
         (one of them; none: the default source). Values are kept as given: ``RunSpec.check`` judges them."""
-        given = [name for name, v in (("refs", refs), ("pool", pool), ("images", images)) if v is not None]
-        if len(given) > 1:
-            raise VitalError(f"give one reference source, not {' and '.join('--' + g for g in given)}")
+        check_reference_source([name for name, v in (("refs", refs), ("pool", pool), ("images", images))
+                                if v is not None], ())
         if isinstance(refs, ReferenceSet):
             source = ReferenceSource("set", given=refs)
         elif isinstance(refs, (str, os.PathLike)):
@@ -278,17 +278,10 @@ class References:
                             ("images", src.path if src.kind in ("mine", "mined") else None)):
             check_type(name, value, str, "a folder path", True)
         kinds = set(target_kinds)
-        if src.kind == "pool" and kinds - {"class"}:
-            raise VitalError("--pool ranks images by a class's probability: for a unit or concept give --images DIR "
-                             "(its top patches or crops) or --refs")
-        if src.kind == "mine" and "class" in kinds:
-            raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or --pool "
-                             "DIR for a class")
+        flag = {"default": [], "pool": ["pool"], "mine": ["images"]}.get(src.kind, ["refs"])
+        check_reference_source(flag, sorted(kinds), needs_references)
         if not needs_references:
             return
-        if src.kind == "default" and kinds & {"unit", "neuron"}:
-            raise VitalError("a VITAL visualization of a unit needs the unit's references: --images DIR (mines "
-                             "them) or --refs FOLDER from `vital mine`")
         serves = SOURCE_KINDS[src.kind][1]
         if serves and kinds - set(serves):
             raise VitalError(f"references from {src.kind} ({SOURCE_KINDS[src.kind][0]}) cannot serve "
