@@ -442,9 +442,10 @@ class RunSpec:
         if self.references.source.kind == "set":
             why.append("the references were a ReferenceSet given in Python")
         options = {}
+        paths = _path_options(self.method)
         for k, v in self.options.items():
-            if isinstance(v, os.PathLike):
-                v = os.path.abspath(v)
+            if isinstance(v, os.PathLike) or (k in paths and isinstance(v, str)):
+                v = os.path.abspath(v)  # a rerun from another folder reads the same file
             try:
                 json.dumps(v)
             except TypeError:
@@ -539,3 +540,12 @@ def _read_record(record: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[
                          "kept them, or by another tool; run the command again with its options (the record's "
                          "method, target, seed, optimizer and references say what they were)")
     return record
+
+
+def _path_options(method: str) -> set[str]:
+    """The options of ``method`` that take a file path (declared with ``os.PathLike`` among their types)."""
+    try:
+        declared = declared_options(get_method(method))
+    except VitalError:  # a method no longer registered: its options are written as they are
+        return set()
+    return {o.name for o in declared if os.PathLike in (o.kind if isinstance(o.kind, tuple) else (o.kind,))}
