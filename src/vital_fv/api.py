@@ -24,6 +24,7 @@ from .errors import VitalError
 from .features import resolve_layers
 from .methods import Job, NonFiniteLossError, get_method, get_preset, run_method
 from .methods.base import check_options
+from .objectives import Objective
 from .options import (
     CROPS,
     DEFAULT_CROPS,
@@ -51,13 +52,13 @@ OUTPUT_SUFFIXES = (".png", ".json", ".rgba.png", ".alpha.npy")
 
 
 def _as_target(target: Any) -> Any:
-    """int / str -> ClassTarget; targets and saved concepts as they are."""
-    if isinstance(target, (ClassTarget, UnitTarget, DirectionTarget)) or hasattr(target, "target"):
+    """int / str -> ClassTarget; objectives (targets) and saved concepts as they are."""
+    if isinstance(target, Objective) or hasattr(target, "target"):
         return target
     if isinstance(target, (int, str)) and not isinstance(target, bool):  # True is not class 1
         return ClassTarget(target)
-    raise VitalError(f"cannot visualize {target!r}: give a class index or name, a UnitTarget, a DirectionTarget or "
-                     "a concept from vital_fv.concepts.load_concepts")
+    raise VitalError(f"cannot visualize {target!r}: give a class index or name, a UnitTarget, a DirectionTarget, "
+                     "an objective (vital_fv.objectives) or a concept from vital_fv.concepts.load_concepts")
 
 
 _PATH = (str, os.PathLike)
@@ -189,10 +190,11 @@ def visualize(
 ) -> Result | list[Result]:
     """Visualize ``target`` on ``model`` with ``method`` (any registered one: vital, fourier, maco, deepinversion).
 
-    ``model``: a ``ModelSpec`` or a zoo name (with ``weights``). ``target``: a class index or name, a
-    ``UnitTarget`` / ``DirectionTarget``, a saved concept, or a list of them (one batch). ``references`` (VITAL): a
-    ``ReferenceSet``, a folder or files; or ``pool`` / ``images`` (see ``references.resolve``); none: the bundled
-    photo of a demo class. ``seeds`` gives one image per seed. Returns one ``Result`` for one target and no
+    ``model``: a ``ModelSpec`` or a zoo name (with ``weights``). ``target``: a class index or name, a ``UnitTarget``
+    / ``DirectionTarget``, any objective (``vital_fv.objectives``: ``channel(...) - channel(...)``; VITAL ranks its
+    references from ``images`` / ``pool`` by it), a saved concept, or a list of them (one batch). ``references``
+    (VITAL): a ``ReferenceSet``, a folder or files; or ``pool`` / ``images`` (see ``references.resolve``); none: the
+    bundled photo of a demo class. ``seeds`` gives one image per seed. Returns one ``Result`` for one target and no
     ``seeds``, else a list, target-major. With ``out``, each result is saved as ``out/STEM.png`` (+ ``.json``, and
     ``.rgba.png`` / ``.alpha.npy`` with a transparency map; ``name`` sets the stem), existing files are refused
     before any work unless ``overwrite``, and a Ctrl-C saves the images so far.
@@ -214,7 +216,7 @@ def visualize(
     if not targets:
         raise VitalError("nothing to visualize: give at least one target")
     kinds = {type(getattr(t, "target", t)) for t in targets}
-    if pool is not None and kinds != {ClassTarget}:
+    if pool is not None and kinds & {UnitTarget, DirectionTarget}:  # a pool ranks images by a class or an objective
         raise VitalError("--pool ranks images by a class's probability: for a unit or concept give --images DIR "
                          "(its top patches or crops) or --refs")
     if images is not None and ClassTarget in kinds:
@@ -300,12 +302,13 @@ def _check_targets(spec: ModelSpec, targets: list[Any], size: int | None, device
     for t in targets:
         if isinstance(t, ClassTarget):
             t.resolve(spec.class_names, spec.class_synonyms)
+        elif isinstance(t, Objective):
+            t.resolved(spec.class_names, spec.class_synonyms)  # the class names in a combination
     units = [t for t in targets if not isinstance(t, ClassTarget)]
-    dev = resolve_device(device) if units else None
-    for layer in dict.fromkeys(u.layer for u in units):
-        resolve_layers(spec.module, [layer], spec.name)
+    if units:  # units, directions, objectives: their layers, channels, positions and classes
+        dev = resolve_device(device)
         with frozen_on(spec.module, dev):
-            check_units(spec, [u for u in units if u.layer == layer], size or spec.preprocess.input_size, dev)
+            check_units(spec, units, size or spec.preprocess.input_size, dev)
 
 
 def _warn_about_references(target: Any, refs: ReferenceSet, n_refs: int, counted: bool) -> None:

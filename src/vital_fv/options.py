@@ -125,3 +125,44 @@ def check_numbers(option: str, values: object, what: str) -> None:
     if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence)
             or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)):
         raise VitalError(f"{option} must be {what}, got {type(values).__name__} {values!r:.60}")
+
+
+_OBJECTIVE_HELP = ("write terms joined by ' + ' or ' - ' (spaces around), each a unit LAYER:CHANNEL[@Y,X] or a class "
+                   "name or index, with an optional NUMBER* factor: e.g. \"blocks.5.2:17 - blocks.5.2:3\", "
+                   "\"espresso - cup\", \"2*blocks.5.2:17 + blocks.5.2:3\"")
+
+
+def split_objective(text: object) -> list[tuple[float, str]]:
+    """``--objective``'s terms as (weight, term text), checked before any work (``objectives.parse`` builds them)."""
+    if not isinstance(text, str) or not text.strip():
+        raise VitalError(f"--objective is empty: {_OBJECTIVE_HELP}")
+    body = text.strip()
+    sign = 1.0
+    if body.startswith("-") and not body[1:2].isdigit():  # a leading minus; "-3" alone is no class
+        sign, body = -1.0, body[1:].lstrip()
+    parts = re.split(r"\s+([+-])\s+", body)
+    out = []
+    for i in range(0, len(parts), 2):
+        op = 1.0 if i == 0 else (1.0 if parts[i - 1] == "+" else -1.0)
+        term = parts[i].strip()
+        factor, star, rest = term.partition("*")
+        weight = 1.0
+        if star:
+            try:
+                weight = float(factor)
+            except ValueError:
+                raise VitalError(f"--objective: cannot read the factor '{factor.strip()}' of '{term}': "
+                                 f"{_OBJECTIVE_HELP}") from None
+            if not math.isfinite(weight):
+                raise VitalError(f"--objective: the factor of '{term}' must be a finite number")
+            term = rest.strip()
+        if not term or term in "+-" or "*" in term:
+            raise VitalError(f"--objective: cannot read '{text}': {_OBJECTIVE_HELP}")
+        if ":" in term:
+            head, _, pos = term.partition("@")
+            layer, _, ch = head.rpartition(":")
+            if not layer or not ch.strip().isdigit() or (pos and not re.fullmatch(r"\d+(,\d+)*", pos.strip())):
+                raise VitalError(f"--objective: cannot read the unit '{term}': write LAYER:CHANNEL or "
+                                 "LAYER:CHANNEL@Y,X (e.g. blocks.5.2:17)")
+        out.append(((sign if i == 0 else 1.0) * op * weight, term))
+    return out

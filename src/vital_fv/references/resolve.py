@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import VitalError
 from ..options import CROPS, DEFAULT_CROPS, DEFAULT_REF_WEIGHTING, WEIGHTINGS, check_choice, check_n_refs
-from ..targets import ClassTarget, UnitTarget
+from ..targets import ClassTarget, DirectionTarget, UnitTarget
 from .evidence import evidence_crops, weight_by_evidence
 from .mining import mine_checked, mined_references
 from .sets import BUNDLED, ReferenceSet, bundled, from_files, from_folder, from_pool
@@ -70,15 +70,17 @@ def _source(model: Any, target: Any, refs: Any, pool: Any, images: Any, n: int, 
     if isinstance(refs, ReferenceSet):
         return refs
     if images is not None:
-        if not isinstance(target, UnitTarget):
+        if isinstance(target, ClassTarget):  # a unit or any other objective: its top patches
             raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or "
                              "--pool DIR for a class")
         result = mine_checked(model, target, images, device=device, progress=progress, cache_dir=cache_dir)
         return mined_references(result, k=n, use=use)
     if pool is not None:
-        if not isinstance(target, ClassTarget):
+        if isinstance(target, (UnitTarget, DirectionTarget)):
             raise VitalError("--pool ranks images by a class's probability: for a unit give --images DIR (mines "
                              "its top patches) or --refs FOLDER from `vital mine`")
+        if not isinstance(target, ClassTarget):  # an objective: the images it scores highest
+            return from_pool(pool, model, target, n=n, progress=progress)
         index, _ = target.resolve(model.class_names, model.class_synonyms)
         return from_pool(pool, model, index, n=n, progress=progress)
     if refs is not None:
@@ -93,4 +95,5 @@ def _source(model: Any, target: Any, refs: Any, pool: Any, images: Any, n: int, 
                              f"Bundled photos exist for: {', '.join(BUNDLED)}")
         return bundled(name, n=n, augment=augment)
     raise VitalError(f"a VITAL visualization of {target.label()} needs the unit's references: --images DIR (mines "
-                     "them) or --refs FOLDER from `vital mine`")
+                     "them) or --refs FOLDER from `vital mine`" + ("" if isinstance(target, UnitTarget) else
+                                                                   ", or --pool DIR (its top images)"))
