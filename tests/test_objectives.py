@@ -144,3 +144,14 @@ def test_relevance_starts_from_the_objectives_gradient():
     _, grad = _start(top, [obj], "guided_backprop")
     assert torch.allclose(grad[0, 1], torch.full((3, 3), 1 / 9)) and torch.allclose(grad[0, 2], torch.full((3, 3),
                                                                                                            -1 / 9))
+
+
+def test_the_cli_takes_an_objective_and_checks_it_before_any_work(tmp_path, capsys):
+    from vital_fv.cli import main
+
+    assert main(["visualize", "--objective", "x*blocks.5.2:1", "--out", str(tmp_path)]) == 2
+    assert "--objective: cannot read the factor 'x'" in capsys.readouterr().err
+    assert main(["visualize", "--objective", "espresso - cup", "--method", "fourier", "--steps", "2", "--out",
+                 str(tmp_path), "--name", "ec", "--quiet"]) == 0
+    rec = json.loads((tmp_path / "ec.json").read_text())
+    assert rec["target"]["name"] == "espresso - cup" and rec["target"]["layers"] == [LOGITS]
