@@ -26,6 +26,7 @@ import torch
 from .device import holds_model
 from .errors import VitalError, close_matches
 from .features import capture
+from .options import split_objective
 
 LOGITS = "@logits"  # the model's output in an activations dict (no module name starts with @)
 Activations = Mapping[str, torch.Tensor]
@@ -541,8 +542,6 @@ def parse(text: str) -> Objective:
     """An objective from ``--objective``: terms joined by `` + `` / `` - `` (spaces around: class names and layers
     hold hyphens), each an optional ``NUMBER*`` factor and a unit (``LAYER:CHANNEL[@Y,X]``) or a class (name or
     index)."""
-    from .options import split_objective
-
     terms = []
     for weight, term in split_objective(text):
         target: Objective = UnitTarget.parse(term) if ":" in term else ClassTarget(term)
