@@ -84,6 +84,10 @@ def test_baselines_ascend_an_objective_and_record_it(tiny_spec):
     assert curve[-1] < curve[0]
     assert r.record["target"]["kind"] == "objective" and r.record["target"]["name"] == "act2:3 - act2:5"
     assert ob.from_json(r.record["target"]["objective"]).label() == obj.label()
+    from vital_fv.records import check_record
+
+    assert check_record(r.record) is None  # the gallery, evaluate and study read it as a result
+    assert "target.name" in check_record({**r.record, "target": {"kind": "objective"}})
     # a class objective alone is the class: the same image as by name
     by_obj = visualize(tiny_spec, ob.logit("two"), method="fourier", steps=3, progress=False)
     by_name = visualize(tiny_spec, "two", method="fourier", steps=3, progress=False)
