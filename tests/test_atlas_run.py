@@ -279,8 +279,10 @@ def test_concepts_of_a_saved_file_are_atlas_items(tmp_path, capsys):
     (tmp_path / "c").mkdir()
     path = _concepts_file(tmp_path / "c")
     job = tmp_path / "job"
-    assert main(["atlas", "plan", "--concepts", f"{path}:all", "--methods", "vital,fourier", "--out", str(job)]) == 2
-    assert "--methods fourier cannot show concepts" in capsys.readouterr().err
+    # (the baselines ascend a concept's direction like any objective; DeepInversion shows classes only)
+    assert main(["atlas", "plan", "--concepts", f"{path}:all", "--methods", "vital,deepinversion", "--out",
+                 str(job)]) == 2
+    assert "--methods deepinversion cannot show concepts" in capsys.readouterr().err
     assert main(["atlas", "plan", "--concepts", f"{path}:all", "--seeds", "0,1", "--steps", "2",
                  "--out", str(job)]) == 0
     rows = Ledger.open(job).rows()

@@ -23,6 +23,7 @@ from .errors import VitalError
 from .features import resolve_layers
 from .methods import NonFiniteLossError, get_method, run_method
 from .methods.base import Job, Method, file_suffix
+from .objectives import Objective
 from .options import DEFAULT_CROPS, DEFAULT_REF_WEIGHTING, check_name, check_type
 from .references import ReferenceSet
 from .result import Result, ensure_writable_dir, refuse_overwrite
@@ -105,10 +106,11 @@ def visualize(
 ) -> Result | list[Result]:
     """Visualize ``target`` on ``model`` with ``method`` (any registered one: vital, fourier, maco, deepinversion).
 
-    ``model``: a ``ModelSpec`` or a zoo name (with ``weights``). ``target``: a class index or name, a
-    ``UnitTarget`` / ``DirectionTarget``, a saved concept, or a list of them (one batch). ``references`` (VITAL): a
-    ``ReferenceSet``, a folder or files; or ``pool`` / ``images`` (see ``references.resolve``); none: the bundled
-    photo of a demo class. ``seeds`` gives one image per seed. Returns one ``Result`` for one target and no
+    ``model``: a ``ModelSpec`` or a zoo name (with ``weights``). ``target``: a class index or name, a ``UnitTarget``
+    / ``DirectionTarget``, any objective (``vital_fv.objectives``: ``channel(...) - channel(...)``; VITAL ranks its
+    references from ``images`` / ``pool`` by it), a saved concept, or a list of them (one batch). ``references``
+    (VITAL): a ``ReferenceSet``, a folder or files; or ``pool`` / ``images`` (see ``references.resolve``); none: the
+    bundled photo of a demo class. ``seeds`` gives one image per seed. Returns one ``Result`` for one target and no
     ``seeds``, else a list, target-major. With ``out``, each result is saved as ``out/STEM.png`` (+ ``.json``, and
     ``.rgba.png`` / ``.alpha.npy`` with a transparency map; ``name`` sets the stem), existing files are refused
     before any work unless ``overwrite``, and a Ctrl-C saves the images so far. ``options``: the method's own
@@ -248,7 +250,10 @@ def run(spec: RunSpec) -> list[Result]:
 def _kept(results: list[Result], kept: list[int], whole: RunSpec, stems: list[str]) -> list[Result]:
     """The jobs asked for, each record keeping its own job's run description (``vital visualize --from``)."""
     for i in kept:
-        results[i].record["spec"] = whole.job_json(i, stems[i])
+        try:
+            results[i].record["spec"] = whole.job_json(i, stems[i])
+        except VitalError:  # a custom callable objective has no JSON form: no rerun from this record
+            break
     return [results[i] for i in kept]
 
 
@@ -286,12 +291,13 @@ def _check_targets(spec: ModelSpec, targets: list[Any], size: int | None, device
     for t in targets:
         if isinstance(t, ClassTarget):
             t.resolve(spec.class_names, spec.class_synonyms)
+        elif isinstance(t, Objective):
+            t.resolved(spec.class_names, spec.class_synonyms)  # the class names in a combination
     units = [t for t in targets if not isinstance(t, ClassTarget)]
-    dev = resolve_device(device) if units else None
-    for layer in dict.fromkeys(u.layer for u in units):
-        resolve_layers(spec.module, [layer], spec.name)
+    if units:  # units, directions, objectives: their layers, channels, positions and classes
+        dev = resolve_device(device)
         with frozen_on(spec.module, dev):
-            check_units(spec, [u for u in units if u.layer == layer], size or spec.preprocess.input_size, dev)
+            check_units(spec, units, size or spec.preprocess.input_size, dev)
 
 
 def _warn_about_references(target: Any, refs: ReferenceSet, n_refs: int, counted: bool) -> None:

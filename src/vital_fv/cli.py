@@ -147,6 +147,9 @@ def _add_visualize(sub: Any, reg: _Registry) -> None:
     what.add_argument("--class", dest="cls", help="class index or name (e.g. 967 or espresso)")
     what.add_argument("--unit", help="LAYER:CHANNEL or LAYER:CHANNEL@Y,X (a channel, or one neuron of it)")
     what.add_argument("--concept", help="FILE:INDEX, a concept from `vital concepts` (concepts.safetensors:3)")
+    what.add_argument("--objective", help="a sum of units and classes, terms joined by ' + ' / ' - ' with optional "
+                                          "N* factors: \"blocks.5.2:17 - blocks.5.2:3\", \"espresso - cup\" "
+                                          "(vital: references from --images DIR or --pool DIR, ranked by it)")
     src = v.add_mutually_exclusive_group()
     src.add_argument("--refs", nargs="+",
                      help="reference folder (a `vital mine` folder for units), or image files (default: bundled)")
@@ -441,6 +444,8 @@ def _check_options(args: argparse.Namespace) -> None:
     for device in [get("device"), *(get("devices") or [])]:
         options.check_device_name(device)
     options.check_name(get("name"))
+    if get("objective") is not None:
+        options.split_objective(get("objective"))
     options.check_layer_weights(get("layers"), get("layer_weights"))
     if get("alpha_percentile") is not None:
         options.check_alpha_percentile(get("alpha_percentile"))
@@ -528,7 +533,8 @@ def _relevance(args: argparse.Namespace) -> str | None:
 
 
 # Given with --from, these would be silently ignored: refused instead (the record says what the run was).
-_NOT_WITH_FROM = ("cls", "unit", "concept", "refs", "pool", "images", "method", "preset", "steps", "lr", "size",
+_NOT_WITH_FROM = ("cls", "unit", "objective", "concept", "refs", "pool", "images", "method", "preset", "steps", "lr",
+                  "size",
                   "layers", "layer_weights", "seeds", "batch", "n_refs", "augment", "weights")
 
 
@@ -548,12 +554,16 @@ def _run_spec(args: argparse.Namespace) -> Any:
         return None  # api.rerun: the record's run (an atlas item with its batch)
     if args.unit:
         targets: list[Any] = [UnitTarget.parse(args.unit)]
+    elif args.objective:
+        from .objectives import parse
+
+        targets = [parse(args.objective)]
     elif args.concept:
         targets = load_concepts(args.concept)
     elif args.cls is not None:
         targets = [as_target(args.cls)]
     else:
-        raise VitalError("give what to visualize: --class, --unit or --concept (or --from RECORD.json)")
+        raise VitalError("give what to visualize: --class, --unit, --objective or --concept (or --from RECORD.json)")
     seeds = args.seeds if args.seeds is not None else [0]
     return RunSpec(
         args.model, tuple(targets),
@@ -630,114 +640,64 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_concepts(args: argparse.Namespace) -> int:
-    from .concepts import CONCEPTS_FILE, CONCEPTS_RECORD, extract_concepts, save_concepts
-    from .device import frozen_on, resolve_device
-    from .result import refuse_overwrite
-    from .targets import ClassTarget
+    from .concepts import run_concepts
 
-    out = Path(args.out)
-    refuse_overwrite([out / CONCEPTS_FILE, out / CONCEPTS_RECORD], args.overwrite)
-    spec = _load(args)
-    index, name = ClassTarget(args.cls).resolve(spec.class_names, spec.class_synonyms)
-    with frozen_on(spec.module, resolve_device(args.device)):
-        concepts = extract_concepts(spec, index, args.images, n_concepts=args.n_concepts, layer=args.layer,
-                                    patch=args.patch, stride=args.stride, top=args.top, nb_design=args.nb_design,
-                                    sobol_images=args.sobol_images or None, seed=args.seed,
-                                    progress=not args.quiet, cache_dir=args.cache_dir, class_name=name)
-    path = save_concepts(concepts, out, overwrite=args.overwrite)
+    concepts, path = run_concepts(
+        args.model, args.cls, args.images, args.out, weights=args.weights, n_concepts=args.n_concepts,
+        layer=args.layer, patch=args.patch, stride=args.stride, top=args.top, nb_design=args.nb_design,
+        sobol_images=args.sobol_images or None, seed=args.seed, device=args.device, progress=not args.quiet,
+        cache_dir=args.cache_dir, overwrite=args.overwrite)
     p = concepts.params
-    print(f"{path}: {p['n_concepts']} concepts of {name} ({index}) at {p['layer']} from {p['crops']} crops of "
-          f"{p['image_count']} images (NMF error {p['nmf']['relative_error']:.2f}, head {p['head']})")
+    print(f"{path}: {p['n_concepts']} concepts of {p['class_name']} ({p['class_index']}) at {p['layer']} from "
+          f"{p['crops']} crops of {p['image_count']} images (NMF error {p['nmf']['relative_error']:.2f}, head "
+          f"{p['head']})")
     for i, imp in enumerate(concepts.importance.tolist()):
         print(f"  concept {i}: importance {imp:.3f}")
-    print(f"contact sheet {out / 'contact_sheet.png'}; visualize one: vital visualize --model {spec.name} "
-          f"--concept {path}:0")
+    print(f"contact sheet {Path(args.out) / 'contact_sheet.png'}; visualize one: vital visualize --model "
+          f"{p['model']} --concept {path}:0")
     return 0
 
 
 def _vital_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"preset": args.preset, "steps": args.steps, "lr": args.lr, "device": args.device,
-            "relevance": _relevance(args)}
-
-
-def _keep_on_nonfinite(run: Callable[[], list[Result]], pngs: list[Path]) -> list[Result]:
-    """Run the visualizations; after a non-finite loss keep the last finite images and stop with an error."""
-    from .methods import NonFiniteLossError
-
-    try:
-        return run()
-    except NonFiniteLossError as exc:
-        for r, png in zip(exc.results, pngs, strict=True):
-            r.save(png, overwrite=True)
-        raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
+            "relevance": _relevance(args), "seed": args.seed, "patch": args.patch, "progress": not args.quiet,
+            "cache_dir": args.cache_dir, "overwrite": args.overwrite, "weights": args.weights}
 
 
 def cmd_disentangle(args: argparse.Namespace) -> int:
-    from . import polysemantic
-    from .device import frozen_on, resolve_device
-    from .result import ensure_writable_dir, refuse_overwrite
-    from .targets import UnitTarget
+    from .polysemantic import run_disentangle
 
-    out = ensure_writable_dir(args.out)
-    refuse_overwrite([out / polysemantic.RECORD, out / "overview.png"], args.overwrite)
-    spec = _load(args)
-    unit = UnitTarget.parse(args.unit)
-    with frozen_on(spec.module, resolve_device(args.device)):
-        dis = polysemantic.disentangle(
-            spec, unit, args.images, clusters=args.clusters, patches=args.patches, per_image=args.per_image,
-            cluster_layer=args.cluster_layer, patch=args.patch, stride=args.stride, seed=args.seed,
-            progress=not args.quiet, cache_dir=args.cache_dir)
-    sizes = [len(dis.members(c)) for c in range(dis.n_clusters)]
-    print(f"{unit.label()}: {dis.params['patches']} top patches of {dis.params['image_count']} images in "
-          f"{dis.n_clusters} clusters of {', '.join(map(str, sizes))}; visualizing each", file=sys.stderr)
-    results = _keep_on_nonfinite(
-        lambda: polysemantic.visualize_clusters(spec, dis, top=args.n_refs, seed=args.seed, progress=not args.quiet,
-                                                **_vital_options(args)),
-        [out / f"cluster-{c}.png" for c in range(dis.n_clusters)])
-    record = polysemantic.save_disentangled(dis, results, out, top=args.n_refs, overwrite=args.overwrite)
-    for c, r in enumerate(results):
-        print(f"{out / f'cluster-{c}.png'}  [{r.status}] {sizes[c]} patches, unit value "
-              f"{r.record['target'].get('value'):.3g}; patches {out / f'cluster-{c}-patches.png'}")
-    print(f"{record}; side by side: {out / 'overview.png'}")
-    return _exit_code(results)
+    run = run_disentangle(
+        args.model, args.unit, args.images, args.out, clusters=args.clusters, patches=args.patches,
+        per_image=args.per_image, cluster_layer=args.cluster_layer, stride=args.stride, n_refs=args.n_refs,
+        **_vital_options(args))
+    sizes = run.sizes()
+    for c, r in enumerate(run.results):
+        print(f"{run.out / f'cluster-{c}.png'}  [{r.status}] {sizes[c]} patches, unit value "
+              f"{r.record['target'].get('value'):.3g}; patches {run.out / f'cluster-{c}-patches.png'}")
+    print(f"{run.record}; side by side: {run.out / 'overview.png'}")
+    return _exit_code(run.results)
 
 
 def cmd_circuit(args: argparse.Namespace) -> int:
-    from . import circuits
-    from .device import frozen_on, resolve_device
-    from .result import ensure_writable_dir, refuse_overwrite
-    from .targets import ClassTarget
+    from .circuits import run_circuit
 
-    out = ensure_writable_dir(args.out)
-    refuse_overwrite([out / circuits.RECORD, out / "circuit.png"], args.overwrite)
-    spec = _load(args)
-    index, name = ClassTarget(args.cls).resolve(spec.class_names, spec.class_synonyms)
-    with frozen_on(spec.module, resolve_device(args.device)):
-        ranking = circuits.rank_channels(spec, index, args.images, layer=args.layer, progress=not args.quiet,
-                                         cache_dir=args.cache_dir)
-    shares = ranking.shares()
-    top = ranking.order()[: args.top]
-    print(f"{name} ({index}): top channels of {ranking.layer} over {ranking.params['image_count']} images: "
-          + ", ".join(f"#{c} {100 * shares[c]:.1f}%" for c in top), file=sys.stderr)
-    holder: dict[str, Any] = {}
-
-    def run() -> list[Result]:
-        holder["circuit"] = circuits.build_circuit(
-            spec, ranking, args.mine or args.images, top=args.top, n_refs=args.n_refs, seed=args.seed,
-            progress=not args.quiet, cache_dir=args.cache_dir, patch=args.patch, **_vital_options(args))
-        return holder["circuit"].results
-
-    results = _keep_on_nonfinite(run, [out / f"unit-{c}.png" for c in top])
-    record = circuits.save_circuit(holder["circuit"], out, overwrite=args.overwrite)
-    for c, r in zip(top, results, strict=True):
+    circuit, record = run_circuit(
+        args.model, args.cls, args.images, args.out, mine=args.mine, top=args.top, layer=args.layer,
+        n_refs=args.n_refs, **_vital_options(args))
+    out = Path(args.out)
+    shares = circuit.ranking.shares()
+    name = circuit.ranking.params["class_name"]
+    for c, r in zip(circuit.channels, circuit.results, strict=True):
         print(f"{out / f'unit-{c}.png'}  [{r.status}] channel {c}: share {100 * shares[c]:.1f}%, unit value "
               f"{r.record['target'].get('value'):.3g}")
-    abl = holder["circuit"].ablation
-    print(f"zeroing these {len(top)} channels lowers the {name} logit by {abl['drop_top']:.3g} on average (mean "
-          f"logit {abl['logit_mean']:.3g}; {len(top)} random channels: {abl['drop_random_mean']:.3g} ± "
+    abl = circuit.ablation
+    k = len(circuit.channels)
+    print(f"zeroing these {k} channels lowers the {name} logit by {abl['drop_top']:.3g} on average (mean "
+          f"logit {abl['logit_mean']:.3g}; {k} random channels: {abl['drop_random_mean']:.3g} ± "
           f"{abl['drop_random_std']:.2g})")
     print(f"{record}; figure: {out / 'circuit.png'}")
-    return _exit_code(results)
+    return _exit_code(circuit.results)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

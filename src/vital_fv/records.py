@@ -122,6 +122,7 @@ TARGETS: dict[str, Check] = {
     "class": struct({"index": INDEX, "name": STR}),
     "unit": struct({"layer": STR, "channel": INDEX}, {"position": nullable(list_of(INDEX)), "value": NUMBER}),
     "direction": struct({"layer": STR, "name": STR}),
+    "objective": struct({"name": STR}, {"value": NUMBER}),  # a combination or a custom callable (objectives)
 }
 
 

@@ -35,6 +35,8 @@ from .methods.base import (
     get_method,
     get_preset,
 )
+from .objectives import Objective
+from .objectives import from_json as objective_from_json
 from .options import (
     CROPS,
     DEFAULT_CROPS,
@@ -92,8 +94,8 @@ def kind_of(target: Any) -> TargetKind:
     for kind in _TARGET_KINDS.values():
         if kind.matches(target):
             return kind
-    raise VitalError(f"cannot visualize {target!r:.80}: give a class index or name, a UnitTarget, a DirectionTarget "
-                     "or a concept from vital_fv.concepts.load_concepts")
+    raise VitalError(f"cannot visualize {target!r:.80}: give a class index or name, a UnitTarget, a DirectionTarget, "
+                     "an objective (vital_fv.objectives) or a concept from vital_fv.concepts.load_concepts")
 
 
 def target_to_json(target: Any) -> dict[str, Any]:
@@ -140,6 +142,9 @@ for _kind in (
                lambda d: DirectionTarget(d["layer"], torch.tensor(d["vector"], dtype=torch.float32), d["name"]),
                "direction"),
     TargetKind("concept", _is_concept, _concept_to_json, _concept_from_json, "direction"),
+    # any other objective (a sum, a custom callable): last, since classes, units and directions are objectives too
+    TargetKind("objective", lambda t: isinstance(t, Objective), lambda t: {"objective": t.to_json()},
+               lambda d: objective_from_json(d["objective"]), "objective"),
 ):
     register_target_kind(_kind)
 
@@ -164,8 +169,10 @@ SOURCE_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "bundled": ("the bundled photo of a demo class", ("class",)),
     "folder": ("a folder of images (a `vital mine` folder for units)", ()),
     "files": ("image files", ()),
-    "pool": ("an unlabelled folder, ranked by the model's probability for the class", ("class",)),
-    "mine": ("a folder to mine a unit's top patches (a concept's top crops) from", ("unit", "neuron", "concept")),
+    "pool": ("an unlabelled folder, ranked by the model's probability for the class (or by the objective)",
+             ("class", "objective")),
+    "mine": ("a folder to mine a unit's (an objective's) top patches, a concept's top crops, from",
+             ("unit", "neuron", "concept", "objective")),
     "mined": ("an atlas job's mining shards of a layer, merged", ("unit", "neuron")),
     "concept": ("a saved concept's own top crops", ("concept",)),
     "set": ("a ReferenceSet given in Python (not stored: a rerun needs the files)", ()),

@@ -20,15 +20,15 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..errors import VitalError, close_matches
+from ..objectives import ClassTarget, Objective, kind_of
 from ..options import check_lr, check_steps
 from ..references import ReferenceSet
 from ..result import Result
-from ..targets import ClassTarget, DirectionTarget, UnitTarget
 from ..version import __version__
 from ..zoo import ModelSpec
 
-Target = ClassTarget | UnitTarget | DirectionTarget
-TARGET_KINDS = ("class", "unit", "direction")
+Target = Objective  # ClassTarget, UnitTarget, DirectionTarget, or any objective (objectives.Sum, objectives.Custom)
+TARGET_KINDS = ("class", "unit", "direction", "objective")
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,20 @@ class NonFiniteLossError(VitalError):
         self.results = results
 
 
+def keep_last_finite(run: Callable[[], list[Result]], pngs: Sequence[Any]) -> list[Result]:
+    """``run()``'s results; after a non-finite loss the last finite images are saved to ``pngs`` (one per result)
+    and a ``VitalError`` names them (the capabilities' runs, as ``vital_fv.visualize`` does with ``out``)."""
+    try:
+        return run()
+    except NonFiniteLossError as exc:
+        for r, png in zip(exc.results, pngs, strict=True):
+            r.save(png, overwrite=True)
+        raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
+
+
 def target_kind(target: Any) -> str:
-    if isinstance(target, ClassTarget):
-        return "class"
-    if isinstance(target, UnitTarget):
-        return "unit"
-    if isinstance(target, DirectionTarget):
-        return "direction"
-    raise VitalError(f"not a target: {target!r} (give a ClassTarget, UnitTarget or DirectionTarget)")
+    """class, unit, direction, or objective (a combination or a custom callable): what methods declare they show."""
+    return kind_of(target)
 
 
 def file_suffix(method: Method) -> str:
@@ -99,7 +105,7 @@ class Method(Protocol):
     name: str
     description: str
     presets: Mapping[str, Preset]
-    targets: tuple[str, ...]  # the target kinds it can show: "class", "unit", "direction"
+    targets: tuple[str, ...]  # the target kinds it can show: "class", "unit", "direction", "objective"
     needs_references: bool
     transparency: bool  # writes a transparency map (NAME.rgba.png, NAME.alpha.npy)
 

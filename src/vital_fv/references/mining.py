@@ -22,6 +22,7 @@ from ..cache import cache_key, cache_root
 from ..device import holds_model
 from ..errors import VitalError
 from ..features import capture
+from ..objectives import LOGITS, UnitTarget, read_layers
 from ..options import check_positive
 from ..result import atomic_write_bytes, png_bytes, refuse_overwrite
 from ..version import __version__
@@ -57,9 +58,18 @@ def _unit_scores(act: torch.Tensor, unit: Any) -> torch.Tensor:
     raise VitalError(f"unit {unit.label()}: cannot score a layer output of shape {tuple(act.shape)}")
 
 
+def _scores(feats: dict[str, Any], logits: torch.Tensor, unit: Any) -> torch.Tensor:
+    """(B,) scores of a batch: a unit's value as ``_unit_scores`` reads it, any other objective on the activations."""
+    if isinstance(unit, UnitTarget):
+        return _unit_scores(feats[unit.layer], unit)
+    acts = {n: feats[n][0] if isinstance(feats[n], (tuple, list)) else feats[n] for n in read_layers([unit])}
+    return unit({**acts, LOGITS: logits})
+
+
 def mining_key(model: Any, unit: Any, patch: int, stride: int) -> str:
-    """The store of a unit's scans: one entry per image content, whatever folder it was found in."""
-    return cache_key({"kind": "mining", "model": model.name, "weights": model.weights_id, "unit": unit.label(),
+    """The store of a unit's (an objective's) scans: one entry per image content, whatever folder it was found in."""
+    what = unit.label() if isinstance(unit, UnitTarget) else unit.cache_id()
+    return cache_key({"kind": "mining", "model": model.name, "weights": model.weights_id, "unit": what,
                       "patch": patch, "stride": stride, "preprocess": model.preprocess.as_dict()})
 
 
@@ -95,10 +105,11 @@ def mine_many(
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> list[MiningResult]:
-    """``mine`` for several units of one layer in a single scan (one forward per patch batch for all)."""
-    if not units or len({u.layer for u in units}) != 1:
-        raise VitalError("mine units of one layer at a time")
-    layer = units[0].layer
+    """``mine`` for several units (or objectives) in a single scan (one forward per patch batch for all)."""
+    if not units:
+        raise VitalError("nothing to mine: give at least one unit")
+    scorers = [u.resolved(model.class_names, model.class_synonyms) for u in units]  # class names -> indices
+    layers = read_layers(units)
     stride = stride or max(1, patch // 2)
     check_positive("--patch", patch, 8, " px")
     check_positive("--stride", stride, 1, " px")
@@ -110,17 +121,17 @@ def mine_many(
     store = MultiStore([JsonStore(root / f"{key}.json", {"unit": u.label(), "model": model.name})
                         for key, u in zip(keys, units, strict=True)])
     device = model.device
-    label = units[0].label() if len(units) == 1 else f"{len(units)} units of {layer}"
+    label = units[0].label() if len(units) == 1 else f"{len(units)} units of {', '.join(layers)}"
 
-    with capture(model.module, [layer], model.name) as feats:
+    with capture(model.module, layers, model.name) as feats:
 
         def best_patches(batch: list[tuple[Path, str, torch.Tensor]]) -> list[tuple[dict[str, Any], ...]]:
             out = []
             for _, _, img in batch:
                 scores, boxes = [], []
                 for chunk, crops in image_patches(img, model.preprocess, patch, stride, batch_size):
-                    model.module(model.preprocess.normalize(crops).to(device))
-                    scores.append(torch.stack([_unit_scores(feats[layer], u).float().cpu() for u in units], 1))
+                    logits = model.module(model.preprocess.normalize(crops).to(device))
+                    scores.append(torch.stack([_scores(feats, logits, u).float().cpu() for u in scorers], 1))
                     boxes += chunk
                 per_unit = torch.cat(scores)  # (patches, units)
                 best = per_unit.argmax(0).tolist()

@@ -18,7 +18,7 @@ from ..options import (
     check_n_refs,
     check_reference_source,
 )
-from ..targets import ClassTarget, UnitTarget
+from ..targets import ClassTarget, DirectionTarget, UnitTarget
 from .evidence import evidence_crops, weight_by_evidence
 from .mining import mine_checked, mined_references
 from .sets import BUNDLED, ReferenceSet, bundled, from_files, from_folder, from_pool
@@ -54,7 +54,8 @@ def resolve(
     class's evidence when the prototypes are made.
     """
     given = [name for name, v in (("refs", refs), ("pool", pool), ("images", images)) if v is not None]
-    kind = "class" if isinstance(target, ClassTarget) else "unit" if isinstance(target, UnitTarget) else "direction"
+    kind = ("class" if isinstance(target, ClassTarget) else "unit" if isinstance(target, UnitTarget) else
+            "direction" if isinstance(target, DirectionTarget) else "objective")
     check_reference_source(given, [kind])
     check_n_refs(n)
     check_choice("--crops", crops, CROPS)
@@ -81,6 +82,8 @@ def _source(model: Any, target: Any, refs: Any, pool: Any, images: Any, n: int, 
         result = mine_checked(model, target, images, device=device, progress=progress, cache_dir=cache_dir)
         return mined_references(result, k=n, use=use)
     if pool is not None:
+        if not isinstance(target, ClassTarget):  # an objective: the images it scores highest
+            return from_pool(pool, model, target, n=n, progress=progress)
         index, _ = target.resolve(model.class_names, model.class_synonyms)
         return from_pool(pool, model, index, n=n, progress=progress)
     if refs is not None:
@@ -94,4 +97,6 @@ def _source(model: Any, target: Any, refs: Any, pool: Any, images: Any, n: int, 
             raise VitalError(f"no references for '{name}': give --refs DIR (images of the class) or --pool DIR. "
                              f"Bundled photos exist for: {', '.join(BUNDLED)}")
         return bundled(name, n=n, augment=augment)
-    raise VitalError(f"no references for {target.label()}: give --refs")  # a direction
+    raise VitalError(f"a VITAL visualization of {target.label()} needs the unit's references: --images DIR (mines "
+                     "them) or --refs FOLDER from `vital mine`" + ("" if isinstance(target, UnitTarget) else
+                                                                   ", or --pool DIR (its top images)"))
