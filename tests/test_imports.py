@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "vital_fv"
 PACKAGE = "vital_fv"
 
 # The core of docs/ARCHITECTURE.md: what these import must stay below the methods and everything built on them.
-CORE_MODULES = ("version", "errors", "options", "device", "signals", "zoo", "features", "targets", "matching",
-                "metrics", "relevance", "params", "transforms", "cache", "result", "records", "db", "jobs",
-                "references")
-ABOVE_CORE = ("methods", "concepts", "polysemantic", "circuits", "evaluate", "api", "cli", "atlas", "gallery",
-              "study")
+CORE_MODULES = ("version", "errors", "options", "device", "signals", "zoo", "features", "objectives", "targets",
+                "matching", "metrics", "relevance", "params", "transforms", "cache", "result", "records", "db",
+                "jobs", "references")
+ABOVE_CORE = ("methods", "runspec", "concepts", "polysemantic", "circuits", "evaluate", "api", "cli", "atlas",
+              "gallery", "study")
 
 
 def module_files(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:

@@ -18,7 +18,7 @@ from .db import connect
 from .errors import VitalError
 
 LEDGER_FILE = "atlas.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each item holds its run description (``spec``); version 1 jobs are read, not run
 MINE = "mine"  # the method name of mining shard items (``atlas.mining``): they run before all others
 
 
@@ -40,6 +40,9 @@ def open_ledger(folder: str | os.PathLike[str]) -> sqlite3.Connection:
         raise VitalError(f"the atlas job {folder} was made by a newer vital-fv (ledger version {version}, this "
                          f"one reads up to {SCHEMA_VERSION}): upgrade vital-fv")
     columns = {r[1] for r in con.execute("PRAGMA table_info(items)")}
+    if "spec" not in columns:  # a version 1 job: read as it is (status, gallery); ``atlas run`` refuses its items
+        with suppress(sqlite3.OperationalError):
+            con.execute("ALTER TABLE items ADD COLUMN spec TEXT")
     if "digests" not in columns:  # a job made before the files' hashes were recorded: its items get them
         # when they are made (again); an older vital-fv reads the rows by column name as before. A read-only
         # job stays as it is: read without hashes (``rows`` gives every item digests None)
@@ -54,7 +57,7 @@ def read_plan(con: sqlite3.Connection) -> dict[str, Any]:
 
 def read_rows(con: sqlite3.Connection) -> list[dict[str, Any]]:
     """Every item with all its columns, in plan order."""
-    return [{"digests": None, **dict(r)} for r in con.execute("SELECT * FROM items ORDER BY id")]
+    return [{"digests": None, "spec": None, **dict(r)} for r in con.execute("SELECT * FROM items ORDER BY id")]
 
 
 def read_job(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS items (
     label TEXT NOT NULL,           -- what a person reads: "967 espresso", "blocks.5.2:17"
     method TEXT NOT NULL,
     seed INTEGER NOT NULL,
-    refs TEXT,                     -- the reference source (a folder, "bundled", "pool:DIR", "images:DIR") or NULL
+    refs TEXT,                     -- what a person reads of the reference source (a folder, "bundled", "pool:DIR",
+                                   -- "mined:DIR") or NULL; the worker reads the spec
+    spec TEXT,                     -- JSON: the item's RunSpec (runspec.RunSpec.to_json; NULL for mining shards)
     stem TEXT NOT NULL UNIQUE,     -- output files images/STEM.png (+ .json ...): one copy per item
     status TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -65,6 +67,7 @@ class Item:
     stem: str
     status: str
     attempts: int
+    spec: dict[str, Any] | None = None  # the run description (``RunSpec`` JSON); None: a shard, or a version 1 job
 
 
 class Ledger:
@@ -93,9 +96,9 @@ class Ledger:
             con.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)), ("plan", json.dumps(plan)), ("created", str(time.time()))])
             con.executemany(
-                "INSERT INTO items (target, label, method, seed, refs, stem) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO items (target, label, method, seed, refs, stem, spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(json.dumps(it["target"], sort_keys=True), it["label"], it["method"], it["seed"], it.get("refs"),
-                  it["stem"]) for it in items])
+                  it["stem"], json.dumps(it["spec"]) if it.get("spec") is not None else None) for it in items])
 
         try:
             create_db(path, _SCHEMA, fill)  # the job appears complete or not at all
@@ -130,8 +133,9 @@ class Ledger:
 
     @staticmethod
     def _item(r: sqlite3.Row) -> Item:
+        spec = r["spec"] if "spec" in r.keys() else None  # noqa: SIM118 (a Row's `in` looks at values)
         return Item(r["id"], json.loads(r["target"]), r["label"], r["method"], r["seed"], r["refs"], r["stem"],
-                    r["status"], r["attempts"])
+                    r["status"], r["attempts"], json.loads(spec) if spec else None)
 
     # ---------------------------------------------------------------------------------------------- writing
     def _transaction(self) -> Any:

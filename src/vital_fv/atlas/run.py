@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import VitalError
 from ..options import check_device_name, check_positive
 from .executors import Executor, InProcess, LocalWorkers
 from .ledger import MINE, Item, Ledger
@@ -39,6 +40,15 @@ def make_executor(plan: dict[str, Any], folder: Path, *, workers: int | None, de
             gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
             return LocalWorkers(plan, folder, len(gpus), gpus)
     return InProcess(plan, folder, (devices or [device])[0], progress)
+def _refuse_old_items(ledger: Ledger) -> None:
+    """A job planned before items held their run description (ledger version 1) is refused, saying what to do:
+    its items would run with options the old plan does not say (the method's own, the reference source's)."""
+    old = [it for it in ledger.items() if it.method != MINE and it.spec is None]
+    if old:
+        raise VitalError(f"{ledger.folder} was planned by an older vital-fv: its {len(old)} items hold no run "
+                         f"description (ledger version 1). Plan it again with the same options and --overwrite "
+                         f"(`vital atlas plan ... --out {ledger.folder} --overwrite`): the images already made stay "
+                         "until they are made again; `vital atlas status` and `vital gallery` still read it")
 
 
 def run_atlas(folder: str | os.PathLike[str], *, batch: int = 8, device: str = "auto", workers: int | None = None,
@@ -59,6 +69,7 @@ def run_atlas(folder: str | os.PathLike[str], *, batch: int = 8, device: str = "
         check_device_name(d)
     ledger = Ledger.open(folder)
     try:
+        _refuse_old_items(ledger)
         with ledger.driver():
             if ray is None:
                 for d in [device, *(devices or [])]:

@@ -45,6 +45,9 @@ def _target(rec: dict[str, Any]) -> dict[str, Any]:
         label = f"{t.get('layer')}:{t.get('channel')}" + ("@" + ",".join(map(str, pos)) if pos else "")
         return {"kind": "unit", "key": f"unit:{label}", "title": label, "layer": t.get("layer", ""),
                 "channel": t.get("channel")}
+    if kind == "objective":  # a combination or a custom callable: its name says what it is
+        name = str(t.get("name", "?"))
+        return {"kind": kind, "key": f"objective:{name}", "title": name, "layer": ",".join(t.get("layers") or [])}
     label = f"{t.get('layer')}:{t.get('name')}"
     return {"kind": kind, "key": f"{kind}:{label}", "title": label, "layer": t.get("layer", "")}
 

@@ -9,6 +9,7 @@
 
 from .mining import (
     MiningResult,
+    merge_shards,
     mine,
     mine_checked,
     mine_many,
@@ -70,6 +71,7 @@ __all__ = [
     "mine_checked",
     "mine_many",
     "mine_to_folder",
+    "merge_shards",
     "mined_references",
     "offline_photos",
     "read_image",

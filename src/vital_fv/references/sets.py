@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import VitalError, close_matches
+from ..objectives import Objective, forward, per_item
 
 MINING_RECORD = "mining.json"  # what `vital mine` writes into its folder: `from_folder` reads such a folder back
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -431,12 +432,13 @@ def bundled(name: str, n: int = 50, augment: bool = True, seed: int = 0) -> Refe
 def from_pool(
     folder: str | os.PathLike[str],
     model: Any,
-    class_index: int,
+    class_index: int | Objective,
     n: int = 50,
     batch_size: int = 32,
     progress: bool = True,
 ) -> ReferenceSet:
-    """Class references from an unlabelled folder: the ``n`` images the model itself rates most probable."""
+    """Class references from an unlabelled folder: the ``n`` images the model itself rates most probable; for an
+    objective (``class_index`` one of ``objectives``), the ``n`` images it scores highest."""
     from tqdm.auto import tqdm
 
     from ..device import frozen_on
@@ -462,7 +464,12 @@ def from_pool(
             if not images:
                 continue
             batch = ReferenceSet(images, [str(s) for s in sources], hashes, n=len(images)).prepare(model.preprocess)
-            probs = model.module(model.preprocess.normalize(batch.to(device))).softmax(-1)[:, class_index]
+            x = model.preprocess.normalize(batch.to(device))
+            if isinstance(class_index, Objective):
+                objective = class_index.resolved(model.class_names, model.class_synonyms)
+                probs = per_item([objective] * x.shape[0], forward(model, [objective], x))
+            else:
+                probs = model.module(x).softmax(-1)[:, class_index]
             for prob, p, img, h in zip(probs.tolist(), sources, images, hashes, strict=True):
                 scored.append((prob, p, img, h))
     if not scored:

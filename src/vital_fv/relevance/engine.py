@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import VitalError
 from ..features import as_channels_positions, resolve_layers
-from ..targets import ClassTarget, DirectionTarget, UnitTarget
+from ..objectives import LOGITS, ClassTarget, DirectionTarget, Objective, UnitTarget
 from ..zoo import families as _builtin_families  # noqa: F401 - registers the built-in families' canonizers
 from ..zoo.registry import canonizers_for
 from .canonizers import Canonizer, Gate
@@ -118,7 +118,7 @@ class Relevance:
     def __call__(
         self,
         x: torch.Tensor,
-        targets: Sequence[ClassTarget | UnitTarget | DirectionTarget | int],
+        targets: Sequence[Objective | int],
         keep_graph: bool = False,
     ) -> RelevanceOutput:
         """``x``: (B, 3, H, W) normalized images; ``targets``: one per item (class indices, or units/directions of
@@ -173,7 +173,7 @@ class Relevance:
 
 
 def _target_layer(targets: Sequence[Any]) -> str | None:
-    layers = {t.layer if isinstance(t, (UnitTarget, DirectionTarget)) else None for t in targets}
+    layers = {None if isinstance(t, (int, ClassTarget)) or t.layer == LOGITS else t.layer for t in targets}
     if len(layers) != 1:
         raise VitalError("all targets of one batch must be on the same layer (or all classes)")
     return layers.pop()
@@ -217,9 +217,26 @@ def _start(top: torch.Tensor, targets: Sequence[Any], method: str) -> tuple[torc
             view[:, p] = v  # views of start[b]: written in place
             sview = seed[b].flatten(1) if a.dim() == 3 else seed[b].t()
             sview[:, p] = v
+        elif isinstance(t, Objective):
+            # Any other objective starts from its own gradient: LRP from gradient x activation (for a sum of
+            # logits or channel means, each term's value laid out where it is read, signed), Guided Backpropagation
+            # from the gradient.
+            g = _objective_gradient(t, a)
+            start[b] = g * a
+            seed[b] = g
         else:
             raise VitalError(f"cannot start relevance from {t!r}")
     return start, (start if method == "lrp" else seed)
+
+
+def _objective_gradient(objective: Objective, a: torch.Tensor) -> torch.Tensor:
+    """d objective / d one item's output ``a`` of the objective's layer (or the logits)."""
+    shapes = {objective.layer: tuple(a.shape)}
+    objective.check_shapes(shapes)
+    x = a.detach().unsqueeze(0).requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(objective({objective.layer: x}).sum(), x)
+    return g[0]
 
 
 def normalize_relevance(rel: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
