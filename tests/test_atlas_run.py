@@ -329,8 +329,10 @@ def test_concepts_of_a_saved_file_are_atlas_items(tmp_path, capsys):
     (tmp_path / "c").mkdir()
     path = _concepts_file(tmp_path / "c")
     job = tmp_path / "job"
-    assert main(["atlas", "plan", "--concepts", f"{path}:all", "--methods", "vital,fourier", "--out", str(job)]) == 2
-    assert "--methods fourier cannot show concepts" in capsys.readouterr().err
+    # (the baselines ascend a concept's direction like any objective; DeepInversion shows classes only)
+    assert main(["atlas", "plan", "--concepts", f"{path}:all", "--methods", "vital,deepinversion", "--out",
+                 str(job)]) == 2
+    assert "--methods deepinversion cannot show concepts" in capsys.readouterr().err
     assert main(["atlas", "plan", "--concepts", f"{path}:all", "--seeds", "0,1", "--steps", "2",
                  "--out", str(job)]) == 0
     rows = Ledger.open(job).rows()
@@ -489,7 +491,7 @@ def test_workers_and_the_resource_tracker_die_with_a_driver_killed_with_sigkill(
 
 
 def test_a_class_with_few_photos_is_completed_by_evidence_unless_the_plan_says_no(lite0, tmp_path, capsys):
-    from vital_fv.atlas.work import _references
+    from vital_fv.atlas.work import item_references
     from vital_fv.result import png_bytes
 
     (tmp_path / "refs" / "espresso").mkdir(parents=True)
@@ -501,15 +503,35 @@ def test_a_class_with_few_photos_is_completed_by_evidence_unless_the_plan_says_n
     plan, (item,) = ledger.plan, ledger.items()
     ledger.close()
     assert plan["references"] == {"augment": None, "crops": "objects", "weighting": "evidence"}
-    refs = _references(lite0, plan, ClassTarget(967), item.refs, "cpu", False)
+    refs = item_references(lite0, item, "cpu")
     assert refs.count == 4 and refs.summary() == "1 photo: 4 crops around the class, chosen by the model's evidence"
     assert refs.weighting and refs.position_weights.shape[0] == 4
     assert main(["atlas", "plan", "--classes", "espresso", "--refs", str(tmp_path / "refs"), "--n-refs", "4",
                  "--no-augment", "--out", str(tmp_path / "b")]) == 0
     ledger = Ledger.open(tmp_path / "b")
-    plain = _references(lite0, ledger.plan, ClassTarget(967), ledger.items()[0].refs, "cpu", False)
+    plain = item_references(lite0, ledger.items()[0], "cpu")
     ledger.close()
     assert plain.count == 1 and plain.summary() == "1 image" and plain.boxes is None and plain.whole
     with pytest.raises(SystemExit):
         main(["atlas", "plan", "--classes", "espresso", "--crops", "best", "--out", str(tmp_path / "c")])
     assert "argument --crops: invalid choice" in capsys.readouterr().err
+
+
+def test_a_job_planned_before_items_held_their_run_is_refused_saying_what_to_do(tiny_spec, tmp_path, monkeypatch):
+    import sqlite3
+
+    from vital_fv import VitalError
+    from vital_fv.atlas import run_atlas
+
+    monkeypatch.setattr("vital_fv.zoo.load_model", lambda *a, **k: tiny_spec)
+    assert main(["atlas", "plan", "--model", "tiny", "--classes", "1", "--methods", "fourier", "--steps", "2",
+                 "--out", str(tmp_path / "job")]) == 0
+    con = sqlite3.connect(tmp_path / "job" / "atlas.sqlite")  # as a version 1 ledger: no run descriptions
+    with con:
+        con.execute("UPDATE items SET spec = NULL")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(VitalError, match="planned by an older vital-fv.*--overwrite"):
+        run_atlas(tmp_path / "job", device="cpu", progress=False)
+    assert not (tmp_path / "job" / "images").exists()
+    assert Ledger.open(tmp_path / "job").counts()["pending"] == 1  # still read (status, gallery)

@@ -138,3 +138,21 @@ def test_ablation_of_the_top_channels_matches_their_contributions(tiny_spec, tmp
     assert abl["drop_top"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert abl["images"] == 5 and len(abl["channels"]) == 3 and abl["random_draws"] == 5
     assert abl["drop_top"] >= abl["drop_random_mean"]  # the most relevant channels carry more than random ones
+
+
+def test_run_circuit_is_the_whole_command_and_goes_through_the_registry(tiny_spec, tmp_path, monkeypatch):
+    from vital_fv import methods
+
+    called = []
+    real = methods.run_method
+    monkeypatch.setattr(methods, "run_method", lambda m, *a, **k: called.append(m) or real(m, *a, **k))
+    out = tmp_path / "out"
+    with pytest.raises(VitalError, match="--top"):
+        K.run_circuit(tiny_spec, "one", tmp_path, out, top=0)
+    circuit, record = K.run_circuit(tiny_spec, "one", photos(tmp_path / "p"), out, top=2, n_refs=3, steps=3,
+                                    preset="quick", progress=False)
+    assert called == ["vital"] and record == out / K.RECORD
+    assert circuit.ranking.class_index == 1 and len(circuit.results) == 2
+    rec = json.loads(record.read_text())
+    assert [u["channel"] for u in rec["units"]] == circuit.channels == circuit.ranking.order()[:2]
+    assert (out / "circuit.png").is_file()

@@ -11,6 +11,7 @@ import torch
 import vital_fv
 from vital_fv import ClassTarget, Job, UnitTarget, VitalError, cli
 from vital_fv.methods import (
+    MethodOption,
     Preset,
     Updater,
     build_record,
@@ -44,9 +45,10 @@ class Toy:
     targets = ("class",)
     needs_references = False
     transparency = True
+    options = (MethodOption("brightness", float, 0.0, "toy: starting grey level above 0.5", flag="--brightness",
+                            what="a number"),)
 
-    def run(self, model, jobs, *, preset="paper", steps=None, lr=None, size=None, device="auto", progress=True,
-            brightness=0.0):
+    def run(self, model, jobs, *, preset, steps, lr, size, device, progress, brightness):
         p = get_preset(self, preset, steps, lr)
         size = size or model.preprocess.input_size
         x = torch.full((len(jobs), 3, size, size), p.init + brightness, requires_grad=True)
@@ -131,3 +133,41 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert lr_factor(9, 100, 10) == pytest.approx(1.0)
     assert lr_factor(10, 100, 10) == pytest.approx(1.0)
     assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_method_s_own_option_goes_through_python_the_cli_and_the_atlas(toy, tiny_spec, tmp_path, monkeypatch,
+                                                                          capsys):
+    """``brightness``, declared by the toy method only: a keyword of ``visualize`` (options=), a flag of ``vital
+    visualize`` and of ``vital atlas plan`` (generated from the declaration), stored in each atlas item's run."""
+    from vital_fv.atlas import Ledger
+
+    bright = vital_fv.visualize(tiny_spec, 2, method="toy", preset="quick", options={"brightness": 0.3},
+                                progress=False)
+    plain = vital_fv.visualize(tiny_spec, 2, method="toy", preset="quick", progress=False)
+    assert bright.image.mean() > plain.image.mean() + 0.2 and bright.record["spec"]["options"] == {"brightness": 0.3}
+    with pytest.raises(VitalError, match="option 'brightness' does not apply to fourier \\(only to toy\\)"):
+        vital_fv.visualize(tiny_spec, 2, method="fourier", options={"brightness": 0.3}, progress=False)
+    with pytest.raises(VitalError, match="option 'brightness' of toy must be a number"):
+        vital_fv.visualize(tiny_spec, 2, method="toy", options={"brightness": "high"}, progress=False)
+
+    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
+    monkeypatch.setattr("vital_fv.zoo.load_model", lambda *a, **k: tiny_spec)  # the atlas loads by name
+    assert cli.main(["visualize", "--method", "toy", "--class", "two", "--preset", "quick", "--brightness", "0.3",
+                     "--out", str(tmp_path / "cli"), "--name", "t", "--quiet"]) == 0, capsys.readouterr().err
+    rec = json.loads((tmp_path / "cli" / "t.json").read_text())
+    assert rec["spec"]["options"] == {"brightness": 0.3} and rec["loss"] == bright.record["loss"]
+    assert cli.main(["visualize", "--class", "two", "--brightness", "0.3", "--out", str(tmp_path / "x")]) == 2
+    assert "option 'brightness' does not apply to vital (only to toy)" in capsys.readouterr().err
+
+    job = tmp_path / "job"
+    assert cli.main(["atlas", "plan", "--model", "tiny", "--classes", "1,2", "--methods", "toy", "--preset",
+                     "quick", "--brightness", "0.3", "--out", str(job)]) == 0, capsys.readouterr().err
+    ledger = Ledger.open(job)
+    assert [it.spec["options"] for it in ledger.items()] == [{"brightness": 0.3}] * 2
+    ledger.close()
+    assert cli.main(["atlas", "run", str(job), "--device", "cpu", "--quiet"]) == 0, capsys.readouterr().err
+    made = json.loads((job / "images" / "tiny-2-two-toy-s0.json").read_text())
+    assert made["loss"] == bright.record["loss"] and made["spec"]["options"] == {"brightness": 0.3}
+    assert cli.main(["atlas", "plan", "--model", "tiny", "--classes", "1", "--methods", "fourier", "--brightness",
+                     "0.3", "--out", str(tmp_path / "job2")]) == 2
+    assert "option 'brightness' applies to none of --methods fourier (only to toy)" in capsys.readouterr().err

@@ -119,3 +119,20 @@ def test_bad_requests_get_specific_errors(tmp_path):
         P.disentangle(s, UnitTarget("act1", 0, (1, 1)), imgs, clusters=2, patch=16, progress=False)
     with pytest.raises(VitalError, match="unknown layer"):
         P.disentangle(s, UnitTarget("act9", 0), imgs, clusters=2, patch=16, progress=False)
+
+
+def test_run_disentangle_is_the_whole_command_and_goes_through_the_registry(tmp_path, monkeypatch):
+    from vital_fv import methods
+
+    called = []
+    real = methods.run_method
+    monkeypatch.setattr(methods, "run_method", lambda m, *a, **k: called.append(m) or real(m, *a, **k))
+    out = tmp_path / "out"
+    with pytest.raises(VitalError, match="unknown preset"):  # options before any work
+        P.run_disentangle(spec(), "act1:0", tmp_path / "none", out, preset="nope")
+    run = P.run_disentangle(spec(), "act1:0", pictures(tmp_path / "imgs", n=12), out, clusters=2, patch=16,
+                            n_refs=4, steps=3, preset="quick", progress=False)
+    assert called == ["vital"] and len(run.results) == 2 and sum(run.sizes()) == run.disentangled.params["patches"]
+    assert run.record == out / P.RECORD and (out / "cluster-1.png").is_file() and (out / "overview.png").is_file()
+    with pytest.raises(VitalError, match="--overwrite"):  # before the model or the images are touched
+        P.run_disentangle(spec(), "act1:0", tmp_path / "none", out)

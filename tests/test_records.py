@@ -176,6 +176,8 @@ def test_real_records_pass_the_schema(tmp_path):
      "field target.index: expected a non-negative integer, got bool"),
     ("target", {"kind": "shape", "index": 1}, "field target.kind: expected one of class, unit, direction"),
     ("target", {"kind": "unit", "layer": "act2"}, "field target.channel: missing"),
+    ("spec", {"runspec": 1, "model": {"name": "tiny"}, "targets": [], "method": "vital"}, "field spec.seeds: missing"),
+    ("spec", "vital visualize --class 1", "field spec: expected an object"),
 ])
 def test_the_issue_s_bad_records_are_named_with_their_field(tmp_path, field, value, words):
     (tmp_path / "bad.png").write_bytes(b"png")

@@ -175,12 +175,11 @@ class Circuit:
 def build_circuit(
     spec: Any, ranking: Ranking, mine_images: str | os.PathLike[str], top: int = 3, n_refs: int = 50,
     seed: int = 0, progress: bool = True, cache_dir: str | os.PathLike[str] | None = None, patch: int = 64,
-    **options: Any,
+    method: str = "vital", **options: Any,
 ) -> Circuit:
     """Visualize the ``top`` channels of ``ranking`` as units: references mined from ``mine_images`` (one scan for
-    all of them), VITAL with LRP in one batch (``options`` go to ``visualize_batch``)."""
-    from .methods import Job
-    from .methods.vital import visualize_batch
+    all of them), VITAL with LRP in one batch through the registry (``options`` go to ``methods.run_method``)."""
+    from .methods import Job, run_method
     from .references import mine_many, mined_references
 
     check_positive("--top", top)
@@ -189,13 +188,74 @@ def build_circuit(
     mined = mine_many(spec, units, mine_images, patch=patch, progress=progress, cache_dir=cache_dir)
     refs = [mined_references(m, k=n_refs) for m in mined]
     jobs = [Job(u, r, seed) for u, r in zip(units, refs, strict=True)]
-    results = visualize_batch(spec, jobs, progress=progress, **options)
+    results = run_method(method, spec, jobs, progress=progress, **options)
     shares = ranking.shares()
     for c, res in zip(channels, results, strict=True):
         res.record["circuit"] = {"class_index": ranking.class_index, "class_name": ranking.params["class_name"],
                                  "relevance": round(float(ranking.totals[c]), 6), "share": round(float(shares[c]), 6),
                                  "rank": channels.index(c) + 1}
     return Circuit(ranking, channels, results, refs, ablation(spec, ranking, channels, seed=seed))
+
+
+def run_circuit(
+    model: Any,
+    cls: int | str,
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    mine: str | os.PathLike[str] | None = None,
+    top: int = 3,
+    layer: str | None = None,
+    n_refs: int = 50,
+    patch: int = 64,
+    seed: int = 0,
+    preset: str = "paper",
+    steps: int | None = None,
+    lr: float | None = None,
+    relevance: str | None = "lrp",
+    device: str = "auto",
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> tuple[Circuit, Path]:
+    """``vital circuit`` as one call: rank the channels of ``layer`` for the class over ``images``, visualize the
+    ``top`` ones from patches mined in ``mine`` (default: ``images``) through the registry, and write the files of
+    ``save_circuit`` to ``out``; returns the circuit and its record's path. ``model``: a ``ModelSpec`` or a zoo
+    name (with ``weights``); ``cls``: a class index or name. Options and output files are checked before any work;
+    after a non-finite loss the last finite images are saved and a ``VitalError`` says so."""
+    import logging
+
+    from .device import frozen_on, resolve_device
+    from .methods import get_method, get_preset, keep_last_finite
+    from .result import ensure_writable_dir
+    from .targets import ClassTarget
+    from .zoo import ModelSpec, load_model
+
+    get_preset(get_method("vital"), preset, steps, lr)
+    check_positive("--top", top)
+    check_positive("--n-refs", n_refs)
+    folder = ensure_writable_dir(out)
+    refuse_overwrite([folder / RECORD, folder / "circuit.png"], overwrite)
+    spec = model if isinstance(model, ModelSpec) else load_model(model, weights)
+    index, name = ClassTarget(cls).resolve(spec.class_names, spec.class_synonyms)
+    with frozen_on(spec.module, resolve_device(device)):
+        ranking = rank_channels(spec, index, images, layer=layer, progress=progress, cache_dir=cache_dir)
+    shares = ranking.shares()
+    channels = ranking.order()[:top]
+    logging.getLogger("vital_fv").info(
+        f"{name} ({index}): top channels of {ranking.layer} over {ranking.params['image_count']} images: "
+        + ", ".join(f"#{c} {100 * shares[c]:.1f}%" for c in channels))
+    holder: dict[str, Circuit] = {}
+
+    def run() -> list[Result]:
+        holder["circuit"] = build_circuit(
+            spec, ranking, mine or images, top=top, n_refs=n_refs, seed=seed, progress=progress,
+            cache_dir=cache_dir, patch=patch, preset=preset, steps=steps, lr=lr, device=device, relevance=relevance)
+        return holder["circuit"].results
+
+    keep_last_finite(run, [folder / f"unit-{c}.png" for c in channels])
+    return holder["circuit"], save_circuit(holder["circuit"], folder, overwrite=overwrite)
 
 
 def save_circuit(circuit: Circuit, out: str | os.PathLike[str], patches: int = 3, overwrite: bool = False) -> Path:

@@ -96,15 +96,47 @@ class _Registry:
         self.methods: list[str] | None = None
         self.presets: list[str] | None = None
         self.descriptions: dict[str, str] = {}
+        self.options: dict[str, list[tuple[Any, Any]]] = {}  # declared method options by name, with their methods
         if load:
             from .methods import get_method, method_names, preset_names
+            from .methods.base import all_options
 
             self.methods, self.presets = method_names(), preset_names()
             self.descriptions = {m: get_method(m).description for m in self.methods}
+            self.options = all_options()
 
 
-def _optim_args(sp: argparse.ArgumentParser, reg: _Registry) -> None:
-    sp.add_argument("--preset", default="paper", choices=reg.presets, help="optimization preset (default paper)")
+def _method_option_args(sp: argparse.ArgumentParser, reg: _Registry) -> None:
+    """One flag per method option declared with a command-line spelling (``Method.options``: ``--spectrum`` for
+    MACO, ``--relevance`` for VITAL, a registered method's own); the light parse (no registry) leaves them to the
+    full one. A value the chosen method does not take is refused by ``RunSpec.check``, naming the methods that do."""
+    for name, declared in reg.options.items():
+        flags = [o for _, o in declared if o.flag]
+        if not flags:
+            continue
+        opt = flags[0]
+        kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+        helps = "; ".join(dict.fromkeys(o.help for o in flags if o.help))
+        if bool in kinds:
+            sp.add_argument(opt.flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helps)
+            continue
+        kind = int if int in kinds and float not in kinds else float if float in kinds else str
+        choices = [c for c in opt.choices if "_" not in str(c) or str(c).replace("_", "-") not in opt.choices] \
+            if opt.choices else None
+        if choices and "auto" in choices and opt.default == "auto":
+            choices.remove("auto")  # the default, by leaving the flag out
+        sp.add_argument(opt.flag, dest=name, type=kind, choices=choices, default=None, help=helps)
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options given on the command line (a flag left out is the method's default)."""
+    from .methods.base import all_options
+
+    return {name: getattr(args, name) for name in all_options() if getattr(args, name, None) is not None}
+
+
+def _optim_args(sp: argparse.ArgumentParser, reg: _Registry, default: str | None = "paper") -> None:
+    sp.add_argument("--preset", default=default, choices=reg.presets, help="optimization preset (default paper)")
     sp.add_argument("--steps", type=int, help="override the preset's step count")
     sp.add_argument("--lr", type=float, help="override the preset's learning rate")
 
@@ -116,37 +148,41 @@ def _relevance_arg(sp: argparse.ArgumentParser, default: str | None, what: str) 
 def _add_visualize(sub: Any, reg: _Registry) -> None:
     v = sub.add_parser("visualize", help="optimize a visualization of a class, unit or concept")
     _model_args(v)
-    what = v.add_mutually_exclusive_group(required=True)
+    what = v.add_mutually_exclusive_group()  # one of them, or --from
     what.add_argument("--class", dest="cls", help="class index or name (e.g. 967 or espresso)")
     what.add_argument("--unit", help="LAYER:CHANNEL or LAYER:CHANNEL@Y,X (a channel, or one neuron of it)")
     what.add_argument("--concept", help="FILE:INDEX, a concept from `vital concepts` (concepts.safetensors:3)")
+    what.add_argument("--objective", help="a sum of units and classes, terms joined by ' + ' / ' - ' with optional "
+                                          "N* factors: \"blocks.5.2:17 - blocks.5.2:3\", \"espresso - cup\" "
+                                          "(vital: references from --images DIR or --pool DIR, ranked by it)")
     src = v.add_mutually_exclusive_group()
     src.add_argument("--refs", nargs="+",
                      help="reference folder (a `vital mine` folder for units), or image files (default: bundled)")
     src.add_argument("--pool", help="unlabelled folder: use the N images the model rates most probable")
     src.add_argument("--images", help="units: mine the top --n-refs patches of this folder (cached), then visualize; "
                                       "concepts: its --n-refs crops that express the concept most")
-    _relevance_arg(v, None, "weight activations by their relevance for the target (default: lrp for units, none "
-                            "for classes)")
     v.add_argument("--use", choices=["patches", "images"], default="patches",
                    help="with --images: the mined patches (default) or their whole source images")
-    v.add_argument("--n-refs", type=int, default=50, help="number of reference images (default 50)")
+    v.add_argument("--n-refs", type=int, help="number of reference images (default 50)")
     _reference_args(v)
-    _optim_args(v, reg)
+    _optim_args(v, reg, None)  # None: paper, unless --from gives the record's
     v.add_argument("--layers", type=_names, help="comma-separated layer names (default: the model's preset)")
     v.add_argument("--layer-weights", type=_floats, help="comma-separated loss weights, one per layer")
     v.add_argument("--size", type=int, help="generated resolution (default: the model's input size)")
     v.add_argument("--no-class-token", action="store_true",
                    help="ViTs: leave the class token out of the matched token distributions")
-    v.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds, one image each (default 0)")
+    v.add_argument("--seeds", type=_ints, help="comma-separated seeds, one image each (default 0)")
     v.add_argument("--out", default="out", help="output folder (default out/)")
     v.add_argument("--name", help="file name stem (default MODEL-CLASS-sSEED)")
     v.add_argument("--alpha-percentile", type=float, default=98.0,
                    help="transparency map: clip at this percentile before scaling (default 98)")
     v.add_argument("--no-cache", action="store_true", help="neither read nor write cached prototypes")
-    v.add_argument("--method", default="vital", choices=reg.methods,
+    v.add_argument("--method", choices=reg.methods,
                    help="; ".join(f"{m}: {d}" for m, d in reg.descriptions.items()) + " (default vital)")
-    v.add_argument("--spectrum", help="maco: magnitude spectrum file from `vital spectrum` (default: the shipped one)")
+    _method_option_args(v, reg)
+    v.add_argument("--from", dest="from_record", metavar="RECORD.json",
+                   help="make a result again from its record (its model, target, seed, references, method and "
+                        "options); with --out, --name, --device, --overwrite, --quiet only")
     v.add_argument("--batch", type=_positive, help="number of images (seeds 0..N-1), e.g. 64 for deepinversion")
     _run_args(v, "prototype and mining cache folder")
 
@@ -262,6 +298,7 @@ def _add_atlas(sub: Any, reg: _Registry) -> None:
     pl.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     pl.add_argument("--n-refs", type=int, default=50, help="references per target (default 50)")
     _reference_args(pl)
+    _method_option_args(pl, reg)  # the methods' own options, as on `vital visualize`, stored in each item
     pl.add_argument("--shard-size", type=int, default=256, help="images per mining shard (default 256)")
     pl.add_argument("--patch", type=int, default=64, help="mining patch size in px at the model's input scale")
     pl.add_argument("--out", required=True, help="the job folder (atlas.sqlite, images/)")
@@ -414,6 +451,8 @@ def _check_options(args: argparse.Namespace) -> None:
     for device in [get("device"), *(get("devices") or [])]:
         options.check_device_name(device)
     options.check_name(get("name"))
+    if get("objective") is not None:
+        options.split_objective(get("objective"))
     options.check_layer_weights(get("layers"), get("layer_weights"))
     if get("alpha_percentile") is not None:
         options.check_alpha_percentile(get("alpha_percentile"))
@@ -446,7 +485,8 @@ def _main(argv: list[str], stops: list[int]) -> int:
 
     if not {"-h", "--help"} & set(argv):  # help lists the registry's choices: it needs the full parser
         try:
-            _check_options(build_parser(registry=False).parse_args(argv))
+            # method flags come from the registry: the full parse below judges them
+            _check_options(build_parser(registry=False).parse_known_args(argv)[0])
         except VitalError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -500,29 +540,60 @@ def _relevance(args: argparse.Namespace) -> str | None:
     return None if args.relevance == "none" else args.relevance.replace("-", "_")
 
 
-def cmd_visualize(args: argparse.Namespace) -> int:
-    from .api import visualize
+# Given with --from, these would be silently ignored: refused instead (the record says what the run was).
+_NOT_WITH_FROM = ("cls", "unit", "objective", "concept", "refs", "pool", "images", "method", "preset", "steps", "lr",
+                  "size",
+                  "layers", "layer_weights", "seeds", "batch", "n_refs", "augment", "weights")
+
+
+def _run_spec(args: argparse.Namespace) -> Any:
+    """The ``RunSpec`` of ``vital visualize``'s arguments; None for ``--from`` (other run flags refused)."""
     from .concepts import load_concepts
+    from .runspec import References, RunSpec, as_target
     from .targets import UnitTarget
 
+    if args.from_record:
+        given = [k for k in _NOT_WITH_FROM if getattr(args, k, None) not in (None, False, [0])]
+        given += list(_method_options(args))
+        if given:
+            flag = "--" + ("class" if given[0] == "cls" else given[0].replace("_", "-"))
+            raise VitalError(f"--from makes the recorded run again: drop {flag} (only --out, --name, --device, "
+                             "--overwrite and --quiet go with it)")
+        return None  # api.rerun: the record's run (an atlas item with its batch)
     if args.unit:
-        target: Any = UnitTarget.parse(args.unit)
+        targets: list[Any] = [UnitTarget.parse(args.unit)]
+    elif args.objective:
+        from .objectives import parse
+
+        targets = [parse(args.objective)]
     elif args.concept:
-        target = load_concepts(args.concept)
+        targets = load_concepts(args.concept)
+    elif args.cls is not None:
+        targets = [as_target(args.cls)]
     else:
-        target = args.cls
+        raise VitalError("give what to visualize: --class, --unit, --objective or --concept (or --from RECORD.json)")
+    seeds = args.seeds if args.seeds is not None else [0]
+    return RunSpec(
+        args.model, tuple(targets),
+        References.given(args.refs, pool=args.pool, images=args.images, n=args.n_refs if args.n_refs else 50,
+                         augment=args.augment, crops=args.crops, weighting=args.ref_weighting, use=args.use),
+        method=args.method or "vital", preset=args.preset or "paper", steps=args.steps, lr=args.lr, size=args.size,
+        layers=args.layers, layer_weights=args.layer_weights, class_token=False if args.no_class_token else None,
+        options=_method_options(args), seeds=list(range(args.batch)) if args.batch else seeds, device=args.device,
+        weights=args.weights, cache=not args.no_cache, cache_dir=args.cache_dir, out=args.out, name=args.name,
+        overwrite=args.overwrite, alpha_percentile=args.alpha_percentile, progress=not args.quiet)
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .api import rerun, run
+
     start = time.perf_counter()
-    results = visualize(
-        args.model, target, args.refs, weights=args.weights, method=args.method, preset=args.preset,
-        seeds=list(range(args.batch)) if args.batch else args.seeds, steps=args.steps, lr=args.lr, size=args.size,
-        device=args.device, n_refs=args.n_refs, pool=args.pool, images=args.images, augment=args.augment,
-        crops=args.crops, ref_weighting=args.ref_weighting, use=args.use, layers=args.layers,
-        layer_weights=args.layer_weights,
-        relevance=args.relevance or "auto",
-        class_token=False if args.no_class_token else None, spectrum=args.spectrum, cache=not args.no_cache,
-        cache_dir=args.cache_dir, out=args.out, name=args.name, overwrite=args.overwrite,
-        alpha_percentile=args.alpha_percentile, progress=not args.quiet,
-    )
+    spec = _run_spec(args)
+    if spec is None:
+        results = [rerun(args.from_record, out=args.out, name=args.name, overwrite=args.overwrite,
+                         device=None if args.device == "auto" else args.device, progress=not args.quiet)]
+    else:
+        results = run(spec)
     with hold_signals():  # the files are written: a late Ctrl-C must not turn the report into a false one
         for r in results:
             _report_saved(r, r.path)
@@ -537,9 +608,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from .features import layer_shapes
-    from .zoo import EMBEDDED_MODELS, load_model
+    from .zoo import embedded_models, load_model
 
-    if args.weights is None and args.model not in EMBEDDED_MODELS:
+    if args.weights is None and args.model not in embedded_models():
         spec = load_model(args.model, random_init=True)  # names and shapes need no weights
     else:
         spec = _load(args)
@@ -577,114 +648,64 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_concepts(args: argparse.Namespace) -> int:
-    from .concepts import CONCEPTS_FILE, CONCEPTS_RECORD, extract_concepts, save_concepts
-    from .device import frozen_on, resolve_device
-    from .result import refuse_overwrite
-    from .targets import ClassTarget
+    from .concepts import run_concepts
 
-    out = Path(args.out)
-    refuse_overwrite([out / CONCEPTS_FILE, out / CONCEPTS_RECORD], args.overwrite)
-    spec = _load(args)
-    index, name = ClassTarget(args.cls).resolve(spec.class_names, spec.class_synonyms)
-    with frozen_on(spec.module, resolve_device(args.device)):
-        concepts = extract_concepts(spec, index, args.images, n_concepts=args.n_concepts, layer=args.layer,
-                                    patch=args.patch, stride=args.stride, top=args.top, nb_design=args.nb_design,
-                                    sobol_images=args.sobol_images or None, seed=args.seed,
-                                    progress=not args.quiet, cache_dir=args.cache_dir, class_name=name)
-    path = save_concepts(concepts, out, overwrite=args.overwrite)
+    concepts, path = run_concepts(
+        args.model, args.cls, args.images, args.out, weights=args.weights, n_concepts=args.n_concepts,
+        layer=args.layer, patch=args.patch, stride=args.stride, top=args.top, nb_design=args.nb_design,
+        sobol_images=args.sobol_images or None, seed=args.seed, device=args.device, progress=not args.quiet,
+        cache_dir=args.cache_dir, overwrite=args.overwrite)
     p = concepts.params
-    print(f"{path}: {p['n_concepts']} concepts of {name} ({index}) at {p['layer']} from {p['crops']} crops of "
-          f"{p['image_count']} images (NMF error {p['nmf']['relative_error']:.2f}, head {p['head']})")
+    print(f"{path}: {p['n_concepts']} concepts of {p['class_name']} ({p['class_index']}) at {p['layer']} from "
+          f"{p['crops']} crops of {p['image_count']} images (NMF error {p['nmf']['relative_error']:.2f}, head "
+          f"{p['head']})")
     for i, imp in enumerate(concepts.importance.tolist()):
         print(f"  concept {i}: importance {imp:.3f}")
-    print(f"contact sheet {out / 'contact_sheet.png'}; visualize one: vital visualize --model {spec.name} "
-          f"--concept {path}:0")
+    print(f"contact sheet {Path(args.out) / 'contact_sheet.png'}; visualize one: vital visualize --model "
+          f"{p['model']} --concept {path}:0")
     return 0
 
 
 def _vital_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"preset": args.preset, "steps": args.steps, "lr": args.lr, "device": args.device,
-            "relevance": _relevance(args)}
-
-
-def _keep_on_nonfinite(run: Callable[[], list[Result]], pngs: list[Path]) -> list[Result]:
-    """Run the visualizations; after a non-finite loss keep the last finite images and stop with an error."""
-    from .methods import NonFiniteLossError
-
-    try:
-        return run()
-    except NonFiniteLossError as exc:
-        for r, png in zip(exc.results, pngs, strict=True):
-            r.save(png, overwrite=True)
-        raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
+            "relevance": _relevance(args), "seed": args.seed, "patch": args.patch, "progress": not args.quiet,
+            "cache_dir": args.cache_dir, "overwrite": args.overwrite, "weights": args.weights}
 
 
 def cmd_disentangle(args: argparse.Namespace) -> int:
-    from . import polysemantic
-    from .device import frozen_on, resolve_device
-    from .result import ensure_writable_dir, refuse_overwrite
-    from .targets import UnitTarget
+    from .polysemantic import run_disentangle
 
-    out = ensure_writable_dir(args.out)
-    refuse_overwrite([out / polysemantic.RECORD, out / "overview.png"], args.overwrite)
-    spec = _load(args)
-    unit = UnitTarget.parse(args.unit)
-    with frozen_on(spec.module, resolve_device(args.device)):
-        dis = polysemantic.disentangle(
-            spec, unit, args.images, clusters=args.clusters, patches=args.patches, per_image=args.per_image,
-            cluster_layer=args.cluster_layer, patch=args.patch, stride=args.stride, seed=args.seed,
-            progress=not args.quiet, cache_dir=args.cache_dir)
-    sizes = [len(dis.members(c)) for c in range(dis.n_clusters)]
-    print(f"{unit.label()}: {dis.params['patches']} top patches of {dis.params['image_count']} images in "
-          f"{dis.n_clusters} clusters of {', '.join(map(str, sizes))}; visualizing each", file=sys.stderr)
-    results = _keep_on_nonfinite(
-        lambda: polysemantic.visualize_clusters(spec, dis, top=args.n_refs, seed=args.seed, progress=not args.quiet,
-                                                **_vital_options(args)),
-        [out / f"cluster-{c}.png" for c in range(dis.n_clusters)])
-    record = polysemantic.save_disentangled(dis, results, out, top=args.n_refs, overwrite=args.overwrite)
-    for c, r in enumerate(results):
-        print(f"{out / f'cluster-{c}.png'}  [{r.status}] {sizes[c]} patches, unit value "
-              f"{r.record['target'].get('value'):.3g}; patches {out / f'cluster-{c}-patches.png'}")
-    print(f"{record}; side by side: {out / 'overview.png'}")
-    return _exit_code(results)
+    run = run_disentangle(
+        args.model, args.unit, args.images, args.out, clusters=args.clusters, patches=args.patches,
+        per_image=args.per_image, cluster_layer=args.cluster_layer, stride=args.stride, n_refs=args.n_refs,
+        **_vital_options(args))
+    sizes = run.sizes()
+    for c, r in enumerate(run.results):
+        print(f"{run.out / f'cluster-{c}.png'}  [{r.status}] {sizes[c]} patches, unit value "
+              f"{r.record['target'].get('value'):.3g}; patches {run.out / f'cluster-{c}-patches.png'}")
+    print(f"{run.record}; side by side: {run.out / 'overview.png'}")
+    return _exit_code(run.results)
 
 
 def cmd_circuit(args: argparse.Namespace) -> int:
-    from . import circuits
-    from .device import frozen_on, resolve_device
-    from .result import ensure_writable_dir, refuse_overwrite
-    from .targets import ClassTarget
+    from .circuits import run_circuit
 
-    out = ensure_writable_dir(args.out)
-    refuse_overwrite([out / circuits.RECORD, out / "circuit.png"], args.overwrite)
-    spec = _load(args)
-    index, name = ClassTarget(args.cls).resolve(spec.class_names, spec.class_synonyms)
-    with frozen_on(spec.module, resolve_device(args.device)):
-        ranking = circuits.rank_channels(spec, index, args.images, layer=args.layer, progress=not args.quiet,
-                                         cache_dir=args.cache_dir)
-    shares = ranking.shares()
-    top = ranking.order()[: args.top]
-    print(f"{name} ({index}): top channels of {ranking.layer} over {ranking.params['image_count']} images: "
-          + ", ".join(f"#{c} {100 * shares[c]:.1f}%" for c in top), file=sys.stderr)
-    holder: dict[str, Any] = {}
-
-    def run() -> list[Result]:
-        holder["circuit"] = circuits.build_circuit(
-            spec, ranking, args.mine or args.images, top=args.top, n_refs=args.n_refs, seed=args.seed,
-            progress=not args.quiet, cache_dir=args.cache_dir, patch=args.patch, **_vital_options(args))
-        return holder["circuit"].results
-
-    results = _keep_on_nonfinite(run, [out / f"unit-{c}.png" for c in top])
-    record = circuits.save_circuit(holder["circuit"], out, overwrite=args.overwrite)
-    for c, r in zip(top, results, strict=True):
+    circuit, record = run_circuit(
+        args.model, args.cls, args.images, args.out, mine=args.mine, top=args.top, layer=args.layer,
+        n_refs=args.n_refs, **_vital_options(args))
+    out = Path(args.out)
+    shares = circuit.ranking.shares()
+    name = circuit.ranking.params["class_name"]
+    for c, r in zip(circuit.channels, circuit.results, strict=True):
         print(f"{out / f'unit-{c}.png'}  [{r.status}] channel {c}: share {100 * shares[c]:.1f}%, unit value "
               f"{r.record['target'].get('value'):.3g}")
-    abl = holder["circuit"].ablation
-    print(f"zeroing these {len(top)} channels lowers the {name} logit by {abl['drop_top']:.3g} on average (mean "
-          f"logit {abl['logit_mean']:.3g}; {len(top)} random channels: {abl['drop_random_mean']:.3g} ± "
+    abl = circuit.ablation
+    k = len(circuit.channels)
+    print(f"zeroing these {k} channels lowers the {name} logit by {abl['drop_top']:.3g} on average (mean "
+          f"logit {abl['logit_mean']:.3g}; {k} random channels: {abl['drop_random_mean']:.3g} ± "
           f"{abl['drop_random_std']:.2g})")
     print(f"{record}; figure: {out / 'circuit.png'}")
-    return _exit_code(results)
+    return _exit_code(circuit.results)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -731,7 +752,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
             pool=args.pool, images=args.images, methods=args.methods, preset=args.preset, seeds=args.seeds,
             steps=args.steps, lr=args.lr, n_refs=args.n_refs, augment=args.augment, crops=args.crops,
             ref_weighting=args.ref_weighting, shard_size=args.shard_size, patch=args.patch,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, options=_method_options(args))
         counts, plan = ledger.counts(), ledger.plan
         ledger.close()
         print(f"{args.out}: {sum(counts.values())} items ({', '.join(plan['methods'])}; seeds "

@@ -303,6 +303,44 @@ def save_concepts(concepts: Concepts, out: str | os.PathLike[str], overwrite: bo
     return out / CONCEPTS_FILE
 
 
+def run_concepts(
+    model: Any,
+    cls: int | str,
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    n_concepts: int = 10,
+    layer: str | None = None,
+    patch: int = 64,
+    stride: int | None = None,
+    top: int = 10,
+    nb_design: int = 32,
+    sobol_images: int | None = 100,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> tuple[Concepts, Path]:
+    """``vital concepts`` as one call: CRAFT concepts of the class (``extract_concepts``) written to ``out``
+    (``save_concepts``); returns them and the ``concepts.safetensors`` path. ``model``: a ``ModelSpec`` or a zoo
+    name (with ``weights``); ``cls``: a class index or name. The output files are checked before any work."""
+    from .device import frozen_on, resolve_device
+    from .targets import ClassTarget
+    from .zoo import ModelSpec, load_model
+
+    folder = Path(out)
+    refuse_overwrite([folder / CONCEPTS_FILE, folder / CONCEPTS_RECORD], overwrite)
+    spec = model if isinstance(model, ModelSpec) else load_model(model, weights)
+    index, name = ClassTarget(cls).resolve(spec.class_names, spec.class_synonyms)
+    with frozen_on(spec.module, resolve_device(device)):
+        concepts = extract_concepts(spec, index, images, n_concepts=n_concepts, layer=layer, patch=patch,
+                                    stride=stride, top=top, nb_design=nb_design, sobol_images=sobol_images or None,
+                                    seed=seed, progress=progress, cache_dir=cache_dir, class_name=name)
+    return concepts, save_concepts(concepts, folder, overwrite=overwrite)
+
+
 def labelled_sheet(rows: Sequence[tuple[str, Sequence[torch.Tensor]]], tile: int = 96):  # noqa: ANN201 - PIL image
     """One labelled row of tiles per group (concepts, clusters), stacked vertically."""
     from PIL import Image, ImageDraw

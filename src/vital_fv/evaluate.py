@@ -434,7 +434,7 @@ def _write_tables(rows: list[dict[str, Any]], items: list[Item], out_dir: Path, 
     w.writerow(["file", "model", "method", "target", "seed", *keys])
     for it in items:
         t = it.record["target"]
-        label = t.get("name") if it.kind == "class" else f"{t.get('layer')}:{t.get('channel')}"
+        label = t.get("name") if it.kind in ("class", "objective") else f"{t.get('layer')}:{t.get('channel')}"
         w.writerow([str(it.path), it.model, it.method, label, it.record.get("seed"),
                     *[it.scores.get(k, "") for k in keys]])
     write(out_dir / "items.csv", buf.getvalue().encode())

@@ -125,3 +125,65 @@ def check_numbers(option: str, values: object, what: str) -> None:
     if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence)
             or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)):
         raise VitalError(f"{option} must be {what}, got {type(values).__name__} {values!r:.60}")
+
+
+def check_reference_source(given: Sequence[str], kinds: Sequence[str], needs_references: bool = True) -> None:
+    """Where references may come from for these target kinds ("class", "unit", "neuron", "direction", "concept",
+    "objective"),
+    named as the flags a user gave (``refs``, ``pool``, ``images``; none: the default source): one source, a pool
+    only for classes, a folder to mine only for units and concepts, a unit's own references where none is given.
+    The one place these refusals are written (``RunSpec.check``, ``references.resolve``)."""
+    if len(given) > 1:
+        raise VitalError(f"give one reference source, not {' and '.join('--' + g for g in given)}")
+    kinds = set(kinds)
+    if "pool" in given and kinds - {"class", "objective"}:  # a pool is ranked by a class or an objective
+        raise VitalError("--pool ranks images by a class's probability: for a unit or concept give --images DIR "
+                         "(its top patches or crops) or --refs FOLDER from `vital mine`")
+    if "images" in given and kinds & {"class", "direction"}:
+        raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or --pool "
+                         "DIR for a class")
+    if needs_references and not given and kinds & {"unit", "neuron"}:
+        raise VitalError("a VITAL visualization of a unit needs the unit's references: --images DIR (mines them) "
+                         "or --refs FOLDER from `vital mine`")
+    if needs_references and not given and "objective" in kinds:
+        raise VitalError("a VITAL visualization of an objective needs references ranked by it: --images DIR (mines "
+                         "its top patches) or --pool DIR (its top images), or --refs FOLDER")
+_OBJECTIVE_HELP = ("write terms joined by ' + ' or ' - ' (spaces around), each a unit LAYER:CHANNEL[@Y,X] or a class "
+                   "name or index, with an optional NUMBER* factor: e.g. \"blocks.5.2:17 - blocks.5.2:3\", "
+                   "\"espresso - cup\", \"2*blocks.5.2:17 + blocks.5.2:3\"")
+
+
+def split_objective(text: object) -> list[tuple[float, str]]:
+    """``--objective``'s terms as (weight, term text), checked before any work (``objectives.parse`` builds them)."""
+    if not isinstance(text, str) or not text.strip():
+        raise VitalError(f"--objective is empty: {_OBJECTIVE_HELP}")
+    body = text.strip()
+    sign = 1.0
+    if body.startswith("-") and not body[1:2].isdigit():  # a leading minus; "-3" alone is no class
+        sign, body = -1.0, body[1:].lstrip()
+    parts = re.split(r"\s+([+-])\s+", body)
+    out = []
+    for i in range(0, len(parts), 2):
+        op = 1.0 if i == 0 else (1.0 if parts[i - 1] == "+" else -1.0)
+        term = parts[i].strip()
+        factor, star, rest = term.partition("*")
+        weight = 1.0
+        if star:
+            try:
+                weight = float(factor)
+            except ValueError:
+                raise VitalError(f"--objective: cannot read the factor '{factor.strip()}' of '{term}': "
+                                 f"{_OBJECTIVE_HELP}") from None
+            if not math.isfinite(weight):
+                raise VitalError(f"--objective: the factor of '{term}' must be a finite number")
+            term = rest.strip()
+        if not term or term in "+-" or "*" in term:
+            raise VitalError(f"--objective: cannot read '{text}': {_OBJECTIVE_HELP}")
+        if ":" in term:
+            head, _, pos = term.partition("@")
+            layer, _, ch = head.rpartition(":")
+            if not layer or not ch.strip().isdigit() or (pos and not re.fullmatch(r"\d+(,\d+)*", pos.strip())):
+                raise VitalError(f"--objective: cannot read the unit '{term}': write LAYER:CHANNEL or "
+                                 "LAYER:CHANNEL@Y,X (e.g. blocks.5.2:17)")
+        out.append(((sign if i == 0 else 1.0) * op * weight, term))
+    return out

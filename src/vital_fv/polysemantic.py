@@ -198,14 +198,85 @@ def overview(dis: Disentangled, results: Sequence[Result], patches: int = 5) -> 
     return buf.getvalue()
 
 
-def visualize_clusters(spec: Any, dis: Disentangled, top: int = 50, seed: int = 0, **options: Any) -> list[Result]:
-    """VITAL for the unit once per cluster, each with the cluster's ``top`` patches as references (one batch)."""
-    from .methods import Job
-    from .methods.vital import visualize_batch
+def visualize_clusters(spec: Any, dis: Disentangled, top: int = 50, seed: int = 0, method: str = "vital",
+                       **options: Any) -> list[Result]:
+    """VITAL (or another registered method that takes references) for the unit once per cluster, each with the
+    cluster's ``top`` patches as references, in one batch through the registry (``methods.run_method``)."""
+    from .methods import Job, run_method
 
     jobs = [Job(dis.unit, dis.references(c, top), seed) for c in range(dis.n_clusters)]
-    results = visualize_batch(spec, jobs, **options)
+    results = run_method(method, spec, jobs, **options)
     for c, r in enumerate(results):
         r.record["cluster"] = {"index": c, "size": len(dis.members(c)), "disentangle": dis.params}
     return results
 
+
+
+@dataclass
+class DisentangleRun:
+    """What ``run_disentangle`` made: the clusters, one result per cluster, and where the record is."""
+
+    disentangled: Disentangled
+    results: list[Result]
+    record: Path
+    out: Path
+
+    def sizes(self) -> list[int]:
+        return [len(self.disentangled.members(c)) for c in range(self.disentangled.n_clusters)]
+
+
+def run_disentangle(
+    model: Any,
+    unit: UnitTarget | str,
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    clusters: int = 3,
+    patches: int = 1000,
+    per_image: int | None = None,
+    cluster_layer: str | None = None,
+    patch: int = 64,
+    stride: int | None = None,
+    n_refs: int = 50,
+    seed: int = 0,
+    preset: str = "paper",
+    steps: int | None = None,
+    lr: float | None = None,
+    relevance: str | None = "lrp",
+    device: str = "auto",
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> DisentangleRun:
+    """``vital disentangle`` as one call: the unit's top patches of ``images`` clustered, VITAL once per cluster
+    (through the registry), and the files of ``save_disentangled`` in ``out``. ``model``: a ``ModelSpec`` or a zoo
+    name (with ``weights``); ``unit``: a ``UnitTarget`` or ``LAYER:CHANNEL``. Options and output files are checked
+    before any work; after a non-finite loss the last finite images are saved and a ``VitalError`` says so."""
+    import logging
+
+    from .device import frozen_on, resolve_device
+    from .methods import get_method, get_preset, keep_last_finite
+    from .result import ensure_writable_dir
+    from .zoo import ModelSpec, load_model
+
+    get_preset(get_method("vital"), preset, steps, lr)
+    check_positive("--n-refs", n_refs)
+    unit = UnitTarget.parse(unit) if isinstance(unit, str) else unit
+    folder = ensure_writable_dir(out)
+    refuse_overwrite([folder / RECORD, folder / "overview.png"], overwrite)
+    spec = model if isinstance(model, ModelSpec) else load_model(model, weights)
+    with frozen_on(spec.module, resolve_device(device)):
+        dis = disentangle(spec, unit, images, clusters=clusters, patches=patches, per_image=per_image,
+                          cluster_layer=cluster_layer, patch=patch, stride=stride, seed=seed, progress=progress,
+                          cache_dir=cache_dir)
+    sizes = [len(dis.members(c)) for c in range(dis.n_clusters)]
+    logging.getLogger("vital_fv").info(
+        f"{unit.label()}: {dis.params['patches']} top patches of {dis.params['image_count']} images in "
+        f"{dis.n_clusters} clusters of {', '.join(map(str, sizes))}; visualizing each")
+    results = keep_last_finite(
+        lambda: visualize_clusters(spec, dis, top=n_refs, seed=seed, progress=progress, preset=preset, steps=steps,
+                                   lr=lr, device=device, relevance=relevance),
+        [folder / f"cluster-{c}.png" for c in range(dis.n_clusters)])
+    record = save_disentangled(dis, results, folder, top=n_refs, overwrite=overwrite)
+    return DisentangleRun(dis, results, record, folder)

@@ -122,6 +122,7 @@ TARGETS: dict[str, Check] = {
     "class": struct({"index": INDEX, "name": STR}),
     "unit": struct({"layer": STR, "channel": INDEX}, {"position": nullable(list_of(INDEX)), "value": NUMBER}),
     "direction": struct({"layer": STR, "name": STR}),
+    "objective": struct({"name": STR}, {"value": NUMBER}),  # a combination or a custom callable (objectives)
 }
 
 
@@ -151,6 +152,10 @@ RECORD = struct(
         "image_spectrum": struct({}, {"slope": NUMBER, "hf_share": NUMBER}),
         "layers": struct({}, {"layers": list_of(STR)}),
         "relevance": nullable(struct({}, {"method": nullable(STR)})),
+        # the run that made it (``runspec.RunSpec.to_json``; absent in records made before): its own checks run
+        # when it is read back (``RunSpec.from_record``)
+        "spec": struct({"runspec": INT, "model": struct({"name": NAME}), "targets": list_of(OBJECT),
+                        "method": NAME, "seeds": list_of(INT)}, {"references": OBJECT, "options": OBJECT}),
     },
 )
 

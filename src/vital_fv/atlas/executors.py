@@ -18,7 +18,6 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import VitalError
@@ -244,21 +243,3 @@ class LocalWorkers:
         self._results.cancel_join_thread()
         self._workers.clear()
         self._busy.clear()
-
-
-def make_executor(plan: dict[str, Any], folder: Path, *, workers: int | None, devices: Sequence[str] | None,
-                  ray: str | None, device: str, progress: bool) -> Executor:
-    """The executor a ``vital atlas run`` asks for: ``--ray``, ``--workers``, or this process."""
-    if ray is not None:
-        from .raycluster import RayWorkers
-
-        return RayWorkers(plan, folder, address=ray, workers=workers or 1, devices=devices)
-    if workers:
-        return LocalWorkers(plan, folder, workers, devices or [device])
-    if device == "auto" and not devices:  # "this machine, all its devices": one worker per GPU when there are several
-        import torch
-
-        if torch.cuda.device_count() > 1:
-            gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-            return LocalWorkers(plan, folder, len(gpus), gpus)
-    return InProcess(plan, folder, (devices or [device])[0], progress)

@@ -14,19 +14,16 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..db import connect, transaction
 from ..db import create as create_db
+from ..db import transaction
 from ..errors import VitalError
+from ..jobs import LEDGER_FILE, MINE, SCHEMA_VERSION, open_ledger, read_plan, read_rows
 
-MINE = "mine"  # the method name of mining shard items (``atlas.mining``): they run before all others
-
-SCHEMA_VERSION = 1
-LEDGER_FILE = "atlas.sqlite"
 LOCK_FILE = "driver.lock"
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -38,7 +35,9 @@ CREATE TABLE IF NOT EXISTS items (
     label TEXT NOT NULL,           -- what a person reads: "967 espresso", "blocks.5.2:17"
     method TEXT NOT NULL,
     seed INTEGER NOT NULL,
-    refs TEXT,                     -- the reference source (a folder, "bundled", "pool:DIR", "images:DIR") or NULL
+    refs TEXT,                     -- what a person reads of the reference source (a folder, "bundled", "pool:DIR",
+                                   -- "mined:DIR") or NULL; the worker reads the spec
+    spec TEXT,                     -- JSON: the item's RunSpec (runspec.RunSpec.to_json; NULL for mining shards)
     stem TEXT NOT NULL UNIQUE,     -- output files images/STEM.png (+ .json ...): one copy per item
     status TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -68,6 +67,7 @@ class Item:
     stem: str
     status: str
     attempts: int
+    spec: dict[str, Any] | None = None  # the run description (``RunSpec`` JSON); None: a shard, or a version 1 job
 
 
 class Ledger:
@@ -96,9 +96,9 @@ class Ledger:
             con.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)), ("plan", json.dumps(plan)), ("created", str(time.time()))])
             con.executemany(
-                "INSERT INTO items (target, label, method, seed, refs, stem) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO items (target, label, method, seed, refs, stem, spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(json.dumps(it["target"], sort_keys=True), it["label"], it["method"], it["seed"], it.get("refs"),
-                  it["stem"]) for it in items])
+                  it["stem"], json.dumps(it["spec"]) if it.get("spec") is not None else None) for it in items])
 
         try:
             create_db(path, _SCHEMA, fill)  # the job appears complete or not at all
@@ -109,27 +109,7 @@ class Ledger:
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str]) -> Ledger:
-        folder = Path(folder)
-        path = folder / LEDGER_FILE
-        if not path.is_file():
-            raise VitalError(f"{folder} is not an atlas job (no {LEDGER_FILE}): make one with `vital atlas plan ... "
-                             f"--out {folder}`")
-        try:
-            con = connect(path)
-            version = int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-        except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
-            raise VitalError(f"cannot read the atlas ledger {path}: {exc}") from None
-        if version > SCHEMA_VERSION:
-            con.close()
-            raise VitalError(f"the atlas job {folder} was made by a newer vital-fv (ledger version {version}, this "
-                             f"one reads up to {SCHEMA_VERSION}): upgrade vital-fv")
-        columns = {r[1] for r in con.execute("PRAGMA table_info(items)")}
-        if "digests" not in columns:  # a job made before the files' hashes were recorded: its items get them
-            # when they are made (again); an older vital-fv reads the rows by column name as before. A read-only
-            # job stays as it is: read without hashes (``rows`` gives every item digests None)
-            with suppress(sqlite3.OperationalError):
-                con.execute("ALTER TABLE items ADD COLUMN digests TEXT")
-        return cls(folder, con)
+        return cls(Path(folder), open_ledger(folder))
 
     def close(self) -> None:
         self._con.close()
@@ -137,7 +117,7 @@ class Ledger:
     # ---------------------------------------------------------------------------------------------- reading
     @property
     def plan(self) -> dict[str, Any]:
-        return json.loads(self._con.execute("SELECT value FROM meta WHERE key = 'plan'").fetchone()[0])
+        return read_plan(self._con)
 
     def meta(self, key: str) -> Any:
         """A JSON value the driver stored under ``key`` (None if absent), e.g. ``batch``: the batch size chosen."""
@@ -154,7 +134,7 @@ class Ledger:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every item with all its columns (for status and the gallery)."""
-        return [{"digests": None, **dict(r)} for r in self._con.execute("SELECT * FROM items ORDER BY id")]
+        return read_rows(self._con)
 
     def counts(self) -> dict[str, int]:
         found = dict(self._con.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
@@ -162,8 +142,9 @@ class Ledger:
 
     @staticmethod
     def _item(r: sqlite3.Row) -> Item:
+        spec = r["spec"] if "spec" in r.keys() else None  # noqa: SIM118 (a Row's `in` looks at values)
         return Item(r["id"], json.loads(r["target"]), r["label"], r["method"], r["seed"], r["refs"], r["stem"],
-                    r["status"], r["attempts"])
+                    r["status"], r["attempts"], json.loads(spec) if spec else None)
 
     # ---------------------------------------------------------------------------------------------- writing
     def _transaction(self) -> Any:

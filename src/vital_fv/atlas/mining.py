@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import VitalError
+from ..references.mining import merge_shards
 from ..result import atomic_write_bytes
 from .ledger import MINE  # noqa: F401  (re-exported: the shard items' method name)
 
@@ -58,27 +58,4 @@ def mine_shard(spec: Any, units: Sequence[Any], file_list: str | os.PathLike[str
     return out
 
 
-def merged(job_layer_dir: str | os.PathLike[str], unit: Any) -> Any:
-    """``unit``'s ``MiningResult`` over every shard of its layer (all must be done)."""
-    from ..references import MiningResult
-
-    folder = Path(job_layer_dir)
-    lists = sorted(folder.glob("shard-*.txt"))
-    entries: dict[str, dict[str, Any]] = {}
-    params: dict[str, Any] = {}
-    key = ""
-    for lst in lists:
-        result = lst.with_suffix(".json")
-        if not result.is_file():
-            raise VitalError(f"shard {result.stem} of {folder.name} has not been mined yet: run the job to the end")
-        found = json.loads(result.read_text())["units"].get(unit.label())
-        if found is None:
-            raise VitalError(f"{unit.label()} was not mined in {folder}: plan the job with it")
-        for e in found["entries"]:
-            entries.setdefault(e["sha256"], e)  # one entry per image content, whichever shard saw it
-        params, key = found["params"], found["key"]
-    if not lists:
-        raise VitalError(f"no shards in {folder}")
-    images = sum(1 for lst in lists for line in lst.read_text().splitlines() if line)
-    return MiningResult(list(entries.values()), {**params, "folder": str(folder), "images": images,
-                                                 "shards": len(lists)}, key, cache="merged")
+merged = merge_shards  # the name the atlas used before the merge moved next to mining (references.mining)

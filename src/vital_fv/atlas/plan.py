@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +32,13 @@ IMAGES_DIR = "images"
 
 
 def target_json(target: Any) -> dict[str, Any]:
+    """The ledger's ``target`` column: what makes an item unique and what status shows (the worker reads the
+    item's run description, ``spec``)."""
     if isinstance(target, ClassTarget):
         return {"kind": "class", "index": int(target.cls)}
     if isinstance(target, UnitTarget):
         return {"kind": "unit", "layer": target.layer, "channel": target.channel}
     return {"kind": "concept", "file": str((target.folder / CONCEPTS_FILE).resolve()), "index": target.index}
-
-
-def target_from_json(data: dict[str, Any]) -> Any:
-    """A class or unit target, or a saved concept (its ``target`` is the direction, ``references()`` its crops)."""
-    if data["kind"] == "class":
-        return ClassTarget(int(data["index"]))
-    if data["kind"] == "concept":
-        from ..concepts import load_concept
-
-        return load_concept(f"{data['file']}:{data['index']}")
-    return UnitTarget(data["layer"], int(data["channel"]))
 
 
 def _class_folder(root: Path, index: int, name: str) -> Path | None:
@@ -97,16 +88,22 @@ def plan_atlas(
     shard_size: int = 256,
     patch: int = 64,
     overwrite: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> Ledger:
     """Plan an atlas job in ``out``: ``classes`` (all | A-B | names/indices | FILE) and/or ``units``
     (LAYER:all | LAYER:A-B | LAYER:LIST) × ``methods`` × ``seeds``. VITAL's class references: ``refs`` (a folder
     with one sub-folder per class, named by index or name), ``pool`` (an unlabelled folder) or the bundled photos;
     its unit references are mined from ``images`` in one pass per layer, split into shards of ``shard_size``
-    images (items of their own, run before the units by the same executors). Returns the new job's ledger."""
+    images (items of their own, run before the units by the same executors). ``options``: the methods' own
+    (``Method.options``, as ``vital visualize`` takes them), each given to the methods that declare it. Every item
+    holds its ``RunSpec`` (one target, one seed, its file stem), which a worker runs. Returns the new job's
+    ledger."""
     from ..api import output_stems
     from ..features import layer_shapes
-    from ..methods import get_method, get_preset
+    from ..methods import get_method, get_preset, method_names
+    from ..methods.base import check_options, method_options
     from ..references import BUNDLED
+    from ..runspec import References, ReferenceSource, RunSpec, kind_of
     from ..zoo import load_model
 
     if not classes and not units and not concepts:
@@ -117,6 +114,12 @@ def plan_atlas(
         raise VitalError("--methods is empty: give at least one, e.g. vital,fourier")
     for m in ms:
         get_preset(m, preset, steps, lr)
+    options = dict(options or {})
+    for key, value in options.items():
+        if value is not None and not any(key in method_options(m) for m in ms):
+            takers = [n for n in method_names() if key in method_options(get_method(n))]
+            raise VitalError(f"option '{key}' applies to none of --methods {','.join(m.name for m in ms)}"
+                             + (f" (only to {', '.join(takers)})" if takers else ""))
     seed_list = check_seeds(seeds)
     check_n_refs(n_refs)
     check_type("--augment", augment, bool, "True, False or None (on for classes with few references)", True)
@@ -168,8 +171,11 @@ def plan_atlas(
             words = {"class": "classes", "unit": "units", "direction": "concepts"}
             raise VitalError(f"--methods {m.name} cannot show {' or '.join(words[k] for k in cannot)} ({m.name} shows: "
                              f"{', '.join(m.targets)}): plan those with other --methods, in a job of their own")
+    own = {m.name: {k: v for k, v in options.items() if k in method_options(m) and v is not None} for m in ms}
+    for m in ms:
+        check_options(m, own[m.name], sorted({kind_of(t).shows_as for t in targets}))
     uses_refs = any(m.needs_references for m in ms)
-    class_refs: dict[int, str] = {}
+    class_refs: dict[int, ReferenceSource] = {}
     if uses_refs:
         missing = []
         for t in targets:
@@ -186,11 +192,11 @@ def plan_atlas(
                 if folder is None:
                     missing.append(f"{index} {name}")
                 else:
-                    class_refs[index] = str(folder.resolve())
+                    class_refs[index] = ReferenceSource("folder", str(folder.resolve()))
             elif pool is not None:
-                class_refs[index] = f"pool:{Path(pool).resolve()}"
+                class_refs[index] = ReferenceSource("pool", str(Path(pool).resolve()))
             elif name.lower() in BUNDLED:
-                class_refs[index] = "bundled"
+                class_refs[index] = ReferenceSource("bundled")
             else:
                 missing.append(f"{index} {name}")
         if missing:
@@ -214,28 +220,33 @@ def plan_atlas(
             items += [{"target": {"kind": "shard", "layer": layer, "index": i}, "method": MINE, "seed": 0,
                        "label": f"mine {layer} shard {i + 1}/{len(lists)}", "refs": str(lst.resolve()),
                        "stem": f"{MINE}-{layer_dir(out, layer).name}-{i:04d}"} for i, lst in enumerate(lists)]
+    how = {"n": n_refs, "augment": augment, "crops": crops, "weighting": ref_weighting}
     for t in targets:
         for m in ms:
             stems = output_stems(spec, [t], seed_list, m.name)
             for seed, stem in zip(seed_list, stems, strict=True):
                 if not m.needs_references:
-                    source = None
+                    source = ReferenceSource()
                 elif isinstance(t, UnitTarget):
-                    source = f"mined:{layer_dir(out, t.layer).resolve()}"
+                    source = ReferenceSource("mined", str(layer_dir(out, t.layer).resolve()))
                 elif isinstance(t, ClassTarget):
                     source = class_refs[int(t.cls)]
                 else:
-                    source = "concept"
+                    source = ReferenceSource("concept")
                 label = ("{} {}".format(*t.resolve(spec.class_names, spec.class_synonyms)) if isinstance(t, ClassTarget)
                          else t.label() if isinstance(t, UnitTarget) else t.target.label())
+                run = RunSpec(model, (t,), References(source, **how), method=m.name, preset=preset, steps=steps,
+                              lr=lr, options=own[m.name], seeds=(seed,), weights=weights, name=stem)
+                run.check()  # what the worker will run is sound (the checks of `vital visualize`)
                 items.append({"target": target_json(t), "label": label, "method": m.name, "seed": seed,
-                              "refs": source, "stem": stem})
+                              "refs": source.label() if m.needs_references else None, "stem": stem,
+                              "spec": run.to_json()})
     plan = {
         "vital_fv": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": spec.name, "weights": str(Path(weights).resolve()) if weights else None,
         "weights_sha256": spec.weights_id, "methods": [m.name for m in ms], "preset": preset, "steps": steps,
         "lr": lr, "seeds": seed_list, "n_refs": n_refs,
-        "references": {"augment": augment, "crops": crops, "weighting": ref_weighting},
+        "references": {"augment": augment, "crops": crops, "weighting": ref_weighting}, "options": options,
         "sources": {"refs": str(Path(refs).resolve()) if refs else None,
                     "pool": str(Path(pool).resolve()) if pool else None,
                     "images": str(Path(images).resolve()) if images else None},

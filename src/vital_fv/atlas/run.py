@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import VitalError
 from ..options import check_device_name, check_positive
-from .executors import Executor, make_executor
+from .executors import Executor, InProcess, LocalWorkers
 from .ledger import MINE, Item, Ledger
 from .work import Outcome
 
@@ -24,6 +25,35 @@ log = logging.getLogger("vital_fv")
 
 
 MINE_BATCH = 8  # mining shards per claim (a worker scans them one after the other)
+
+
+def make_executor(plan: dict[str, Any], folder: Path, *, workers: int | None, devices: Sequence[str] | None,
+                  ray: str | None, device: str, progress: bool) -> Executor:
+    """The executor a ``vital atlas run`` asks for: ``--ray``, ``--workers``, or this process."""
+    if ray is not None:
+        from .raycluster import RayWorkers  # Ray is optional: imported only when asked for
+
+        return RayWorkers(plan, folder, address=ray, workers=workers or 1, devices=devices)
+    if workers:
+        return LocalWorkers(plan, folder, workers, devices or [device])
+    if device == "auto" and not devices:  # "this machine, all its devices": one worker per GPU when there are several
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            return LocalWorkers(plan, folder, len(gpus), gpus)
+    return InProcess(plan, folder, (devices or [device])[0], progress)
+
+
+def _refuse_old_items(ledger: Ledger) -> None:
+    """A job planned before items held their run description (ledger version 1) is refused, saying what to do:
+    its items would run with options the old plan does not say (the method's own, the reference source's)."""
+    old = [it for it in ledger.items() if it.method != MINE and it.spec is None]
+    if old:
+        raise VitalError(f"{ledger.folder} was planned by an older vital-fv: its {len(old)} items hold no run "
+                         f"description (ledger version 1). Plan it again with the same options and --overwrite "
+                         f"(`vital atlas plan ... --out {ledger.folder} --overwrite`): the images already made stay "
+                         "until they are made again; `vital atlas status` and `vital gallery` still read it")
 
 
 def run_atlas(folder: str | os.PathLike[str], *, batch: int | str = "auto", device: str = "auto",
@@ -47,6 +77,7 @@ def run_atlas(folder: str | os.PathLike[str], *, batch: int | str = "auto", devi
         check_device_name(d)
     ledger = Ledger.open(folder)
     try:
+        _refuse_old_items(ledger)
         with ledger.driver():
             if ray is None:
                 for d in [device, *(devices or [])]:

@@ -7,19 +7,18 @@ targets (each with its own seed, prototypes and loss, as seeds already are), eac
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..api import OUTPUT_SUFFIXES
 from ..errors import VitalError
 from .ledger import Item
-from .mining import MINE, merged, mine_shard
-from .plan import IMAGES_DIR, target_from_json
+from .mining import MINE, mine_shard
+from .plan import IMAGES_DIR
 
 
 @dataclass
@@ -33,50 +32,63 @@ class Outcome:
     interrupted: bool = False
 
 
-def _references(spec: Any, plan: dict[str, Any], target: Any, source: str | None, device: Any, progress: bool) -> Any:
-    from .. import references
+def item_run(spec: Any, item: Item) -> Any:
+    """The item's ``RunSpec`` on the worker's loaded model (refused for an item planned without one)."""
+    from ..runspec import RunSpec
 
-    if source is None:
-        return None
-    n = plan["n_refs"]
-    how = plan.get("references") or {}  # a job planned before these options: the defaults
-    opts = {"n": n, "augment": how.get("augment"), "crops": how.get("crops", "evidence"),
-            "weighting": how.get("weighting", "none"), "device": device, "progress": progress}
-    if source == "bundled":
-        return references.resolve(spec, target, **opts)
-    kind, _, path = source.partition(":")
-    if kind == "pool":
-        return references.resolve(spec, target, pool=path, **opts)
-    if kind == "images":
-        return references.resolve(spec, target, images=path, **opts)
-    if kind == "mined":  # the job's own shards, merged
-        return references.mined_references(merged(path, target), k=n)
-    return references.resolve(spec, target, source, **opts)
+    if item.spec is None:
+        raise VitalError(f"item {item.label} ({item.method}, seed {item.seed}) holds no run description: the job "
+                         "was planned by an older vital-fv; plan it again with --overwrite")
+    return RunSpec.from_json(item.spec, model=spec)
+
+
+def item_references(spec: Any, item: Item, device: Any = "auto", progress: bool = False) -> Any:
+    """The references of an item's target, from its run description's source (as ``vital visualize`` reads them)."""
+    from ..api import references_of
+    from ..runspec import plain_target
+
+    run = item_run(spec, item)
+    run = replace(run, device=device, progress=progress)
+    return references_of(run, spec, list(run.targets), [plain_target(t) for t in run.targets])[0]
+
+
+def batch_jobs(spec: Any, plan: dict[str, Any], batch: Sequence[Item], device: Any = "auto",
+               progress: bool = False) -> list[Any]:
+    """The ``Job``s of a batch of items (targets, seeds, references from each item's run description): what a
+    worker optimizes, and what the driver times to choose the batch size."""
+    from ..api import jobs_of
+
+    return jobs_of([replace(item_run(spec, it), device=device, progress=progress) for it in batch], spec)[1]
 
 
 def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], batch: Sequence[Item],
                device: Any = "auto", progress: bool = False) -> list[Outcome]:
-    """Optimize ``batch`` (items of one method) together and write each result to ``folder/images``."""
-    from ..methods import NonFiniteLossError, run_method
+    """Optimize ``batch`` (items of one method) together and write each result to ``folder/images``: each item's
+    ``RunSpec`` gives its target, seed and references, the first its method's preset and options (one plan),
+    all optimized together by ``api.run_jobs``."""
+    from ..api import run_jobs
+    from ..methods import NonFiniteLossError
 
     start = time.perf_counter()
     method = batch[0].method
     if method == MINE:
         return [_mine(spec, plan, folder, it, device) for it in batch]
-    jobs = batch_jobs(spec, plan, batch, device, progress)
+    runs = [replace(item_run(spec, it), device=device, progress=progress) for it in batch]
     try:
-        results = run_method(method, spec, jobs, preset=plan["preset"], steps=plan["steps"], lr=plan["lr"],
-                             device=device, progress=progress)
+        results = run_jobs(runs, spec)
     except NonFiniteLossError as exc:
         return [Outcome(it, error=f"non-finite loss: {exc}") for it in batch]
     out = Path(folder) / IMAGES_DIR
     out.mkdir(parents=True, exist_ok=True)
     share = (time.perf_counter() - start) / len(batch)
     outcomes = []
-    for it, r in zip(batch, results, strict=True):
+    for i, (it, r) in enumerate(zip(batch, results, strict=True)):
         if r.status == "interrupted":
             outcomes.append(Outcome(it, interrupted=True))
             continue
+        # the item's run, and the batch it was optimized in: `vital visualize --from` makes the image again
+        r.record["spec"] = {**it.spec, "batch": {"items": [b.spec for b in batch], "index": i}} \
+            if len(batch) > 1 else it.spec
         r.record["atlas"] = {"job": Path(folder).name, "item": it.id, "label": it.label}
         png = out / f"{it.stem}.png"
         r.save(png, overwrite=True)  # an item not yet done may have files from a stopped run: replaced whole
@@ -84,23 +96,6 @@ def work_batch(spec: Any, plan: dict[str, Any], folder: str | os.PathLike[str], 
         written = sorted(f"{it.stem}{ext}" for ext in OUTPUT_SUFFIXES if (out / f"{it.stem}{ext}").is_file())
         outcomes.append(Outcome(it, outputs=[f"{IMAGES_DIR}/{w}" for w in written], seconds=share))
     return outcomes
-
-
-def batch_jobs(spec: Any, plan: dict[str, Any], batch: Sequence[Item], device: Any = "auto",
-               progress: bool = False) -> list[Any]:
-    """The ``Job`` of each item (references read once per target; prototypes cached as for ``visualize``)."""
-    from ..methods import Job
-
-    refs_by_target: dict[Any, Any] = {}
-    jobs = []
-    for it in batch:
-        t = target_from_json(it.target)
-        key = (json.dumps(it.target, sort_keys=True), it.refs)
-        if key not in refs_by_target:
-            refs_by_target[key] = (t.references() if it.refs == "concept" else
-                                   _references(spec, plan, t, it.refs, device, progress))
-        jobs.append(Job(getattr(t, "target", t), refs_by_target[key], it.seed))  # a concept: its direction
-    return jobs
 
 
 def load_plan_model(plan: dict[str, Any]) -> Any:

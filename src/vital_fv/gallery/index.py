@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VitalError
+from ..jobs import LEDGER_FILE, MINE, read_job
 
 # Records of other commands, shown as figures with their key fields, not as visualizations.
 FIGURE_RECORDS = {"concepts.json": "concepts", "disentangle.json": "disentangled unit", "circuit.json": "circuit",
@@ -44,6 +45,9 @@ def _target(rec: dict[str, Any]) -> dict[str, Any]:
         label = f"{t.get('layer')}:{t.get('channel')}" + ("@" + ",".join(map(str, pos)) if pos else "")
         return {"kind": "unit", "key": f"unit:{label}", "title": label, "layer": t.get("layer", ""),
                 "channel": t.get("channel")}
+    if kind == "objective":  # a combination or a custom callable: its name says what it is
+        name = str(t.get("name", "?"))
+        return {"kind": kind, "key": f"objective:{name}", "title": name, "layer": ",".join(t.get("layers") or [])}
     label = f"{t.get('layer')}:{t.get('name')}"
     return {"kind": kind, "key": f"{kind}:{label}", "title": label, "layer": t.get("layer", "")}
 
@@ -85,7 +89,7 @@ def scan(root: str | os.PathLike[str]) -> Found:
             "model": model, "method": rec.get("method", "?"), "seed": rec.get("seed"),
             "status": rec.get("status", "?"), **t,
         })
-    if (root / "atlas.sqlite").is_file():
+    if (root / LEDGER_FILE).is_file():
         _atlas_items(root, found, stems)
     report = next(iter(sorted(root.rglob("items.csv"))), None)
     if report is not None:
@@ -109,17 +113,11 @@ def _figure(root: Path, path: Path) -> dict[str, Any]:
 
 def _atlas_items(root: Path, found: Found, stems: set[str]) -> None:
     """An atlas job's items that have no record yet (pending, running, failed), from its ledger."""
-    from ..atlas.ledger import MINE, Ledger
-
     try:
-        ledger = Ledger.open(root)
+        plan, rows = read_job(root)
     except VitalError as exc:
-        found.issues.append({"file": "atlas.sqlite", "problem": str(exc)})
+        found.issues.append({"file": LEDGER_FILE, "problem": str(exc)})
         return
-    try:
-        rows, plan = ledger.rows(), ledger.plan
-    finally:
-        ledger.close()
     have = {it["stem"].split("/")[-1] for it in found.items}
     for r in rows:
         if r["method"] == MINE or r["stem"] in have:

@@ -1,4 +1,5 @@
-"""What the baselines share (SPEC §6): gradient ascent on a class logit or a unit's activation.
+"""What the baselines share (SPEC §6): gradient ascent on an objective (a class logit, a unit's activation, any
+combination of objectives or function of the activations).
 
 ``Ascent`` is the common body of Fourier, MACO and DeepInversion: checks, the per-job objective (``scorer``), the
 record and the top-5; each subclass supplies its parameterization and step (``optimize``). Our own code from the
@@ -18,10 +19,10 @@ import torch.nn.functional as F
 from ..device import frozen_on, resolve_device
 from ..errors import VitalError
 from ..features import capture, resolve_layers
+from ..objectives import LOGITS, per_item, read_layers
 from ..params import item_generators
 from ..result import Result
 from ..signals import hold_signals
-from ..targets import UnitTarget
 from ..zoo import ModelSpec
 from .base import Job, Preset, Updater, build_record, describe_target, get_preset, raise_if_nonfinite, schedule
 
@@ -67,29 +68,16 @@ def ascend(update: Updater, obj: torch.Tensor, curve: torch.Tensor, i: int) -> f
 
 
 def scorer(model: ModelSpec, jobs: Sequence[Job], classes: torch.Tensor) -> Scorer:
-    """``score(x01, owners)``: per row of ``x01``, the objective of the job that owns it (a class logit, or a
-    unit's activation), from one forward pass."""
-    layers = sorted({j.target.layer for j in jobs if isinstance(j.target, UnitTarget)})
+    """``score(x01, owners)``: per row of ``x01``, the objective of the job that owns it (a class logit, a unit's
+    activation, any objective of the activations), from one forward pass."""
+    objectives = [j.target.resolved(model.class_names, model.class_synonyms) for j in jobs]
+    layers = read_layers(objectives)
 
     def score(x01: torch.Tensor, owners: list[int]) -> torch.Tensor:
         with capture(model.module, layers, model.name) as feats:
-            logits = model.module(model.preprocess.normalize(x01))
-            # Rows by unbind, not indexing: each indexed row's backward wrote a gradient the size of the whole
-            # batch (quadratic in the batch); unbind's backward is one stack.
-            rows: dict[str, tuple[torch.Tensor, ...]] = {}
-            logit_rows = None
-            values = []
-            for row, b in enumerate(owners):
-                t = jobs[b].target
-                if isinstance(t, UnitTarget):
-                    if t.layer not in rows:
-                        out = feats[t.layer]
-                        rows[t.layer] = (out[0] if isinstance(out, (tuple, list)) else out).unbind(0)
-                    values.append(t.value(rows[t.layer][row]))
-                else:
-                    logit_rows = logits.unbind(0) if logit_rows is None else logit_rows
-                    values.append(logit_rows[row][classes[b]])
-        return torch.stack(values)
+            acts = {LOGITS: model.module(model.preprocess.normalize(x01))}
+            acts.update({n: feats[n][0] if isinstance(feats[n], (tuple, list)) else feats[n] for n in layers})
+            return per_item([objectives[b] for b in owners], acts)
 
     return score
 
@@ -101,7 +89,7 @@ class Ascent:
     name: str
     description: str
     presets: Mapping[str, AscentPreset]
-    targets: tuple[str, ...] = ("class", "unit")
+    targets: tuple[str, ...] = ("class", "unit", "direction", "objective")  # any objective is ascended
     needs_references = False
     transparency = False
     any_size = False  # True: --size may differ from the model's input (the method crops a larger image)
@@ -114,20 +102,8 @@ class Ascent:
                  **options: Any) -> Optimized:
         raise NotImplementedError
 
-    def run(
-        self,
-        model: ModelSpec,
-        jobs: Sequence[Job],
-        *,
-        preset: str | Preset = "paper",
-        steps: int | None = None,
-        lr: float | None = None,
-        size: int | None = None,
-        device: str | torch.device = "auto",
-        progress: bool = True,
-    ) -> list[Result]:
-        return self.ascend_jobs(model, jobs, preset=preset, steps=steps, lr=lr, size=size, device=device,
-                                progress=progress)
+    def run(self, model: ModelSpec, jobs: Sequence[Job], **settings: Any) -> list[Result]:
+        return self.ascend_jobs(model, jobs, **settings)
 
     def ascend_jobs(self, model: ModelSpec, jobs: Sequence[Job], *, preset: str | Preset, steps: int | None,
                     lr: float | None, size: int | None, device: str | torch.device, progress: bool,
@@ -138,9 +114,9 @@ class Ascent:
         if not self.any_size and size != input_size:
             raise VitalError(f"--size applies to maco only (it optimizes a large image and crops it); {self.name} "
                              f"works at the model's input size {input_size}")
-        units = [j.target for j in jobs if isinstance(j.target, UnitTarget)]
-        if units:
-            resolve_layers(model.module, [u.layer for u in units], model.name)
+        layers = read_layers(j.target for j in jobs)
+        if layers:
+            resolve_layers(model.module, layers, model.name)
         self.check(model)
         dev = resolve_device(device)
         described = [describe_target(j.target, model) for j in jobs]

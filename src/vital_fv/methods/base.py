@@ -10,7 +10,6 @@ name, and the CLI, ``vital_fv.visualize``, ``vital evaluate`` and the benchmarks
 
 from __future__ import annotations
 
-import inspect
 import math
 import platform
 import time
@@ -21,15 +20,15 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..errors import VitalError, close_matches
+from ..objectives import ClassTarget, Objective, kind_of
 from ..options import check_lr, check_steps
 from ..references import ReferenceSet
 from ..result import Result
-from ..targets import ClassTarget, DirectionTarget, UnitTarget
 from ..version import __version__
 from ..zoo import ModelSpec
 
-Target = ClassTarget | UnitTarget | DirectionTarget
-TARGET_KINDS = ("class", "unit", "direction")
+Target = Objective  # ClassTarget, UnitTarget, DirectionTarget, or any objective (objectives.Sum, objectives.Custom)
+TARGET_KINDS = ("class", "unit", "direction", "objective")
 
 
 @dataclass(frozen=True)
@@ -49,14 +48,25 @@ class NonFiniteLossError(VitalError):
         self.results = results
 
 
+def keep_last_finite(run: Callable[[], list[Result]], pngs: Sequence[Any]) -> list[Result]:
+    """``run()``'s results; after a non-finite loss the last finite images are saved to ``pngs`` (one per result)
+    and a ``VitalError`` names them (the capabilities' runs, as ``vital_fv.visualize`` does with ``out``)."""
+    try:
+        return run()
+    except NonFiniteLossError as exc:
+        for r, png in zip(exc.results, pngs, strict=True):
+            r.save(png, overwrite=True)
+        raise VitalError(f"{exc} Saved: {', '.join(map(str, pngs))}") from None
+
+
 def target_kind(target: Any) -> str:
-    if isinstance(target, ClassTarget):
-        return "class"
-    if isinstance(target, UnitTarget):
-        return "unit"
-    if isinstance(target, DirectionTarget):
-        return "direction"
-    raise VitalError(f"not a target: {target!r} (give a ClassTarget, UnitTarget or DirectionTarget)")
+    """class, unit, direction, or objective (a combination or a custom callable): what methods declare they show."""
+    return kind_of(target)
+
+
+def file_suffix(method: Method) -> str:
+    """What a method adds to default file stems (``-fourier``; nothing for VITAL, the package's own)."""
+    return str(getattr(method, "file_suffix", f"-{method.name}"))
 
 
 class Preset:
@@ -86,14 +96,16 @@ class Method(Protocol):
 
     ``run(model, jobs, *, preset, steps, lr, size, device, progress, **options)`` returns one ``Result`` per job, in
     order, each with a record from ``build_record``; after a non-finite loss it raises ``NonFiniteLossError`` with
-    the last finite images. Method-specific options are keyword arguments of ``run`` (``spectrum`` for MACO,
-    ``relevance`` and ``layers`` for VITAL): ``run_method`` refuses options a method does not take.
+    the last finite images. Method-specific options are declared in ``options`` (a tuple of ``MethodOption``:
+    ``spectrum`` for MACO, ``relevance`` and ``layers`` for VITAL; optional, none by default): ``run_method``
+    refuses options a method does not declare and passes ``run`` every common and declared one. Optional
+    attributes: ``file_suffix`` (added to default file stems; ``-NAME`` unless the method sets it).
     """
 
     name: str
     description: str
     presets: Mapping[str, Preset]
-    targets: tuple[str, ...]  # the target kinds it can show: "class", "unit", "direction"
+    targets: tuple[str, ...]  # the target kinds it can show: "class", "unit", "direction", "objective"
     needs_references: bool
     transparency: bool  # writes a transparency map (NAME.rgba.png, NAME.alpha.npy)
 
@@ -151,54 +163,113 @@ def get_preset(method: Method, preset: str | Preset, steps: int | None = None, l
     return preset.overridden(steps, lr)
 
 
-def check_jobs(method: Method, jobs: Sequence[Job]) -> None:
-    """What a method cannot do is refused before any work, naming what to do instead."""
-    if not jobs:
-        raise VitalError("nothing to visualize: give at least one target")
-    for job in jobs:
-        kind = target_kind(job.target)
+def check_kinds(method: Method, kinds: Sequence[str]) -> None:
+    """A target kind (class, unit, direction) the method cannot show is refused, naming the methods that can."""
+    for kind in dict.fromkeys(kinds):
         if kind not in method.targets:
             able = [m.name for m in _REGISTRY.values() if kind in m.targets]
             raise VitalError(f"{method.name} cannot show a {kind} target ({method.name} shows: "
                              f"{', '.join(method.targets)}); use --method {' or '.join(able)}")
+
+
+def check_jobs(method: Method, jobs: Sequence[Job]) -> None:
+    """What a method cannot do is refused before any work, naming what to do instead."""
+    if not jobs:
+        raise VitalError("nothing to visualize: give at least one target")
+    check_kinds(method, [target_kind(job.target) for job in jobs])
+    for job in jobs:
+        kind = target_kind(job.target)
         if method.needs_references and job.references is None:
             raise VitalError(f"{method.name} needs references for {job.target.label() if kind != 'class' else 'it'}"
                              ": give --refs, --pool or --images")
 
 
 COMMON_OPTIONS = ("preset", "steps", "lr", "size", "device", "progress")  # what every method's run takes
+COMMON_DEFAULTS: dict[str, Any] = {"preset": "paper", "steps": None, "lr": None, "size": None, "device": "auto",
+                                   "progress": True}
+
+
+@dataclass(frozen=True)
+class MethodOption:
+    """One option a method takes beyond the common ones, declared on the method (``Method.options``).
+
+    ``kind``: the Python type(s) a value must have (``None`` is always "not given": the method's default);
+    ``choices``: the values allowed, if a closed set; ``targets``: the target kinds it applies to (empty: all the
+    method shows); ``flag``: its command-line spelling (``--spectrum``), or ``None`` where the CLI sets it
+    another way (VITAL's ``layers`` from ``--layers``); ``json``: whether a run description (``RunSpec``) can hold
+    it (a path, a word, a number: not an object such as a cache); ``what``: what it takes, for the error.
+    """
+
+    name: str
+    kind: type | tuple[type, ...]
+    default: Any = None
+    help: str = ""
+    targets: tuple[str, ...] = ()
+    choices: tuple[Any, ...] | None = None
+    flag: str | None = None
+    json: bool = True
+    what: str = ""
+
+    def check(self, method: str, value: Any) -> None:
+        """The value's type and choice, before any work, naming the option and the method."""
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            what = self.what or " or ".join(k.__name__ for k in kinds)
+            raise VitalError(f"option '{self.name}' of {method} must be {what}, got {type(value).__name__} "
+                             f"{value!r:.60}")
+        if self.choices is not None and value not in self.choices:
+            raise VitalError(f"option '{self.name}' of {method} must be one of "
+                             f"{', '.join(map(str, self.choices))} (got '{value}')")
+
+
+def declared_options(method: Method) -> tuple[MethodOption, ...]:
+    """The options ``method`` declares (``options``; a method without the attribute takes none)."""
+    return tuple(getattr(method, "options", ()))
 
 
 def method_options(method: Method) -> list[str]:
-    """The keyword options of ``method.run`` beyond the common ones (``spectrum`` for MACO, ...)."""
-    params = inspect.signature(method.run).parameters
-    return [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in COMMON_OPTIONS]
+    """The names of the options ``method`` declares beyond the common ones (``spectrum`` for MACO, ...)."""
+    return [o.name for o in declared_options(method)]
 
 
-def check_options(method: Method, options: Mapping[str, Any]) -> None:
-    """Refuse an option the method does not take (before any work), naming the methods that do."""
-    params = inspect.signature(method.run).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
+def all_options() -> dict[str, list[tuple[Method, MethodOption]]]:
+    """Every declared option by name, with the registered methods that declare it (the CLI's method flags)."""
+    found: dict[str, list[tuple[Method, MethodOption]]] = {}
+    for m in _REGISTRY.values():
+        for o in declared_options(m):
+            found.setdefault(o.name, []).append((m, o))
+    return found
+
+
+def check_options(method: Method, options: Mapping[str, Any], kinds: Sequence[str] = ()) -> None:
+    """Refuse an option the method does not declare, a value of the wrong type or choice, or an option given for
+    target kinds it does not apply to (before any work), naming the methods that take it."""
+    own = {o.name: o for o in declared_options(method)}
     for key, value in options.items():
-        if value is None or key in COMMON_OPTIONS or key in params:
+        if value is None or key in COMMON_OPTIONS:
             continue
-        takers = [m.name for m in _REGISTRY.values() if key in method_options(m)]
-        own = method_options(method)
-        raise VitalError(f"option '{key}' does not apply to {method.name}"
-                         + (f" (only to {', '.join(takers)})" if takers else "")
-                         + (f"; {method.name}'s own options: {', '.join(own)}" if own else ""))
+        if key not in own:
+            takers = [m.name for m in _REGISTRY.values() if key in method_options(m)]
+            raise VitalError(f"option '{key}' does not apply to {method.name}"
+                             + (f" (only to {', '.join(takers)})" if takers else "")
+                             + (f"; {method.name}'s own options: {', '.join(own)}" if own else ""))
+        opt = own[key]
+        opt.check(method.name, value)
+        other = sorted(set(kinds) - set(opt.targets)) if opt.targets else []
+        if other:
+            raise VitalError(f"option '{key}' of {method.name} applies to {' and '.join(opt.targets)} targets, "
+                             f"not {' or '.join(other)}")
 
 
 def run_method(method: str | Method, model: ModelSpec, jobs: Sequence[Job], **kwargs: Any) -> list[Result]:
-    """Run a registered method (by name or instance) on ``jobs`` after checking the targets and options."""
+    """Run a registered method (by name or instance) on ``jobs`` after checking the targets and options; the
+    method's ``run`` gets every common option and every option it declares (unset ones at their defaults)."""
     m = get_method(method) if isinstance(method, str) else method
     check_jobs(m, jobs)
-    check_options(m, kwargs)
-    params = inspect.signature(m.run).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # unset options of other methods are dropped
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return m.run(model, jobs, **kwargs)
+    check_options(m, kwargs, [target_kind(j.target) for j in jobs])
+    settings = {**COMMON_DEFAULTS, **{o.name: o.default for o in declared_options(m)}}
+    settings.update({k: v for k, v in kwargs.items() if k in settings and (v is not None or k in COMMON_OPTIONS)})
+    return m.run(model, jobs, **settings)
 
 
 # --------------------------------------------------------------------------------------------- the shared step loop

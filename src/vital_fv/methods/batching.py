@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,8 +164,11 @@ def step_timer(method: Any, model: Any, jobs: Sequence[Any], steps: int = PROBE_
 
     def measure(size: int) -> float:
         batch = [jobs[i % len(jobs)] for i in range(size)]
+        start = time.perf_counter()
         results = run_method(method, model, batch, steps=steps, progress=False, **options)
-        times = results[0].record["step_seconds"]
+        times = results[0].record.get("step_seconds") if results else None
+        if not times:  # a method that does not time its steps: the whole call, per step
+            return (time.perf_counter() - start) / max(1, steps)
         return statistics.median(times[1:] or times)
 
     return measure
@@ -181,7 +185,8 @@ def key_for(model: Any, method: str, device: Any, preset: str, size: int | None 
 
 def choose_for_jobs(method: Any, model: Any, jobs: Sequence[Any], *, device: Any, preset: str = "paper",
                     steps: int | None = None, forced: int | None = None, items: int | None = None,
-                    cache_dir: str | os.PathLike[str] | None = None, cache: bool = True, size: int | None = None,
+                    cache_dir: str | os.PathLike[str] | None = None, cache_choices: bool = True,
+                    size: int | None = None,
                     candidates: Sequence[int] = CANDIDATES, **options: Any) -> BatchChoice:
     """``choose_batch_size`` for real jobs of a registered method on a model: times ``PROBE_STEPS`` steps at each
     candidate on ``device`` with batches made of ``jobs`` (repeated as needed), for ``items`` items to run (default
@@ -201,9 +206,10 @@ def choose_for_jobs(method: Any, model: Any, jobs: Sequence[Any], *, device: Any
     probe_cost = PROBE_STEPS * sum(c for c in candidates if c <= n)
     if n * run_steps < 4 * probe_cost:
         return BatchChoice(n, "short")  # measuring would cost more than it could save: one batch
-    store = BatchCache(cache_dir) if cache else None
+    store = BatchCache(cache_dir) if cache_choices else None
     timer = step_timer(m, model, jobs, preset=preset, size=size, device=dev, **options)
-    choice = choose_batch_size(timer, n, key_parts=key_for(model, m.name, dev, preset, size),
+    name = preset if isinstance(preset, str) else getattr(preset, "name", "custom")  # a preset object: its name
+    choice = choose_batch_size(timer, n, key_parts=key_for(model, m.name, dev, name, size),
                                cache=store, candidates=candidates)
     log.info(f"{m.name}: {choice.reason()}")
     return choice

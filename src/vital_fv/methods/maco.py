@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VitalError
-from ..result import Result
 from ..zoo import ModelSpec
 from .ascent import Ascent, AscentPreset, Optimized, Scorer, ascend
-from .base import Job, Preset, Updater, run_steps
+from .base import MethodOption, Updater, run_steps
 from .fourier import decorrelate, recorrelate
 
 SPECTRUM_SIZE = 256  # side of the images a magnitude spectrum is computed at (rfft: 256 x 129 per channel)
@@ -144,22 +143,9 @@ class Maco(Ascent):
     transparency = True
     any_size = True
 
-    def run(
-        self,
-        model: ModelSpec,
-        jobs: Sequence[Job],
-        *,
-        preset: str | Preset = "paper",
-        steps: int | None = None,
-        lr: float | None = None,
-        size: int | None = None,
-        device: str | torch.device = "auto",
-        progress: bool = True,
-        spectrum: str | os.PathLike[str] | None = None,
-    ) -> list[Result]:
-        """``spectrum``: a magnitude spectrum file from ``vital spectrum`` (default: the shipped one)."""
-        return self.ascend_jobs(model, jobs, preset=preset, steps=steps, lr=lr, size=size, device=device,
-                                progress=progress, spectrum=spectrum)
+    options = (MethodOption("spectrum", (str, os.PathLike), None,
+                            "maco: magnitude spectrum file from `vital spectrum` (default: the shipped one)",
+                            flag="--spectrum", what="a file path"),)
 
     def optimize(self, model: ModelSpec, preset: MacoPreset, gens: list[torch.Generator], score: Scorer,
                  classes: torch.Tensor, size: int, device: torch.device, progress: bool,

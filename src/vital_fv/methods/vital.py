@@ -27,15 +27,16 @@ from ..matching import (
     sort_matching_loss,
     total_variation,
 )
+from ..objectives import LOGITS, ClassTarget, DirectionTarget, UnitTarget, check_units, forward, per_item
 from ..params import clamp_, init_pixels, item_generators
 from ..relevance import Relevance, channel_importance, normalize_relevance, parse_method, silent
 from ..result import Result
 from ..signals import hold_signals
-from ..targets import ClassTarget, UnitTarget, check_units
 from ..transforms import GaussianBlur, roll, sample_rolls, sample_scales, zoom
 from ..zoo import LayerPreset, ModelSpec, unit_preset
 from .base import (
     Job,
+    MethodOption,
     Preset,
     Target,
     Updater,
@@ -112,29 +113,27 @@ class Vital:
     name = "vital"
     description = "VITAL: sorted-activation matching to references, relevance-weighted for units (the paper)"
     presets = OPTIM_PRESETS
-    targets = ("class", "unit", "direction")
+    targets = ("class", "unit", "direction", "objective")
     needs_references = True
     transparency = True
 
-    def run(
-        self,
-        model: ModelSpec,
-        jobs: Sequence[Job],
-        *,
-        preset: str | OptimPreset = "paper",
-        steps: int | None = None,
-        lr: float | None = None,
-        size: int | None = None,
-        device: str | torch.device = "auto",
-        progress: bool = True,
-        layers: LayerPreset | None = None,
-        cache: PrototypeCache | None | bool = True,
-        ref_batch_size: int = 16,
-        relevance: str | None = "auto",
-    ) -> list[Result]:
-        return visualize_batch(model, jobs, preset=preset, steps=steps, lr=lr, layers=layers, size=size,
-                               device=device, cache=cache, progress=progress, ref_batch_size=ref_batch_size,
-                               relevance=relevance)
+    file_suffix = ""  # the package's own method: default file stems carry no method name
+    options = (
+        MethodOption("relevance", str, "auto",
+                     "weight activations by their relevance for the target (default: lrp for units, none for "
+                     "classes)", choices=("auto", "lrp", "guided_backprop", "guided-backprop", "none"),
+                     flag="--relevance", what="auto, lrp, guided_backprop or none"),
+        MethodOption("layers", (LayerPreset, list, tuple), None,
+                     "the layers matched and their weights (--layers, --layer-weights; a run turns names into a "
+                     "LayerPreset once the model is loaded)", what="a list of layer names or a LayerPreset"),
+        MethodOption("cache", (bool, PrototypeCache), True, "read and write cached prototypes (--no-cache: off)",
+                     json=False, what="True, False or a PrototypeCache"),
+        MethodOption("ref_batch_size", int, 16, "references per forward pass when prototypes are made",
+                     what="a whole number"),
+    )
+
+    def run(self, model: ModelSpec, jobs: Sequence[Job], **settings: Any) -> list[Result]:
+        return visualize_batch(model, jobs, **settings)
 
 
 def visualize_batch(
@@ -174,7 +173,8 @@ def visualize_batch(
     if units and opt_preset.unit_init_std is not None:
         opt_preset = replace(opt_preset, init_std=opt_preset.unit_init_std)
     method = ("lrp" if units else None) if relevance == "auto" else parse_method(relevance)
-    layer_preset = layers or (unit_preset(model, units[0].layer) if units else model.preset)
+    on_layer = units and units[0].layer != LOGITS  # an objective of the logits matches the class layers
+    layer_preset = layers or (unit_preset(model, units[0].layer) if on_layer else model.preset)
     if layer_preset is None:
         raise VitalError(
             f"model {model.name} has no default layer preset: give layers (--layers a,b,c); "
@@ -204,7 +204,7 @@ def visualize_batch(
             rel_protos = None
             if method:
                 rel_model = Relevance(model.module, names, method, model.skip_tokens, model.name)
-                starts = [_start_target(j.target, resolved[b][0]) for b, j in enumerate(jobs)]
+                starts = [_start_target(j.target, resolved[b][0], model) for b, j in enumerate(jobs)]
                 rel_protos, rel_info = _relevance_prototypes(model, layer_preset, jobs, starts, rel_model, store,
                                                              ref_batch_size)
             t_refs = time.perf_counter() - t0
@@ -291,21 +291,19 @@ def _resolve(target: Target, model: ModelSpec) -> tuple[int, str]:
     return -1, target.label()
 
 
-def _start_target(target: Target, index: int) -> Any:
-    """What ``Relevance`` starts from: a class index, or the unit/direction itself."""
-    return index if isinstance(target, ClassTarget) else target
+def _start_target(target: Target, index: int, model: ModelSpec) -> Any:
+    """What ``Relevance`` starts from: a class index, or the objective itself (its classes resolved)."""
+    return index if isinstance(target, ClassTarget) else target.resolved(model.class_names, model.class_synonyms)
 
 
 @torch.no_grad()
 def _unit_values(model: ModelSpec, targets: Sequence[Any], images: torch.Tensor) -> list[float]:
-    """Each result's unit value (spatial mean, neuron, or best cosine for directions) on the final image."""
-    layer = targets[0].layer
+    """Each result's objective value (a unit's spatial mean or neuron, a direction's best cosine, any objective)
+    on the final image."""
     device = next(iter(model.module.parameters())).device
-    with capture(model.module, [layer], model.name) as feats:
-        model.module(model.preprocess.normalize(images.to(device)))
-        out = feats[layer][0] if isinstance(feats[layer], (tuple, list)) else feats[layer]
-        return [float(t.value(out[b])) for b, t in enumerate(targets)]
-
+    objs = [t.resolved(model.class_names, model.class_synonyms) for t in targets]
+    acts = forward(model, objs, model.preprocess.normalize(images.to(device)))
+    return [float(v) for v in per_item(objs, acts)]
 
 
 def _relevance_key(job: Job, start: Any) -> str:
@@ -447,10 +445,12 @@ def _per_item_prototypes(
 
 def _acting(opt: OptimPreset, target: Target) -> OptimPreset:
     """The preset as it acts on one target, so the record says what acted: the unit priors act on units and
-    directions only; unit_smooth on targets read at one position, channel_smooth on a channel's spatial mean."""
-    if isinstance(target, ClassTarget):
+    directions only; unit_smooth on targets read at one position, channel_smooth on a channel's spatial mean.
+    A combined or custom objective acts as a class when it reads the logits, else as a channel."""
+    builtin = isinstance(target, (ClassTarget, UnitTarget, DirectionTarget))
+    if isinstance(target, ClassTarget) or not builtin and target.reads_logits():
         return replace(opt, unit_prior=0.0, unit_smooth=0.0, channel_smooth=0.0)
-    if isinstance(target, UnitTarget) and target.position is None:
+    if isinstance(target, UnitTarget) and target.position is None or not builtin:
         return replace(opt, unit_smooth=0.0)
     return replace(opt, channel_smooth=0.0)
 

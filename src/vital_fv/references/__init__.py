@@ -8,9 +8,8 @@
 """
 
 from .mining import (
-    MINING_RECORD,
     MiningResult,
-    from_mining,
+    merge_shards,
     mine,
     mine_checked,
     mine_many,
@@ -24,6 +23,7 @@ from .scan import JsonStore, ScanInterrupted, TensorStore, scan_images
 from .sets import (
     BUNDLED,
     IMAGE_SUFFIXES,
+    MINING_RECORD,
     OFFLINE_PHOTOS,
     ReferenceSet,
     bundled,
@@ -33,6 +33,7 @@ from .sets import (
     decode_image,
     from_files,
     from_folder,
+    from_mining,
     from_pool,
     from_tensor,
     image_paths,
@@ -70,6 +71,7 @@ __all__ = [
     "mine_checked",
     "mine_many",
     "mine_to_folder",
+    "merge_shards",
     "mined_references",
     "offline_photos",
     "read_image",

@@ -1,7 +1,7 @@
 """Mining a unit's references (SPEC §4): the patches of a folder that most activate it, each from its own image.
 
 A thin layer over ``scan.scan_images`` (content-keyed, resumable) and ``patches.image_patches`` (how images are
-cut); ``vital mine`` writes the result as a folder that ``from_mining`` / ``from_folder`` read back.
+cut); ``vital mine`` writes the result as a folder that ``sets.from_mining`` / ``sets.from_folder`` read back.
 """
 
 from __future__ import annotations
@@ -22,14 +22,20 @@ from ..cache import cache_key, cache_root
 from ..device import holds_model
 from ..errors import VitalError
 from ..features import capture
+from ..objectives import LOGITS, UnitTarget, read_layers
 from ..options import check_positive
 from ..result import atomic_write_bytes, png_bytes, refuse_overwrite
 from ..version import __version__
 from .patches import image_patches
 from .scan import JsonStore, MultiStore, scan_images
-from .sets import ReferenceSet, contact_sheet, crop, from_files, image_paths, read_image
-
-MINING_RECORD = "mining.json"
+from .sets import (
+    MINING_RECORD,
+    ReferenceSet,
+    contact_sheet,
+    crop,
+    image_paths,
+    read_image,
+)
 
 
 @dataclass
@@ -57,9 +63,18 @@ def _unit_scores(act: torch.Tensor, unit: Any) -> torch.Tensor:
     raise VitalError(f"unit {unit.label()}: cannot score a layer output of shape {tuple(act.shape)}")
 
 
+def _scores(feats: dict[str, Any], logits: torch.Tensor, unit: Any) -> torch.Tensor:
+    """(B,) scores of a batch: a unit's value as ``_unit_scores`` reads it, any other objective on the activations."""
+    if isinstance(unit, UnitTarget):
+        return _unit_scores(feats[unit.layer], unit)
+    acts = {n: feats[n][0] if isinstance(feats[n], (tuple, list)) else feats[n] for n in read_layers([unit])}
+    return unit({**acts, LOGITS: logits})
+
+
 def mining_key(model: Any, unit: Any, patch: int, stride: int) -> str:
-    """The store of a unit's scans: one entry per image content, whatever folder it was found in."""
-    return cache_key({"kind": "mining", "model": model.name, "weights": model.weights_id, "unit": unit.label(),
+    """The store of a unit's (an objective's) scans: one entry per image content, whatever folder it was found in."""
+    what = unit.label() if isinstance(unit, UnitTarget) else unit.cache_id()
+    return cache_key({"kind": "mining", "model": model.name, "weights": model.weights_id, "unit": what,
                       "patch": patch, "stride": stride, "preprocess": model.preprocess.as_dict()})
 
 
@@ -95,10 +110,11 @@ def mine_many(
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> list[MiningResult]:
-    """``mine`` for several units of one layer in a single scan (one forward per patch batch for all)."""
-    if not units or len({u.layer for u in units}) != 1:
-        raise VitalError("mine units of one layer at a time")
-    layer = units[0].layer
+    """``mine`` for several units (or objectives) in a single scan (one forward per patch batch for all)."""
+    if not units:
+        raise VitalError("nothing to mine: give at least one unit")
+    scorers = [u.resolved(model.class_names, model.class_synonyms) for u in units]  # class names -> indices
+    layers = read_layers(units)
     stride = stride or max(1, patch // 2)
     check_positive("--patch", patch, 8, " px")
     check_positive("--stride", stride, 1, " px")
@@ -110,17 +126,17 @@ def mine_many(
     store = MultiStore([JsonStore(root / f"{key}.json", {"unit": u.label(), "model": model.name})
                         for key, u in zip(keys, units, strict=True)])
     device = model.device
-    label = units[0].label() if len(units) == 1 else f"{len(units)} units of {layer}"
+    label = units[0].label() if len(units) == 1 else f"{len(units)} units of {', '.join(layers)}"
 
-    with capture(model.module, [layer], model.name) as feats:
+    with capture(model.module, layers, model.name) as feats:
 
         def best_patches(batch: list[tuple[Path, str, torch.Tensor]]) -> list[tuple[dict[str, Any], ...]]:
             out = []
             for _, _, img in batch:
                 scores, boxes = [], []
                 for chunk, crops in image_patches(img, model.preprocess, patch, stride, batch_size):
-                    model.module(model.preprocess.normalize(crops).to(device))
-                    scores.append(torch.stack([_unit_scores(feats[layer], u).float().cpu() for u in units], 1))
+                    logits = model.module(model.preprocess.normalize(crops).to(device))
+                    scores.append(torch.stack([_scores(feats, logits, u).float().cpu() for u in scorers], 1))
                     boxes += chunk
                 per_unit = torch.cat(scores)  # (patches, units)
                 best = per_unit.argmax(0).tolist()
@@ -214,23 +230,6 @@ def save_mining(result: MiningResult, refs: ReferenceSet, out: str | os.PathLike
     return record_path
 
 
-def from_mining(folder: str | os.PathLike[str]) -> ReferenceSet:
-    """References from a ``vital mine`` output folder: its patches, or their source images if mined with
-    ``--use images``."""
-    folder = Path(folder)
-    try:
-        rec = json.loads((folder / MINING_RECORD).read_text())
-    except (OSError, ValueError) as exc:
-        raise VitalError(f"cannot read {folder / MINING_RECORD}: {exc}") from None
-    use = rec.get("use", "patches")
-    files = [folder / e["file"] if use == "patches" else Path(e["source"]) for e in rec["references"]]
-    refs = from_files(files)
-    refs.fit = "stretch" if use == "patches" else "crop"
-    refs.label = f"mined:{rec.get('unit')} ({folder})"
-    refs.info = {"mining": {k: rec.get(k) for k in ("model", "unit", "patch", "stride", "k", "use", "cache_key")}}
-    return refs
-
-
 def mine_to_folder(
     model: Any,
     unit: Any,
@@ -258,3 +257,28 @@ def mine_to_folder(
                           progress=progress, cache_dir=cache_dir)
     refs = mined_references(result, k=k, use=use)
     return save_mining(result, refs, folder, use, overwrite=overwrite), refs
+
+
+def merge_shards(job_layer_dir: str | os.PathLike[str], unit: Any) -> Any:
+    """``unit``'s ``MiningResult`` over every shard of its layer in an atlas job (``atlas.mining``: each shard's
+    ``shard-NNNN.json`` beside its file list; all must be done), as one scan of the whole folder would give."""
+    folder = Path(job_layer_dir)
+    lists = sorted(folder.glob("shard-*.txt"))
+    entries: dict[str, dict[str, Any]] = {}
+    params: dict[str, Any] = {}
+    key = ""
+    for lst in lists:
+        result = lst.with_suffix(".json")
+        if not result.is_file():
+            raise VitalError(f"shard {result.stem} of {folder.name} has not been mined yet: run the job to the end")
+        found = json.loads(result.read_text())["units"].get(unit.label())
+        if found is None:
+            raise VitalError(f"{unit.label()} was not mined in {folder}: plan the job with it")
+        for e in found["entries"]:
+            entries.setdefault(e["sha256"], e)  # one entry per image content, whichever shard saw it
+        params, key = found["params"], found["key"]
+    if not lists:
+        raise VitalError(f"no shards in {folder}")
+    images = sum(1 for lst in lists for line in lst.read_text().splitlines() if line)
+    return MiningResult(list(entries.values()), {**params, "folder": str(folder), "images": images,
+                                                 "shards": len(lists)}, key, cache="merged")

@@ -9,8 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VitalError
-from ..options import CROPS, DEFAULT_CROPS, DEFAULT_REF_WEIGHTING, WEIGHTINGS, check_choice, check_n_refs
-from ..targets import ClassTarget, UnitTarget
+from ..options import (
+    CROPS,
+    DEFAULT_CROPS,
+    DEFAULT_REF_WEIGHTING,
+    WEIGHTINGS,
+    check_choice,
+    check_n_refs,
+    check_reference_source,
+)
+from ..targets import ClassTarget, DirectionTarget, UnitTarget
 from .evidence import evidence_crops, weight_by_evidence
 from .mining import mine_checked, mined_references
 from .sets import BUNDLED, ReferenceSet, bundled, from_files, from_folder, from_pool
@@ -46,8 +54,9 @@ def resolve(
     class's evidence when the prototypes are made.
     """
     given = [name for name, v in (("refs", refs), ("pool", pool), ("images", images)) if v is not None]
-    if len(given) > 1:
-        raise VitalError(f"give one reference source, not {' and '.join('--' + g for g in given)}")
+    kind = ("class" if isinstance(target, ClassTarget) else "unit" if isinstance(target, UnitTarget) else
+            "direction" if isinstance(target, DirectionTarget) else "objective")
+    check_reference_source(given, [kind])
     check_n_refs(n)
     check_choice("--crops", crops, CROPS)
     check_choice("--ref-weighting", weighting, WEIGHTINGS)
@@ -70,15 +79,11 @@ def _source(model: Any, target: Any, refs: Any, pool: Any, images: Any, n: int, 
     if isinstance(refs, ReferenceSet):
         return refs
     if images is not None:
-        if not isinstance(target, UnitTarget):
-            raise VitalError("--images mines references for a unit or a concept: give --unit or --concept, or "
-                             "--pool DIR for a class")
         result = mine_checked(model, target, images, device=device, progress=progress, cache_dir=cache_dir)
         return mined_references(result, k=n, use=use)
     if pool is not None:
-        if not isinstance(target, ClassTarget):
-            raise VitalError("--pool ranks images by a class's probability: for a unit give --images DIR (mines "
-                             "its top patches) or --refs FOLDER from `vital mine`")
+        if not isinstance(target, ClassTarget):  # an objective: the images it scores highest
+            return from_pool(pool, model, target, n=n, progress=progress)
         index, _ = target.resolve(model.class_names, model.class_synonyms)
         return from_pool(pool, model, index, n=n, progress=progress)
     if refs is not None:
@@ -93,4 +98,5 @@ def _source(model: Any, target: Any, refs: Any, pool: Any, images: Any, n: int, 
                              f"Bundled photos exist for: {', '.join(BUNDLED)}")
         return bundled(name, n=n, augment=augment)
     raise VitalError(f"a VITAL visualization of {target.label()} needs the unit's references: --images DIR (mines "
-                     "them) or --refs FOLDER from `vital mine`")
+                     "them) or --refs FOLDER from `vital mine`" + ("" if isinstance(target, UnitTarget) else
+                                                                   ", or --pool DIR (its top images)"))

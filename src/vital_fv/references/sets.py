@@ -24,7 +24,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import VitalError, close_matches
+from ..objectives import Objective, forward, per_item
 
+MINING_RECORD = "mining.json"  # what `vital mine` writes into its folder: `from_folder` reads such a folder back
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -280,6 +282,23 @@ def from_files(
                         info={"decoding": decoding} if decoding else {})
 
 
+def from_mining(folder: str | os.PathLike[str]) -> ReferenceSet:
+    """References from a ``vital mine`` output folder: its patches, or their source images if mined with
+    ``--use images``."""
+    folder = Path(folder)
+    try:
+        rec = json.loads((folder / MINING_RECORD).read_text())
+    except (OSError, ValueError) as exc:
+        raise VitalError(f"cannot read {folder / MINING_RECORD}: {exc}") from None
+    use = rec.get("use", "patches")
+    files = [folder / e["file"] if use == "patches" else Path(e["source"]) for e in rec["references"]]
+    refs = from_files(files)
+    refs.fit = "stretch" if use == "patches" else "crop"
+    refs.label = f"mined:{rec.get('unit')} ({folder})"
+    refs.info = {"mining": {k: rec.get(k) for k in ("model", "unit", "patch", "stride", "k", "use", "cache_key")}}
+    return refs
+
+
 def from_folder(
     folder: str | os.PathLike[str], n: int = 50, augment: bool = False, seed: int = 0
 ) -> ReferenceSet:
@@ -287,8 +306,6 @@ def from_folder(
 
     The authors draw N random images of the class; the seed makes the draw repeatable and is recorded.
     """
-    from .mining import MINING_RECORD, from_mining
-
     if (Path(folder) / MINING_RECORD).is_file():
         return from_mining(folder)
     paths = list_images(folder)
@@ -415,12 +432,13 @@ def bundled(name: str, n: int = 50, augment: bool = True, seed: int = 0) -> Refe
 def from_pool(
     folder: str | os.PathLike[str],
     model: Any,
-    class_index: int,
+    class_index: int | Objective,
     n: int = 50,
     batch_size: int = 32,
     progress: bool = True,
 ) -> ReferenceSet:
-    """Class references from an unlabelled folder: the ``n`` images the model itself rates most probable."""
+    """Class references from an unlabelled folder: the ``n`` images the model itself rates most probable; for an
+    objective (``class_index`` one of ``objectives``), the ``n`` images it scores highest."""
     from tqdm.auto import tqdm
 
     from ..device import frozen_on
@@ -446,7 +464,12 @@ def from_pool(
             if not images:
                 continue
             batch = ReferenceSet(images, [str(s) for s in sources], hashes, n=len(images)).prepare(model.preprocess)
-            probs = model.module(model.preprocess.normalize(batch.to(device))).softmax(-1)[:, class_index]
+            x = model.preprocess.normalize(batch.to(device))
+            if isinstance(class_index, Objective):
+                objective = class_index.resolved(model.class_names, model.class_synonyms)
+                probs = per_item([objective] * x.shape[0], forward(model, [objective], x))
+            else:
+                probs = model.module(x).softmax(-1)[:, class_index]
             for prob, p, img, h in zip(probs.tolist(), sources, images, hashes, strict=True):
                 scored.append((prob, p, img, h))
     if not scored:

@@ -1,0 +1,141 @@
+"""The pieces a family's canonizer rewrites the private copy with (zennit's Canonizer idea): modules that make
+functional operations visible to the LRP rules, values unchanged.
+
+``Canonizer`` is the base of one family's rewrites; each family's module (``zoo/families/``) holds its own subclass
+and its forward functions, and ``zoo.registry.canonizers_for`` says which apply to a model. This module imports
+nothing of the families or of the engine, so a family may import it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import VitalError
+
+
+class ResidualSum(nn.Module):
+    """``a + b`` over a stacked input (..., 2): one module input, so a rule can split relevance between a and b."""
+
+    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+        return stacked.sum(-1)
+
+
+class ConstantScale(nn.Module):
+    """Multiplication by a learned constant (ConvNeXt's layer scale): relevance passes through unchanged."""
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def alias_view(t: torch.Tensor) -> torch.Tensor:
+    """A view of ``t`` with exactly its strides, as a custom Function's new output for an unchanged tensor.
+
+    ``t.view_as(t)`` recomputes strides, and for a channels-last map with batch size 1 it gives the size-1 batch
+    dimension stride C instead of H*W*C; torch's CPU BatchNorm backward (2.14) then returns wrong input gradients
+    for it (tests/test_relevance_canonizers.py has the case). An exact-stride view leaves nothing for a later op
+    to misread.
+    """
+    return t.as_strided(t.size(), t.stride(), t.storage_offset())
+
+
+class Gate:
+    """Shared switch: while ``open`` is False, gradients through ``gated`` tensors are cut (relevance mode)."""
+
+    def __init__(self) -> None:
+        self.open = True
+
+
+class GateFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gate: Gate) -> torch.Tensor:  # noqa: ANN001
+        ctx.gate = gate
+        return alias_view(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return (grad if ctx.gate.open else torch.zeros_like(grad)), None
+
+
+class AttentionMix(nn.Module):
+    """Attention probabilities (set by the owner before each call) applied to the values. The z-rule sees them as
+    constants; the owner's gate cuts their gradient during the relevance pass (AttnLRP: q and k constant)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probs: torch.Tensor | None = None
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.probs @ v
+
+
+class LRPSelfAttention(nn.Module):
+    """torchvision's ``nn.MultiheadAttention`` (self-attention, batch first) split into modules LRP can see:
+    q and k under no_grad (constant), a ``v_proj`` Linear, the constant mixing, and the original ``out_proj``."""
+
+    def __init__(self, mha: nn.MultiheadAttention, gate: Gate) -> None:
+        super().__init__()
+        self.gate = gate
+        d, h = mha.embed_dim, mha.num_heads
+        if mha.in_proj_weight is None or not mha.batch_first:
+            raise VitalError("relevance: only packed, batch-first self-attention is supported")
+        w, b = mha.in_proj_weight.detach(), mha.in_proj_bias
+        b = torch.zeros(3 * d, device=w.device) if b is None else b.detach()
+        self.heads = h
+        self.register_buffer("qk_weight", w[: 2 * d].clone())
+        self.register_buffer("qk_bias", b[: 2 * d].clone())
+        self.v_proj = nn.Linear(d, d, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            self.v_proj.weight.copy_(w[2 * d :])
+            self.v_proj.bias.copy_(b[2 * d :])
+        self.mix = AttentionMix()
+        self.out_proj = mha.out_proj
+
+    def forward(self, x: torch.Tensor, *_: Any, **__: Any) -> tuple[torch.Tensor, None]:
+        bsz, t, d = x.shape
+        h, hd = self.heads, d // self.heads
+        q, k = nn.functional.linear(x, self.qk_weight, self.qk_bias).chunk(2, dim=-1)
+        q = q.view(bsz, t, h, hd).transpose(1, 2)
+        k = k.view(bsz, t, h, hd).transpose(1, 2)
+        probs = (q @ k.transpose(-2, -1) / math.sqrt(hd)).softmax(-1)
+        self.mix.probs = GateFn.apply(probs, self.gate) if probs.requires_grad else probs
+        v = self.v_proj(x).view(bsz, t, h, hd).transpose(1, 2)
+        o = self.mix(v).transpose(1, 2).reshape(bsz, t, d)
+        return self.out_proj(o), None
+
+
+
+def residual_add(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b`` through the ``vital_sum`` module a canonizer gave ``module``."""
+    return module.vital_sum(torch.stack([a, b], dim=-1))
+
+
+class Canonizer:
+    """One family's rewrites of the private copy (zennit's Canonizer idea): functional residual adds, pooling or
+    attention become modules that rules can see, values unchanged. ``matches`` decides from the module tree;
+    ``zennit_canonizers`` are zennit's own, registered with the rules. A family's module holds its subclass and
+    registers it with the family (``zoo.registry.register_family``)."""
+
+    family = "generic"
+
+    def matches(self, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, gate: Gate) -> None:
+        """Rewrite ``model`` (the private copy) in place."""
+
+    def zennit_canonizers(self) -> list[Any]:
+        return []
+
+    def rules(self) -> list[tuple[tuple[type, ...], Any]]:
+        """The family's own LRP rule choices, (module types, zennit rule hook) pairs tried before the common table
+        (``rules.lrp_composite``): a family whose modules need another rule says so here."""
+        return []
+
