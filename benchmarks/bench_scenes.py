@@ -15,9 +15,11 @@ target is in its top-5 (the bar: every class and seed).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -89,6 +91,8 @@ def main() -> int:
                          "class, the class object at a different place and size in each, always with the same "
                          "co-occurring object (item 5)")
     ap.add_argument("--preset", default="quick")
+    ap.add_argument("--changes", default="{}", help="OptimPreset fields to change, a Python dict")
+    ap.add_argument("--classes", help="only these bundled classes (comma-separated); the scenes stay the same")
     ap.add_argument("--save", help="folder for the scenes, the images and a JSON line per class x variant")
     args = ap.parse_args()
     bad = [v for v in args.variants.split(",") if v not in VARIANTS]
@@ -115,35 +119,38 @@ def main() -> int:
         if save:
             save.mkdir(parents=True, exist_ok=True)
             (save / f"{args.scenes}-{c}.png").write_bytes(png_bytes(img.float() / 255))
-    preset = OPTIM_PRESETS[args.preset]
+    preset = replace(OPTIM_PRESETS[args.preset], **ast.literal_eval(args.changes))
     print(f"scenes: {args.scenes}; preset {args.preset}; seeds {args.seeds}")
     print("| variant | class | distractor | refs P(distractor) | vis P(distractor), mean | at most a third | "
           "target in Lite2 top-5 | Lite0 top-1 | crops around the object |")
     print("|---|---|---|---|---|---|---|---|---|")
+    only = set(args.classes.split(",")) if args.classes else set(classes)
     for variant in args.variants.split(","):
         t = time.perf_counter()
         sets, idx, dis = {}, {}, {}
         for k, c in enumerate(classes):
             idx[c] = spec.class_names.index(c)
             dis[c] = spec.class_names.index(classes[(k + 1) % len(classes)])
-            if VARIANTS[variant] is not None:
+            if VARIANTS[variant] is not None and c in only:
                 crops, weighting = VARIANTS[variant]
                 sets[c] = references.resolve(spec, ClassTarget(idx[c]), folders[c], n=50, crops=crops,
                                              weighting=weighting, device="cpu", progress=False)
         if VARIANTS[variant] is None:
-            jobs = [Job(ClassTarget(idx[c]), None, s) for c in classes for s in seeds]
+            jobs = [Job(ClassTarget(idx[c]), None, s) for c in classes if c in only for s in seeds]
             # one image at a time: batched MACO costs more per image than alone on a CPU (issue 30)
             res = [r for job in jobs for r in run_method(variant, spec, [job], preset="quick", progress=False,
                                                           device="cpu")]
         else:
-            jobs = [Job(ClassTarget(idx[c]), sets[c], s) for c in classes for s in seeds]
+            jobs = [Job(ClassTarget(idx[c]), sets[c], s) for c in classes if c in only for s in seeds]
             res = visualize_batch(spec, jobs, preset=preset, progress=False, device="cpu")
         probs = judge_probs(judge, torch.stack([r.image for r in res]))
         totals = {"ok": 0, "top5": 0, "top1": 0, "n": 0}
-        for k, c in enumerate(classes):
+        for c in (c for c in classes if c in only):
+            k = classes.index(c)
             plain = references.from_folder(folders[c], n=50, augment=True)  # the scene as random crops show it
             ref_p = judge_probs(judge, plain.prepare(spec.preprocess))[:, dis[c]].mean().item()
-            rows = range(k * len(seeds), (k + 1) * len(seeds))
+            j = [c2 for c2 in classes if c2 in only].index(c)
+            rows = range(j * len(seeds), (j + 1) * len(seeds))
             vis_p = [probs[r, dis[c]].item() for r in rows]
             top5 = sum(idx[c] in probs[r].topk(5).indices.tolist() for r in rows)
             top1 = sum(res[r].top5[0]["index"] == idx[c] for r in rows)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -29,8 +30,9 @@ BASIC = {  # class: words that name it at the basic level
 }
 
 
-def pack(folder: Path, variants: list[str], seed: int, out: Path, key: Path, scenes: str, rng_seed: int) -> None:
-    items = [(v, c, folder / f"{scenes}-{v}-{c}-s{seed}.png") for v in variants for c in BASIC]
+def pack(folder: Path, variants: list[str], seeds: list[int], out: Path, key: Path, scenes: str, rng_seed: int,
+         per_sheet: int = 0) -> None:
+    items = [(v, c, folder / f"{scenes}-{v}-{c}-s{s}.png") for v in variants for c in BASIC for s in seeds]
     missing = [str(p) for _, _, p in items if not p.exists()]
     if missing:
         raise SystemExit(f"missing images: {missing}")
@@ -42,13 +44,45 @@ def pack(folder: Path, variants: list[str], seed: int, out: Path, key: Path, sce
     order = list(range(len(items)))
     rng.shuffle(order)
     mapping = {}
-    for k in order:
-        v, c, p = items[k]
-        name = f"img_{names[k]}.png"
-        shutil.copyfile(p, out / name)
-        mapping[name] = {"method": v, "class": c}
+    if per_sheet:
+        _sheets(items, order, out, mapping, per_sheet)
+    else:
+        for k in order:
+            v, c, p = items[k]
+            name = f"img_{names[k]}.png"
+            shutil.copyfile(p, out / name)
+            mapping[name] = {"method": v, "class": c}
     key.write_text(json.dumps(mapping, indent=1, sort_keys=True))
     print(f"{len(mapping)} images in {out}; key in {key}")
+
+
+def _names(label: str, cls: str) -> bool:
+    """Whether a free label names ``cls`` at the basic level: one of its words as a whole word ("teapot" does not
+    name espresso through "tea"; "motorbike" names moped)."""
+    words = re.findall(r"[a-z]+", label.lower())
+    text = " ".join(words)
+    return any(re.search(rf"\b{re.escape(w)}\b", text) for w in BASIC[cls])
+
+
+def _sheets(items: list, order: list[int], out: Path, mapping: dict, per_sheet: int) -> None:
+    """The images as numbered tiles on sheets (all tiles one size, several methods a sheet), so no file's name, size or
+    format says which method made it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    tile, cols = 256, 3
+    for start in range(0, len(order), per_sheet):
+        chunk = order[start : start + per_sheet]
+        rows = -(-len(chunk) // cols)
+        sheet = Image.new("RGB", (cols * tile, rows * (tile + 24)), "white")
+        draw, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=18)
+        for j, k in enumerate(chunk):
+            v, c, p = items[k]
+            tid = f"{start // per_sheet + 1}{'ABCDEFGHIJKL'[j]}"
+            x, y = (j % cols) * tile, (j // cols) * (tile + 24)
+            sheet.paste(Image.open(p).convert("RGB").resize((tile - 8, tile - 8), Image.LANCZOS), (x + 4, y + 4))
+            draw.text((x + tile // 2 - 10, y + tile), tid, fill="black", font=font)
+            mapping[tid] = {"method": v, "class": c}
+        sheet.save(out / f"sheet_{start // per_sheet + 1:02d}.png")
 
 
 def score(key: dict, labels: list[dict], ratings: list[dict], choices: list[dict]) -> None:
@@ -56,7 +90,7 @@ def score(key: dict, labels: list[dict], ratings: list[dict], choices: list[dict
     for answers in labels:
         for name, label in answers.items():
             k = key[name]
-            hit = any(w in str(label).lower() for w in BASIC[k["class"]])
+            hit = _names(str(label), k["class"])
             rows[k["method"]]["label"].append(float(hit))
     for answers in ratings:
         for name, r in answers.items():
@@ -82,7 +116,9 @@ def main() -> int:
     p.add_argument("folder")
     p.add_argument("--variants", default="today,objects+weighted,fourier,maco")
     p.add_argument("--scenes", default="scenes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated")
+    p.add_argument("--per-sheet", type=int, default=0,
+                   help="tiles per sheet (numbered, one JPEG per sheet) instead of one file per image")
     p.add_argument("--pack", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--shuffle-seed", type=int, default=26)
@@ -92,8 +128,8 @@ def main() -> int:
         s.add_argument(f"--{part}", nargs="*", default=[], help="raters' JSON files, one per rater")
     args = ap.parse_args()
     if args.cmd == "pack":
-        pack(Path(args.folder), args.variants.split(","), args.seed, Path(args.pack), Path(args.key), args.scenes,
-             args.shuffle_seed)
+        pack(Path(args.folder), args.variants.split(","), [int(x) for x in args.seeds.split(",")], Path(args.pack),
+             Path(args.key), args.scenes, args.shuffle_seed, args.per_sheet)
     else:
         key = json.loads(Path(args.key).read_text())
         load = lambda files: [json.loads(Path(f).read_text()) for f in files]  # noqa: E731
