@@ -43,6 +43,10 @@ class Disentangled:
     def n_clusters(self) -> int:
         return int(self.labels.max()) + 1
 
+    def sizes(self) -> list[int]:
+        """How many patches each cluster holds."""
+        return [len(self.members(c)) for c in range(self.n_clusters)]
+
     def members(self, cluster: int) -> list[int]:
         """Scan indices of the cluster's patches, by decreasing unit score."""
         return [self.selected[i] for i in np.flatnonzero(self.labels == cluster)]
@@ -222,7 +226,7 @@ class DisentangleRun:
     out: Path
 
     def sizes(self) -> list[int]:
-        return [len(self.disentangled.members(c)) for c in range(self.disentangled.n_clusters)]
+        return self.disentangled.sizes()
 
 
 def run_disentangle(
@@ -270,10 +274,9 @@ def run_disentangle(
         dis = disentangle(spec, unit, images, clusters=clusters, patches=patches, per_image=per_image,
                           cluster_layer=cluster_layer, patch=patch, stride=stride, seed=seed, progress=progress,
                           cache_dir=cache_dir)
-    sizes = [len(dis.members(c)) for c in range(dis.n_clusters)]
     logging.getLogger("vital_fv").info(
         f"{unit.label()}: {dis.params['patches']} top patches of {dis.params['image_count']} images in "
-        f"{dis.n_clusters} clusters of {', '.join(map(str, sizes))}; visualizing each")
+        f"{dis.n_clusters} clusters of {', '.join(map(str, dis.sizes()))}; visualizing each")
     results = keep_last_finite(
         lambda: visualize_clusters(spec, dis, top=n_refs, seed=seed, progress=progress, preset=preset, steps=steps,
                                    lr=lr, device=device, relevance=relevance),
