@@ -1,22 +1,38 @@
 """``python -m vital_fv`` and the ``vital`` command's entry point.
 
-The command's own modules are imported inside ``run``, so a Ctrl-C while they load (the first fraction of a second)
-ends as cleanly as one during the work: a short message and exit code 130, no traceback.
+The command's own modules are imported inside ``run``, so a Ctrl-C or SIGTERM while they load (the first seconds)
+ends as cleanly as one during the work: a short message and exit code 130 / 143, no traceback. During torch's
+import a stop is only recorded and acted on once the import is complete (see ``signals.deferred_stops``).
 """
 
+import signal
 import sys
+
+STOPPED = "interrupted before any result was complete: nothing was written"
 
 
 def run() -> int:
+    stops: list[int] = []
     try:
+        from .signals import deferred_stops
+
+        with deferred_stops(stops):  # torch's import runs C++ that a raising signal handler would abort (-6)
+            import torch  # noqa: F401
+            import torchvision  # noqa: F401
+        if stops:
+            raise KeyboardInterrupt
         from .cli import console_main
 
         code = console_main()
     except KeyboardInterrupt:  # while the command's modules load, or one that outlived the command's own handling
-        print("interrupted before any result was complete: nothing was written", file=sys.stderr)
-        code = 130
+        print(STOPPED, file=sys.stderr)
+        code = _exit_code(stops) if stops else 130
     _forget_handled_interrupt()
     return code
+
+
+def _exit_code(stops: list[int]) -> int:
+    return 143 if signal.SIGTERM in stops else 130
 
 
 def _forget_handled_interrupt() -> None:

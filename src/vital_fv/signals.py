@@ -9,6 +9,7 @@ complete. Python allows signal handlers only in the main thread; elsewhere both 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -44,6 +45,30 @@ def sigterm_as_interrupt(received: list[int] | None = None) -> Iterator[list[int
     previous = {s: signal.signal(s, handler) for s in HELD}
     try:
         yield seen
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def deferred_stops(stops: list[int]) -> Iterator[list[int]]:
+    """Within the block, SIGINT and SIGTERM are recorded in ``stops`` and acted on only after it.
+
+    For imports that run C++ which calls back into Python (torch's ``_c10d_init``): an exception raised there by a
+    signal handler crosses pybind11 and aborts the process (status -6) instead of stopping it. Nothing is written
+    yet at that point, so a second signal while the block runs ends the process at once."""
+    if not _main_thread():
+        yield stops
+        return
+
+    def record(signum: int, _frame: object) -> None:
+        stops.append(signum)
+        if len(stops) > 1:
+            os._exit(143 if signal.SIGTERM in stops else 130)
+
+    previous = {s: signal.signal(s, record) for s in HELD}
+    try:
+        yield stops
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
