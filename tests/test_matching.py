@@ -6,6 +6,7 @@ from vital_fv.matching import (
     argsort_rows,
     compute_prototypes,
     l2_norm,
+    ranks_ahead,
     resample_sorted,
     sort_matching_loss,
     total_variation,
@@ -115,3 +116,44 @@ def test_argsort_rows_orders_negative_values_and_signed_zeros():
     x[1, :5] = torch.tensor([-3.4e38, 3.4e38, -1e-45, 1e-45, 0.0])
     idx = argsort_rows(x)
     assert torch.equal(torch.gather(x, 1, idx), torch.sort(x, dim=-1).values)
+
+
+def test_ranks_sorted_during_the_forward_give_the_same_loss_and_gradient():
+    """The sort started in a second thread as the layer's output is made is the one the loss would have made."""
+    from vital_fv.features import capture
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 3))
+    x = torch.randn(2, 3, 30, 30)
+    proto = torch.sort(torch.randn(8, 900), dim=-1).values
+    with ranks_ahead("cpu") as ranks, capture(net, ["1"], on_output=ranks.started) as feats:
+        xa = x.clone().requires_grad_()
+        net(xa)
+        za = feats["1"].flatten(2)
+        order = ranks.take("1", za)
+        assert order is not None
+        loss_a = sort_matching_loss(za, proto, order=order)
+        loss_a.sum().backward()
+    xb = x.clone().requires_grad_()
+    with capture(net, ["1"]) as feats:
+        net(xb)
+        loss_b = sort_matching_loss(feats["1"].flatten(2), proto)
+        loss_b.sum().backward()
+    assert torch.equal(loss_a, loss_b)
+    assert torch.equal(xa.grad, xb.grad)
+
+
+def test_ranks_sorted_ahead_are_not_used_for_a_changed_or_other_tensor():
+    with ranks_ahead("cpu") as ranks:
+        out = torch.randn(1, 4, 64, 64)
+        ranks.started("a", out)
+        out.add_(1.0)  # changed in place after the sort began
+        assert ranks.take("a", out.flatten(2)) is None
+        ranks.started("a", out)
+        assert ranks.take("a", out.flatten(2) * 2) is None  # another tensor
+        ranks.started("a", out)
+        assert ranks.take("a", out.flatten(2)) is not None
+        assert ranks.take("a", out.flatten(2)) is None  # each sort is taken once
+    with ranks_ahead("cpu", enabled=False) as off:
+        off.started("a", out)
+        assert off.take("a", out.flatten(2)) is None

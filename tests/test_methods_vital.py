@@ -346,3 +346,28 @@ def test_gradient_shaping_stays_out_of_the_transparency_map_and_the_record_says_
         assert torch.allclose(plain.alpha, shaped.alpha) and plain.alpha.sum() > 0
         opt = shaped.record["optimizer"]
         assert (opt["unit_prior"], opt["unit_smooth"], opt["channel_smooth"]) == (prior, smooth, channel)
+
+
+def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypatch):
+    """The loss's sorts run beside the forward pass (matching.ranks_ahead); the images are those of sorting in
+    the loss, and the sorts made ahead are the ones used."""
+    from vital_fv import matching
+
+    used = []
+    take = matching.RanksAhead.take
+
+    def counting(self, name, z):
+        order = take(self, name, z)
+        used.append(order is not None)
+        return order
+
+    monkeypatch.setattr(matching.RanksAhead, "take", counting)
+    kw = dict(preset="quick", steps=6, progress=False)
+    ahead = visualize(tiny_spec, 1, refs_a, seed=2, **kw)
+    assert used and all(used)
+    real = opt_mod.ranks_ahead
+    monkeypatch.setattr(opt_mod, "ranks_ahead", lambda *a, **k: real(*a, **{**k, "enabled": False}))
+    used.clear()
+    inline = visualize(tiny_spec, 1, refs_a, seed=2, **kw)
+    assert not any(used)
+    assert torch.equal(ahead.image, inline.image)

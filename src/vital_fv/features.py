@@ -6,7 +6,7 @@ Every matched layer is seen as C channels x P positions: conv maps (B, C, H, W) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -49,8 +49,10 @@ def as_channels_positions(t: torch.Tensor, skip_tokens: int = 0) -> torch.Tensor
 
 
 @contextmanager
-def capture(module: nn.Module, names: Sequence[str], model_name: str = "") -> Iterator[dict[str, torch.Tensor]]:
-    """Within the block, every forward of ``module`` fills the yielded dict with the named layers' outputs.
+def capture(module: nn.Module, names: Sequence[str], model_name: str = "",
+            on_output: Callable[[str, torch.Tensor], None] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, every forward of ``module`` fills the yielded dict with the named layers' outputs
+    (``on_output(name, output)`` is called with each as it is made).
 
     Hooks are removed on exit, also after an exception, so the model is left as it was found.
     """
@@ -62,6 +64,8 @@ def capture(module: nn.Module, names: Sequence[str], model_name: str = "") -> It
 
             def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
                 store[name] = out
+                if on_output is not None:
+                    on_output(name, out)
 
             handles.append(layer.register_forward_hook(hook))
         yield store

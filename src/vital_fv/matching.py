@@ -8,7 +8,9 @@ the gradient back through the sort's permutation to the unsorted positions.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -36,20 +38,22 @@ def resample_sorted(proto: torch.Tensor, positions: int) -> torch.Tensor:
     return proto[..., lo] * (1 - frac) + proto[..., hi] * frac
 
 
-def sort_matching_loss(z: torch.Tensor, proto: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def sort_matching_loss(z: torch.Tensor, proto: torch.Tensor, weights: torch.Tensor | None = None,
+                       order: torch.Tensor | None = None) -> torch.Tensor:
     """Per-item loss for features ``z`` (B, C, P) against a prototype (C, P') or per-item prototypes (B, C, P').
 
     Returns shape (B,): each batch item is its own visualization, never averaged with the others. The loss is
     ``mean((z - z_r)**2)`` with ``z_r = proto[rank(z)]`` held constant (the authors' formulation); its value and
     its gradient ``2 (z - z_r) / (C P)`` equal those of ``mean((sort(z) - proto)**2)`` through autograd.
-    ``weights`` (C,) or (B, C) weight each channel's squared error (relevance importance, SPEC §4).
+    ``weights`` (C,) or (B, C) weight each channel's squared error (relevance importance, SPEC §4). ``order``:
+    ``argsort_rows`` of ``z`` already made (``RanksAhead``), else it is made here.
     """
     if z.dim() != 3:
         raise ValueError(f"features must be (B, C, P), got {tuple(z.shape)}")
     if proto.shape[-2] != z.shape[1]:
         raise ValueError(f"prototype has {proto.shape[-2]} channels, features have {z.shape[1]}")
     with torch.no_grad():
-        z_r = matched_targets(z, proto)
+        z_r = matched_targets(z, proto, order)
     if weights is not None:
         # w (z - t)^2 = (sqrt(w) z - sqrt(w) t)^2: the rank matching above is unaffected by the weights.
         sw = weights.to(z.dtype).clamp(min=0).sqrt()
@@ -75,13 +79,13 @@ class _SquaredErrorToConstant(torch.autograd.Function):
         return diff * scale.view(-1, *([1] * (diff.dim() - 1))), None
 
 
-def matched_targets(z: torch.Tensor, proto: torch.Tensor) -> torch.Tensor:
+def matched_targets(z: torch.Tensor, proto: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
     """``proto[rank(z)]``: the prototype value at each position's rank within its channel, shaped like ``z``."""
     proto = resample_sorted(proto.to(z.dtype), z.shape[-1])
     if proto.dim() == 2:
         proto = proto.unsqueeze(0)
     proto = proto.expand_as(z)
-    idx = argsort_rows(z.detach().reshape(-1, z.shape[-1])).view(z.shape)
+    idx = (argsort_rows(z.detach().reshape(-1, z.shape[-1])) if order is None else order).view(z.shape)
     return torch.empty_like(z).scatter_(-1, idx, proto)
 
 
@@ -108,6 +112,56 @@ def argsort_rows(rows: torch.Tensor) -> torch.Tensor:
     key.sort(axis=-1)
     key &= np.int64(0xFFFFFFFF)
     return torch.from_numpy(key)
+
+
+class RanksAhead:
+    """Sorts each matched layer's activations in a second thread while the forward pass goes on to the next layers.
+
+    The CPU sort (``argsort_rows``) is a tenth of a forward+backward of EfficientNet-Lite0, and the stem's, the
+    largest, is known a whole forward before the loss needs it; NumPy's sort releases the GIL, so the two overlap
+    and the step no longer pays for it. ``started`` is the forward hook's callback; ``take`` gives the order for the
+    tensor the loss is made from, or None (then the loss sorts as before) when the tensor is another one or was
+    changed in place after the sort began: the result is the same in every case, only when it is computed moves.
+    Elsewhere than on the CPU (or for rows too small to go to NumPy) nothing is started.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor | None, skip_tokens: int = 0) -> None:
+        self._pool = pool
+        self._skip = skip_tokens
+        self._pending: dict[str, tuple[torch.Tensor, int, Future]] = {}
+
+    def started(self, name: str, out: torch.Tensor) -> None:
+        if self._pool is None:
+            return
+        z = as_channels_positions(out, self._skip).detach()
+        rows = z.reshape(-1, z.shape[-1])
+        if rows.device.type != "cpu" or rows.numel() < 4096 or rows.shape[-1] >= 2**32:
+            return
+        self._pending[name] = (z, z._version, self._pool.submit(argsort_rows, rows))
+
+    def take(self, name: str, z: torch.Tensor) -> torch.Tensor | None:
+        entry = self._pending.pop(name, None)
+        if entry is None:
+            return None
+        seen, version, future = entry
+        order = future.result()
+        same = (seen.data_ptr() == z.data_ptr() and seen.shape == z.shape and seen.stride() == z.stride()
+                and z._version == version)
+        return order if same else None
+
+
+@contextmanager
+def ranks_ahead(device: torch.device | str, skip_tokens: int = 0, enabled: bool = True) -> Iterator[RanksAhead]:
+    """A ``RanksAhead`` with its thread for the block (none off the CPU or when not ``enabled``); the thread ends
+    with the block."""
+    if not enabled or torch.device(device).type != "cpu":
+        yield RanksAhead(None, skip_tokens)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-sort")
+    try:
+        yield RanksAhead(pool, skip_tokens)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @functools.lru_cache(maxsize=64)

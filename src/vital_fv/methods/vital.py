@@ -23,6 +23,7 @@ from ..features import as_channels_positions, capture, resolve_layers
 from ..matching import (
     compute_prototypes,
     l2_norm,
+    ranks_ahead,
     resample_sorted,
     sort_matching_loss,
     total_variation,
@@ -514,11 +515,13 @@ def _optimize(
     skip = model.skip_tokens
     alpha = torch.zeros_like(x)  # |d loss / d x| summed over steps: the transparency map (SPEC §4)
 
-    with capture(model.module, names, model.name) as feats:
+    # The sorts start in the forward; with relevance weighting the loss sorts weighted activations made later.
+    with ranks_ahead(device, skip, enabled=weighting is None) as ranks, \
+            capture(model.module, names, model.name, ranks.started) as feats:
 
         def layer_loss(n: str, a: torch.Tensor, rel: Any, quiet: torch.Tensor | None) -> torch.Tensor:
             if rel is None:
-                return sort_matching_loss(a, protos[n])
+                return sort_matching_loss(a, protos[n], order=ranks.take(n, a))
             # R̂ is recomputed on this step's jittered image and enters as a constant weight (SPEC §4).
             weighted = sort_matching_loss(a * normalize_relevance(rel.rel[n]).to(a.dtype), weighting.protos[n],
                                           weighting.weights[n])
