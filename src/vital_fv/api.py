@@ -31,7 +31,7 @@ from .result import Result, ensure_writable_dir, refuse_overwrite
 from .runspec import References, RunSpec, as_target, plain_target, target_to_json
 from .signals import hold_signals
 from .targets import ClassTarget, UnitTarget
-from .zoo import LayerPreset, ModelSpec, load_model
+from .zoo import LayerPreset, ModelSpec, as_model_spec
 
 log = logging.getLogger("vital_fv")
 OUTPUT_SUFFIXES = (".png", ".json", ".rgba.png", ".alpha.npy")
@@ -162,7 +162,7 @@ def rerun(record: str | os.PathLike[str] | Mapping[str, Any], *, model: ModelSpe
     if out_dir is not None:
         refuse_overwrite([out_dir / f"{stem}{ext}" for ext in OUTPUT_SUFFIXES], overwrite)
     first = items[0]
-    loaded = first.model if isinstance(first.model, ModelSpec) else load_model(first.model, first.weights)
+    loaded = as_model_spec(first.model, first.weights)
     result = run_jobs(items, loaded)[index]
     result.record["spec"] = dict(record["spec"] if isinstance(record, Mapping) else
                                  json.loads(Path(record).read_text())["spec"])
@@ -210,7 +210,7 @@ def run(spec: RunSpec) -> list[Result]:
     if not isinstance(spec.model, (ModelSpec, str)):
         raise VitalError(f"model must be a ModelSpec or a zoo name, not {type(spec.model).__name__}: wrap a module "
                          "with vital_fv.load_model(module, preprocess=...)")
-    model = spec.model if isinstance(spec.model, ModelSpec) else load_model(spec.model, spec.weights)
+    model = as_model_spec(spec.model, spec.weights)
     if spec.class_token is not None:
         model = replace(model, class_token=spec.class_token)
     targets = list(spec.targets)

@@ -228,16 +228,15 @@ def run_circuit(
 
     from .device import frozen_on, resolve_device
     from .methods import get_method, get_preset, keep_last_finite
-    from .result import ensure_writable_dir
+    from .result import output_folder
     from .targets import ClassTarget
-    from .zoo import ModelSpec, load_model
+    from .zoo import as_model_spec
 
     get_preset(get_method("vital"), preset, steps, lr)
     check_positive("--top", top)
     check_positive("--n-refs", n_refs)
-    folder = ensure_writable_dir(out)
-    refuse_overwrite([folder / RECORD, folder / "circuit.png"], overwrite)
-    spec = model if isinstance(model, ModelSpec) else load_model(model, weights)
+    folder = output_folder(out, [RECORD, "circuit.png"], overwrite)
+    spec = as_model_spec(model, weights)
     index, name = ClassTarget(cls).resolve(spec.class_names, spec.class_synonyms)
     with frozen_on(spec.module, resolve_device(device)):
         ranking = rank_channels(spec, index, images, layer=layer, progress=progress, cache_dir=cache_dir)

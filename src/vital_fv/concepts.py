@@ -327,12 +327,12 @@ def run_concepts(
     (``save_concepts``); returns them and the ``concepts.safetensors`` path. ``model``: a ``ModelSpec`` or a zoo
     name (with ``weights``); ``cls``: a class index or name. The output files are checked before any work."""
     from .device import frozen_on, resolve_device
+    from .result import output_folder
     from .targets import ClassTarget
-    from .zoo import ModelSpec, load_model
+    from .zoo import as_model_spec
 
-    folder = Path(out)
-    refuse_overwrite([folder / CONCEPTS_FILE, folder / CONCEPTS_RECORD], overwrite)
-    spec = model if isinstance(model, ModelSpec) else load_model(model, weights)
+    folder = output_folder(out, [CONCEPTS_FILE, CONCEPTS_RECORD], overwrite)
+    spec = as_model_spec(model, weights)
     index, name = ClassTarget(cls).resolve(spec.class_names, spec.class_synonyms)
     with frozen_on(spec.module, resolve_device(device)):
         concepts = extract_concepts(spec, index, images, n_concepts=n_concepts, layer=layer, patch=patch,

@@ -261,15 +261,14 @@ def run_disentangle(
 
     from .device import frozen_on, resolve_device
     from .methods import get_method, get_preset, keep_last_finite
-    from .result import ensure_writable_dir
-    from .zoo import ModelSpec, load_model
+    from .result import output_folder
+    from .zoo import as_model_spec
 
     get_preset(get_method("vital"), preset, steps, lr)
     check_positive("--n-refs", n_refs)
     unit = UnitTarget.parse(unit) if isinstance(unit, str) else unit
-    folder = ensure_writable_dir(out)
-    refuse_overwrite([folder / RECORD, folder / "overview.png"], overwrite)
-    spec = model if isinstance(model, ModelSpec) else load_model(model, weights)
+    folder = output_folder(out, [RECORD, "overview.png"], overwrite)
+    spec = as_model_spec(model, weights)
     with frozen_on(spec.module, resolve_device(device)):
         dis = disentangle(spec, unit, images, clusters=clusters, patches=patches, per_image=per_image,
                           cluster_layer=cluster_layer, patch=patch, stride=stride, seed=seed, progress=progress,

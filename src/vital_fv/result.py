@@ -55,6 +55,14 @@ def ensure_writable_dir(folder: str | os.PathLike[str]) -> Path:
     return p
 
 
+def output_folder(out: str | os.PathLike[str], names: list[str], overwrite: bool) -> Path:
+    """The output folder, made and proved writable, with none of ``names`` in it unless ``overwrite``: the check
+    each command makes before any work."""
+    folder = ensure_writable_dir(out)
+    refuse_overwrite([folder / n for n in names], overwrite)
+    return folder
+
+
 def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:

@@ -5,11 +5,12 @@ names, layer preset and layout facts.
 - ``registry``: ``Family`` and ``register_family``, the lookups the loaders and the relevance engine use
 - ``families/``: one module per architecture family (its presets, facts, canonizer, own models)
 - ``sources``: weight files and their hashes, ImageNet class names and synonyms from installed packages
-- ``loaders``: ``load_model`` and ``list_models``
+- ``loaders``: ``load_model``, ``as_model_spec`` and ``list_models``
 """
 
 from .loaders import (
     EMBEDDED_MODELS,
+    as_model_spec,
     embedded_models,
     list_models,
     load_model,
@@ -66,6 +67,7 @@ __all__ = [
     "imagenet_synonyms",
     "last_linear",
     "list_models",
+    "as_model_spec",
     "load_model",
     "load_state_dict_strict",
     "preceding_stage",

@@ -62,6 +62,11 @@ def list_models() -> list[str]:
     return embedded_models() + sorted(tvm.list_models(module=tvm))
 
 
+def as_model_spec(model: ModelSpec | str | nn.Module, weights: str | os.PathLike[str] | None = None) -> ModelSpec:
+    """A ``ModelSpec`` as it is, else ``load_model(model, weights)``: what every one-call entry point accepts."""
+    return model if isinstance(model, ModelSpec) else load_model(model, weights)
+
+
 def load_model(
     model: str | nn.Module = DEFAULT_MODEL,
     weights: str | os.PathLike[str] | None = None,
