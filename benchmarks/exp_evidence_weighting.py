@@ -1,5 +1,6 @@
-"""bench_scenes with the evidence weighting changed (issue 26, a check): the floor (FLOOR, default 0.1) and a power
-of the Grad-CAM maps (POWER, default 1) from the environment; the other arguments are bench_scenes.py's.
+"""bench_scenes with the evidence weighting changed (issue 26, a check): the floor (FLOOR, default 0.1), a power
+of the Grad-CAM maps (POWER, default 1) and the layer Grad-CAM is read at (LAYER, default the last spatial one)
+from the environment; the other arguments are bench_scenes.py's.
 
     FLOOR=0.0 POWER=2 PYTHONPATH=src python benchmarks/exp_evidence_weighting.py --classes missile,espresso \
         --seeds 0,1,2 --variants objects+weighted
@@ -14,11 +15,12 @@ from vital_fv.references import evidence  # noqa: E402
 
 evidence.EVIDENCE_FLOOR = float(os.environ.get("FLOOR", "0.1"))
 power = float(os.environ.get("POWER", "1"))
+layer = os.environ.get("LAYER") or None
 orig = evidence.evidence_maps
 
 
 def maps(*a, **k):
-    return orig(*a, **k) ** power
+    return orig(*a, layer=layer, **k) ** power
 
 
 evidence.evidence_maps = maps

@@ -131,6 +131,15 @@ def test_evidence_maps_find_the_object_and_object_crops_are_its_size(map_spec):
     assert boxes and all(b[3] <= 70 and b[4] <= 70 for b in boxes)
 
 
+def test_evidence_maps_read_at_a_chosen_layer(map_spec):
+    from vital_fv.references.evidence import evidence_maps
+
+    maps = evidence_maps(map_spec, 0, small_object().float() / 255, device="cpu", layer="conv")
+    assert maps[0, 12:38, 52:78].mean() > 0.8 and maps[0, 50:, :40].mean() < 0.05
+    with pytest.raises(VitalError, match="unknown layer 'nope'"):
+        evidence_maps(map_spec, 0, small_object().float() / 255, device="cpu", layer="nope")
+
+
 def test_reference_positions_weighted_by_evidence_make_the_prototype_the_object_s(map_spec):
     from vital_fv.matching import compute_prototypes
     from vital_fv.references.evidence import weight_by_evidence

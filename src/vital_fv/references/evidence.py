@@ -40,10 +40,11 @@ SCAN_SIDES_EACH = (0.4, 0.6)  # ... and for a folder as large as --n-refs (a thi
 
 
 def evidence_maps(model: Any, class_index: int, images01: torch.Tensor, *, device: Any = "auto",
-                  batch_size: int = 16) -> torch.Tensor:
+                  batch_size: int = 16, layer: str | None = None) -> torch.Tensor:
     """Grad-CAM maps of ``class_index`` on ``images01`` (N, 3, S, S in [0, 1]): (N, S, S), each scaled to a peak of
-    1; all ones where the layer has no spatial map (token layers) or the class has no positive evidence."""
-    layer = model.last_hidden_layer()
+    1; all ones where the layer has no spatial map (token layers) or the class has no positive evidence. ``layer``:
+    where Grad-CAM is read (default: the model's last spatial layer)."""
+    layer = layer or model.last_hidden_layer()
     dev = resolve_device(device)
     size = images01.shape[-1]
     maps = []
