@@ -69,3 +69,42 @@ def test_guided_backprop_matches_a_direct_computation():
         logits = net(xin)
         (plain,) = torch.autograd.grad(logits[:, 2].sum(), f["2"])
     assert not torch.allclose(as_channels_positions(plain), out.rel["2"])
+
+
+class _NormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d in small: a norm with its activation inside, both ruled (the outer rule wins)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+def test_a_rule_nested_in_a_ruled_module_computes_nothing_in_a_relevance_pass():
+    """The activation inside a ruled norm gets no relevance; its branch must not run on materialized zeros (the
+    norm's backward ran on zeros for every such module on every step, and LRP gave the same numbers)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _NormAct(4), nn.Conv2d(4, 2, 1, bias=False), nn.ReLU())
+    net.eval()
+    x = torch.rand(2, 3, 8, 8)
+    with Relevance(net, ["0", "1"], "lrp") as rel:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = rel(x, [UnitTarget("3", 0), UnitTarget("3", 1)])
+        names = [e.name for e in prof.events()]
+        assert "aten::native_batch_norm_backward" not in names
+        assert conservation(out)["1"] == pytest.approx(1.0, abs=1e-4)  # through the bias-free z+
+        assert out.rel["0"].abs().sum() > 0  # and on through the norm (its rule passes relevance to its input)
+        # the true gradient through the same copy still goes through the norm
+        xg = x.clone().requires_grad_(True)
+        kept = rel(xg, [UnitTarget("3", 0), UnitTarget("3", 1)], keep_graph=True)
+        with rel.plain_gradients():
+            kept.acts["0"].sum().backward()
+    with capture(net, ["0"]) as feats:
+        xr = x.clone().requires_grad_(True)
+        net(xr)
+        feats["0"].sum().backward()
+    assert torch.allclose(xg.grad, xr.grad, atol=1e-6)

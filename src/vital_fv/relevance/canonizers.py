@@ -60,8 +60,8 @@ class GateFn(torch.autograd.Function):
         return alias_view(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
-        return (grad if ctx.gate.open else torch.zeros_like(grad)), None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # noqa: ANN001
+        return (grad if ctx.gate.open else None), None  # cut: undefined, so nothing below computes on zeros
 
 
 class AttentionMix(nn.Module):

@@ -28,10 +28,16 @@ class _RuleFn(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, hook: Any, module: nn.Module) -> torch.Tensor:  # noqa: ANN001
         ctx.hook, ctx.module = hook, module
         ctx.save_for_backward(x)
+        # A rule nested in a ruled module (the activation inside timm's BatchNormAct2d) gets no relevance: the
+        # outer rule sends it all to the outer input. Left undefined, nothing below it runs; materialized as zeros,
+        # the zeros went through the rule, the norm's backward and a sum at the outer input on every step.
+        ctx.set_materialize_grads(False)
         return alias_view(y)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[Any, ...]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor | None) -> tuple[Any, ...]:  # noqa: ANN001
+        if grad is None:
+            return None, None, None, None
         if ctx.hook.active:
             (x,) = ctx.saved_tensors
             return ctx.hook.relevance(ctx.module, x.detach(), grad), None, None, None
