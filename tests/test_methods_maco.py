@@ -69,3 +69,27 @@ def test_batched_crops_are_each_items_own_crops():
     alone = torch.cat([random_crops(img, torch.Generator().manual_seed(s), 4, 16, 0.6)
                        for img, s in zip(imgs, (0, 1, 2), strict=True)])
     assert together.shape == (12, 3, 16, 16) and torch.equal(together, alone)
+
+
+def test_crops_through_the_model_in_chunks_give_the_same_images(tiny_spec):
+    """A batch's crops may go through the model a chunk at a time (on a CPU more crops per pass cost more per
+    crop); the gradient is the same, so the images are, up to float32 sums."""
+    from dataclasses import replace
+
+    from vital_fv.methods.maco import Maco
+
+    quick = Maco.presets["quick"]  # 4 crops an image: 8 for the two jobs
+    jobs = [Job(ClassTarget(1), None, 3), Job(ClassTarget(2), None, 5)]
+    whole = run_method("maco", tiny_spec, jobs, preset=replace(quick, crop_chunk=8), steps=3, progress=False)
+    rows: list[int] = []
+    handle = tiny_spec.module.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    try:
+        parts = run_method("maco", tiny_spec, jobs, preset=replace(quick, crop_chunk=3), steps=3, progress=False)
+    finally:
+        handle.remove()
+    assert 3 in rows and max(rows) <= 3  # chunks of 3, 3, 2 crops (and the final top-5 of 2 images)
+    for a, b in zip(whole, parts, strict=True):
+        assert torch.allclose(a.image, b.image, atol=1e-5)
+        assert a.record["loss"]["objective"] == pytest.approx(b.record["loss"]["objective"], rel=1e-4)
+    with pytest.raises(VitalError, match="crop_chunk"):
+        replace(quick, crop_chunk=0)

@@ -131,6 +131,20 @@ class MacoPreset(AscentPreset):
     optimizer: str = "nadam"
     noise: float = 0.1  # uniform noise amplitude added to each crop
     crops: int = 6  # random crops per image and step
+    # Crops through the model per forward+backward; None: CPU_CROP_CHUNK on a CPU, all of them elsewhere.
+    crop_chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        c = self.crop_chunk
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise VitalError(f"preset: crop_chunk must be a whole number >= 1 (crops per forward pass) or None "
+                             f"(chosen by device), got {c!r}")
+
+
+# On a CPU a forward+backward of more crops than this costs more per crop (cache-bound: Lite0's per-image step
+# at batch 1, 2, 4, 8 with 4 crops each was 178, 170, 212, 337 ms, benchmarks/README.md), so a batch's crops go
+# through the model in chunks, each chunk's gradient gathered before one backward through the image.
+CPU_CROP_CHUNK = 8
 
 
 class Maco(Ascent):
@@ -159,9 +173,14 @@ class Maco(Ascent):
         mean_frac = min(1.0, max(0.25, input_size / size))
         alpha = torch.zeros(b, 3, size, size, device=device)
         current: dict[str, torch.Tensor] = {}  # this step's image, whose gradient feeds the transparency map
-        update = Updater(*preset.make_optimizer([phase]), alpha=alpha, grad_of=lambda: current["img"])
+        optimizer = preset.make_optimizer([phase])
+        update = Updater(*optimizer, alpha=alpha, grad_of=lambda: current["img"])
+        # chunked: the crops' gradient is gathered chunk by chunk first, then one backward through the image
+        chunked = Updater(*optimizer, alpha=alpha, grad_of=lambda: current["img"],
+                          backward=lambda _loss: current["crops"].backward(current["grad"]))
         curve = torch.zeros(preset.steps, b)
         owners = [k for k in range(b) for _ in range(preset.crops)]
+        chunk = preset.crop_chunk or (CPU_CROP_CHUNK if device.type == "cpu" else len(owners))
 
         def step(i: int) -> float:
             img = maco_image(phase, magnitude, size)
@@ -172,7 +191,17 @@ class Maco(Ascent):
             shape = (preset.crops, *crops.shape[1:])
             noise = torch.cat([torch.rand(shape, generator=g) for g in gens]).to(device)
             crops = crops + (noise - 0.5) * 2 * preset.noise
-            return ascend(update, score(crops, owners).view(b, preset.crops).mean(1), curve, i)
+            if len(owners) <= chunk:
+                return ascend(update, score(crops, owners).view(b, preset.crops).mean(1), curve, i)
+            leaves, values = [], []
+            for start in range(0, len(owners), chunk):
+                leaf = crops[start : start + chunk].detach().requires_grad_(True)
+                value = score(leaf, owners[start : start + chunk])
+                (value.sum() / -preset.crops).backward()  # this chunk's part of -sum(per-item mean)
+                leaves.append(leaf)
+                values.append(value.detach())
+            current["crops"], current["grad"] = crops, torch.cat([leaf.grad for leaf in leaves])
+            return ascend(chunked, torch.cat(values).view(b, preset.crops).mean(1), curve, i)
 
         status, times = run_steps(preset.steps, step, progress, self.name)
         with torch.no_grad():
