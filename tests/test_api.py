@@ -15,7 +15,7 @@ from vital_fv import Result, UnitTarget, VitalError, cli, references
 
 @pytest.fixture
 def cli_on_tiny(monkeypatch, tiny_spec):
-    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
+    monkeypatch.setattr("vital_fv.zoo.loaders.load_model", lambda *a, **k: tiny_spec)
 
 
 @pytest.mark.parametrize("method", ["vital", "maco"])

@@ -344,7 +344,7 @@ def test_issue15_bad_options_are_answered_before_any_work(row, extra, message, c
     def no_model(*_a, **_k):
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr("vital_fv.api.load_model", no_model)
+    monkeypatch.setattr("vital_fv.zoo.loaders.load_model", no_model)
     code, err = _run_and_capture([*BASE, "--out", str(tmp_path / "o"), *extra], capsys)
     assert code == 2 and message in err
     assert not (tmp_path / "o").exists()
@@ -420,7 +420,7 @@ def test_any_command_line_either_runs_or_gets_our_error_before_any_work(chosen, 
     for m in vital_fv.method_names():
         meth = vital_fv.get_method(m)
         monkeypatch.setattr(meth, "run", no_work(meth.run))
-    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
+    monkeypatch.setattr("vital_fv.zoo.loaders.load_model", lambda *a, **k: tiny_spec)
     argv = ["visualize", "--class", "one", "--out", str(tmp_path / "o"), "--overwrite", "--quiet"]
     if chosen.get("--method", "vital") == "vital":
         argv += ["--refs", str(refs_dir)]

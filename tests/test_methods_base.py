@@ -98,7 +98,7 @@ def test_a_method_registered_from_outside_runs_through_python(toy, tiny_spec, tm
 
 
 def test_a_method_registered_from_outside_runs_through_the_cli(toy, tiny_spec, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
+    monkeypatch.setattr("vital_fv.zoo.loaders.load_model", lambda *a, **k: tiny_spec)
     code = cli.main(["visualize", "--method", "toy", "--class", "one", "--preset", "quick", "--out", str(tmp_path),
                      "--name", "t", "--quiet"])
     assert code == 0, capsys.readouterr().err
@@ -150,7 +150,7 @@ def test_a_method_s_own_option_goes_through_python_the_cli_and_the_atlas(toy, ti
     with pytest.raises(VitalError, match="option 'brightness' of toy must be a number"):
         vital_fv.visualize(tiny_spec, 2, method="toy", options={"brightness": "high"}, progress=False)
 
-    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
+    monkeypatch.setattr("vital_fv.zoo.loaders.load_model", lambda *a, **k: tiny_spec)
     monkeypatch.setattr("vital_fv.zoo.load_model", lambda *a, **k: tiny_spec)  # the atlas loads by name
     assert cli.main(["visualize", "--method", "toy", "--class", "two", "--preset", "quick", "--brightness", "0.3",
                      "--out", str(tmp_path / "cli"), "--name", "t", "--quiet"]) == 0, capsys.readouterr().err

@@ -116,7 +116,7 @@ def test_a_record_reruns_to_the_same_image(target, tiny_spec, refs_dir, tmp_path
     assert again.path.name == results[1].path.name
     assert again.path.read_bytes() == results[1].path.read_bytes()
     assert again.record["spec"] == spec  # the rerun's record keeps the same run
-    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)  # the record names model 'tiny'
+    monkeypatch.setattr("vital_fv.zoo.loaders.load_model", lambda *a, **k: tiny_spec)  # the record names model 'tiny'
     assert cli.main(["visualize", "--from", str(record), "--out", str(tmp_path / "c"), "--quiet"]) == 0, \
         capsys.readouterr().err
     assert (tmp_path / "c" / results[1].path.name).read_bytes() == results[1].path.read_bytes()
@@ -157,7 +157,7 @@ def test_an_atlas_item_reruns_with_its_batch(tiny_spec, tmp_path, monkeypatch, c
     assert spec["batch"]["index"] == 1 and len(spec["batch"]["items"]) == 3
     again = vital_fv.rerun(record, model=tiny_spec, out=tmp_path / "again")
     assert again.path.read_bytes() == record.with_suffix(".png").read_bytes()
-    monkeypatch.setattr("vital_fv.api.load_model", lambda *a, **k: tiny_spec)
+    monkeypatch.setattr("vital_fv.zoo.loaders.load_model", lambda *a, **k: tiny_spec)
     assert cli.main(["visualize", "--from", str(record), "--out", str(tmp_path / "cli"), "--name", "x",
                      "--quiet"]) == 0
     assert (tmp_path / "cli" / "x.png").read_bytes() == record.with_suffix(".png").read_bytes()
