@@ -371,3 +371,24 @@ def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypa
     inline = visualize(tiny_spec, 1, refs_a, seed=2, **kw)
     assert not any(used)
     assert torch.equal(ahead.image, inline.image)
+
+
+def test_a_class_logit_term_raises_the_class_and_is_off_by_default(tiny_spec, refs_a):
+    """``class_logit`` (an experiment, in no preset) ascends the class's logit beside the matching."""
+    from dataclasses import replace
+
+    quick = opt_mod.OPTIM_PRESETS["quick"]
+    kw = dict(steps=30, progress=False, seed=1)
+    plain = visualize(tiny_spec, 1, refs_a, preset=quick, **kw)
+    pushed = visualize(tiny_spec, 1, refs_a, preset=replace(quick, class_logit=1.0), **kw)
+
+    def logit(r):  # noqa: ANN001, ANN202
+        with torch.no_grad():
+            return float(tiny_spec.module(tiny_spec.preprocess.normalize(r.image[None]))[0, 1])
+
+    assert plain.record["optimizer"]["class_logit"] == 0.0 and pushed.record["optimizer"]["class_logit"] == 1.0
+    assert logit(pushed) > logit(plain)
+    with pytest.raises(VitalError, match="class_logit"):
+        visualize(tiny_spec, 1, refs_a, preset=replace(quick, class_logit=1.0), relevance="lrp", **kw)
+    with pytest.raises(VitalError, match="class_logit"):
+        replace(quick, class_logit=-1.0)

@@ -76,10 +76,13 @@ class OptimPreset(Preset):
     unit_prior: float = 0.0
     unit_smooth: float = 2.0
     channel_smooth: float = 0.0
+    # Class targets only: weight of the class's logit, ascended beside the matching (0: the paper's VITAL). An
+    # experiment for photos whose references show the class small and blurred (issue 26); not in any preset.
+    class_logit: float = 0.0
 
     def __post_init__(self) -> None:
         # A preset built with dataclasses.replace is checked here, before any reference or optimization work.
-        for name in ("grad_blur", "unit_prior", "unit_smooth", "channel_smooth"):
+        for name in ("grad_blur", "unit_prior", "unit_smooth", "channel_smooth", "class_logit"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise VitalError(f"preset {self.name}: {name} must be a finite number >= 0 (0 turns it off), "
@@ -188,6 +191,9 @@ def visualize_batch(
             f"(its position embeddings are fixed): drop --size or give --size {model.preprocess.input_size}"
         )
     acting = [_acting(opt_preset, j.target) for j in jobs]
+    if method and any(a.class_logit for a in acting):
+        raise VitalError("preset: class_logit works with plain matching only: set relevance to none (--relevance "
+                         "none) or class_logit to 0")
     dev = resolve_device(device)
     store = PrototypeCache() if cache is True else (cache or None)
     names = list(layer_preset.layers)
@@ -214,7 +220,12 @@ def visualize_batch(
             if rel_protos is not None:
                 weighting = _RelevanceWeighting(rel_model, starts, *_stack_relevance(
                     names, rel_protos, jobs, starts, protos, dev))
-            results = _optimize(model, names, layer_preset, acting, jobs, protos, size, dev, progress, weighting)
+            logit_terms = None
+            if any(a.class_logit for a in acting):  # (class targets only: _acting zeroes it elsewhere)
+                logit_terms = (torch.tensor([r[0] for r in resolved], device=dev),
+                               torch.tensor([a.class_logit for a in acting], device=dev))
+            results = _optimize(model, names, layer_preset, acting, jobs, protos, size, dev, progress, weighting,
+                                logit_terms)
             images, curves, step_times, status, alpha = results
             with hold_signals():  # the optimization is done: a Ctrl-C now waits until its results exist
                 top5 = model.top5(images)
@@ -449,11 +460,13 @@ def _acting(opt: OptimPreset, target: Target) -> OptimPreset:
     directions only; unit_smooth on targets read at one position, channel_smooth on a channel's spatial mean.
     A combined or custom objective acts as a class when it reads the logits, else as a channel."""
     builtin = isinstance(target, (ClassTarget, UnitTarget, DirectionTarget))
-    if isinstance(target, ClassTarget) or not builtin and target.reads_logits():
+    if isinstance(target, ClassTarget):
         return replace(opt, unit_prior=0.0, unit_smooth=0.0, channel_smooth=0.0)
+    if not builtin and target.reads_logits():
+        return replace(opt, unit_prior=0.0, unit_smooth=0.0, channel_smooth=0.0, class_logit=0.0)
     if isinstance(target, UnitTarget) and target.position is None or not builtin:
-        return replace(opt, unit_smooth=0.0)
-    return replace(opt, channel_smooth=0.0)
+        return replace(opt, unit_smooth=0.0, class_logit=0.0)
+    return replace(opt, channel_smooth=0.0, class_logit=0.0)
 
 
 def _gradient_shaping(x: torch.Tensor, acting: Sequence[OptimPreset]) -> Any:
@@ -503,6 +516,7 @@ def _optimize(
     device: torch.device,
     progress: bool,
     weighting: _RelevanceWeighting | None = None,
+    logit_terms: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[float], str, torch.Tensor]:
     opt = acting[0]  # what the items share: schedule, jitter, start, low-pass
     gens = item_generators([j.seed for j in jobs])
@@ -529,9 +543,11 @@ def _optimize(
                 weighted = torch.where(quiet, sort_matching_loss(a, protos[n]), weighted)
             return weighted
 
+        logits: dict[str, torch.Tensor] = {}
+
         def forward(xj: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor | None]:
             if weighting is None:
-                model.module(xj)
+                logits["now"] = model.module(xj)
                 return {n: as_channels_positions(feats[n], skip) for n in names}, None, None
             # One forward on the relevance copy serves both: relevance now, the loss's true gradient later.
             rel = weighting.model(xj, weighting.starts, keep_graph=True)
@@ -559,6 +575,9 @@ def _optimize(
                 item_loss = item_loss + layer_preset.tv * total_variation(x)
             if layer_preset.l2:
                 item_loss = item_loss + layer_preset.l2 * l2_norm(x)
+            if logit_terms is not None and "now" in logits:
+                index, weight = logit_terms
+                item_loss = item_loss - weight * logits["now"].gather(1, index[:, None])[:, 0].float()
             value = update(item_loss.sum(), len(jobs))  # non-finite: no update, x stays the last finite image
             if math.isfinite(value):
                 curves[i] = per_layer.detach().float()
