@@ -69,9 +69,14 @@ def check_alpha_percentile(alpha_percentile: float) -> None:
         raise VitalError(f"--alpha-percentile must be in (0, 100], got {alpha_percentile}")
 
 
+MAX_REFS = 100_000  # references a class can hold: more is a typo (each is an image in memory and a forward pass)
+
+
 def check_n_refs(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise VitalError(f"--n-refs must be at least 1 (got {n})")
+    if n > MAX_REFS:
+        raise VitalError(f"--n-refs must be at most {MAX_REFS} (got {n}): each reference is an image held in memory")
 
 
 def check_layer_weights(layers: Sequence[str] | None, weights: Sequence[float] | None) -> None:
