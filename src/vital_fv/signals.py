@@ -23,6 +23,17 @@ def _main_thread() -> bool:
 
 
 @contextmanager
+def _handled_by(handler: object) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` within the block; the previous handlers are back after it."""
+    previous = {s: signal.signal(s, handler) for s in HELD}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
 def sigterm_as_interrupt(received: list[int] | None = None) -> Iterator[list[int]]:
     """Within the block, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does; both are appended to the yielded
     list, so a caller can tell a stop from a failure even when the ``KeyboardInterrupt`` surfaced as another
@@ -42,12 +53,8 @@ def sigterm_as_interrupt(received: list[int] | None = None) -> Iterator[list[int
             logging.getLogger("vital_fv").warning("already stopping: the results so far are being saved (kill -9 "
                                                   "stops at once)")
 
-    previous = {s: signal.signal(s, handler) for s in HELD}
-    try:
+    with _handled_by(handler):
         yield seen
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @contextmanager
@@ -66,12 +73,8 @@ def deferred_stops(stops: list[int]) -> Iterator[list[int]]:
         if len(stops) > 1:
             os._exit(143 if signal.SIGTERM in stops else 130)
 
-    previous = {s: signal.signal(s, record) for s in HELD}
-    try:
+    with _handled_by(record):
         yield stops
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @contextmanager
@@ -86,12 +89,10 @@ def hold_signals() -> Iterator[list[int]]:
     def record(signum: int, _frame: object) -> None:
         held.append(signum)
 
-    previous = {s: signal.signal(s, record) for s in HELD}
     try:
-        yield held
+        with _handled_by(record):
+            yield held
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
         if held:
             logging.getLogger("vital_fv").warning(
                 f"{signal.Signals(held[0]).name} arrived while results were being written: they were finished first")
