@@ -38,6 +38,7 @@ def pack(folder: Path, variants: list[str], seeds: list[int], out: Path, key: Pa
         raise SystemExit(f"missing images: {missing}")
     if out.exists():
         raise SystemExit(f"{out} exists: give a new --pack folder")
+    key.parent.mkdir(parents=True, exist_ok=True)  # before the pack: a pack without its key is lost work
     out.mkdir(parents=True)
     rng = random.Random(rng_seed)
     names = rng.sample(range(1000, 10000), len(items))

@@ -142,10 +142,12 @@ def test_quick_preset_on_real_lite0_makes_an_image_lite0_calls_espresso(lite0):
 
 @pytest.mark.slow
 def test_the_class_comes_from_the_references_so_other_references_do_not_give_espresso(lite0):
-    # The target enters only through the references: tripod photos must not yield an espresso image.
+    # With the matching alone the target enters only through the references: tripod photos must not yield an
+    # espresso image. (The default on crops of one photo adds the class's logit, and the record says so.)
     r = visualize(lite0, ClassTarget("espresso"), references.bundled("tripod"), preset="quick", seed=0,
-                  progress=False)
+                  progress=False, options={"class_logit": 0})
     assert r.top5[0]["name"] != "espresso", r.top5
+    assert r.record["optimizer"]["class_logit"] == 0 and r.record["references"]["crops"]["chosen_by"] == "evidence"
 
 
 def test_unit_with_lrp_lowers_the_weighted_loss_and_records_relevance(tiny_spec, refs_a):
@@ -373,22 +375,37 @@ def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypa
     assert torch.equal(ahead.image, inline.image)
 
 
-def test_a_class_logit_term_raises_the_class_and_is_off_by_default(tiny_spec, refs_a):
-    """``class_logit`` (an experiment, in no preset) ascends the class's logit beside the matching."""
+def test_a_class_logit_term_raises_the_class_and_acts_by_default_only_on_evidence_crops(tiny_spec, refs_a, caplog):
+    """``class_logit`` ascends the class's logit beside the matching; the presets leave it to the references:
+    on for crops the model's evidence chose, off for whole images, off (not an error) with relevance."""
+    import logging
     from dataclasses import replace
 
     quick = opt_mod.OPTIM_PRESETS["quick"]
-    kw = dict(steps=30, progress=False, seed=1)
-    plain = visualize(tiny_spec, 1, refs_a, preset=quick, **kw)
-    pushed = visualize(tiny_spec, 1, refs_a, preset=replace(quick, class_logit=1.0), **kw)
+    crops = replace(refs_a, info={"crops": {"chosen_by": "evidence"}})
+    kw = dict(preset=quick, steps=30, progress=False, seed=1)
+    plain = visualize(tiny_spec, 1, refs_a, **kw)
+    with caplog.at_level(logging.INFO, logger="vital_fv"):
+        auto = visualize(tiny_spec, 1, crops, **kw)
+    assert f"class logit x{opt_mod.CROPS_CLASS_LOGIT}" in caplog.text
+    off = visualize(tiny_spec, 1, crops, options={"class_logit": 0}, **kw)
+    pushed = visualize(tiny_spec, 1, refs_a, options={"class_logit": 1.0}, **kw)
 
     def logit(r):  # noqa: ANN001, ANN202
         with torch.no_grad():
             return float(tiny_spec.module(tiny_spec.preprocess.normalize(r.image[None]))[0, 1])
 
-    assert plain.record["optimizer"]["class_logit"] == 0.0 and pushed.record["optimizer"]["class_logit"] == 1.0
-    assert logit(pushed) > logit(plain)
+    assert plain.record["optimizer"]["class_logit"] == 0.0 and off.record["optimizer"]["class_logit"] == 0.0
+    assert auto.record["optimizer"]["class_logit"] == opt_mod.CROPS_CLASS_LOGIT
+    assert pushed.record["optimizer"]["class_logit"] == 1.0
+    assert logit(pushed) > logit(plain) and logit(auto) > logit(off)
+    assert torch.equal(plain.image, off.image)  # the same references' pixels: only the term differs
+    weighted = visualize(tiny_spec, 1, crops, relevance="lrp", steps=2, progress=False)
+    assert weighted.record["optimizer"]["class_logit"] == 0.0
     with pytest.raises(VitalError, match="class_logit"):
-        visualize(tiny_spec, 1, refs_a, preset=replace(quick, class_logit=1.0), relevance="lrp", **kw)
+        visualize(tiny_spec, 1, refs_a, options={"class_logit": 1.0}, relevance="lrp", **kw)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(VitalError, match="class_logit"):
+            visualize(tiny_spec, 1, refs_a, options={"class_logit": bad}, **kw)
     with pytest.raises(VitalError, match="class_logit"):
         replace(quick, class_logit=-1.0)
