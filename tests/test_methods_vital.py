@@ -375,14 +375,19 @@ def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypa
     assert torch.equal(ahead.image, inline.image)
 
 
-def test_a_class_logit_term_raises_the_class_and_acts_by_default_only_on_evidence_crops(tiny_spec, refs_a, caplog):
+def test_a_class_logit_term_raises_the_class_and_acts_by_default_only_where_the_class_is_small(tiny_spec, refs_a,
+                                                                                             caplog):
     """``class_logit`` ascends the class's logit beside the matching; the presets leave it to the references:
-    on for crops the model's evidence chose, off for whole images, off (not an error) with relevance."""
+    on for evidence crops nearly all around the object (the class a small part of the photo), off where the model
+    also kept whole-frame crops (the class fills the photo) and for whole images, off (not an error) with
+    relevance."""
     import logging
     from dataclasses import replace
 
     quick = opt_mod.OPTIM_PRESETS["quick"]
-    crops = replace(refs_a, info={"crops": {"chosen_by": "evidence"}})
+    crops = replace(refs_a, info={"crops": {"chosen_by": "evidence", "kept": 4, "object_kept": 4}})
+    filled = replace(refs_a, info={"crops": {"chosen_by": "evidence", "kept": 4, "object_kept": 2}})
+    assert visualize(tiny_spec, 1, filled, steps=2, progress=False).record["optimizer"]["class_logit"] == 0.0
     kw = dict(preset=quick, steps=30, progress=False, seed=1)
     plain = visualize(tiny_spec, 1, refs_a, **kw)
     with caplog.at_level(logging.INFO, logger="vital_fv"):
