@@ -375,8 +375,8 @@ def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypa
     assert torch.equal(ahead.image, inline.image)
 
 
-def test_a_class_logit_term_raises_the_class_and_acts_by_default_only_where_the_class_is_small(tiny_spec, refs_a,
-                                                                                             caplog):
+def test_a_class_logit_term_raises_the_class_and_acts_by_default_only_where_the_class_is_small(
+        tiny_spec, refs_a, caplog, monkeypatch, tmp_path):
     """``class_logit`` ascends the class's logit beside the matching; the presets leave it to the references:
     on for evidence crops nearly all around the object (the class a small part of the photo), off where the model
     also kept whole-frame crops (the class fills the photo) and for whole images, off (not an error) with
@@ -409,8 +409,14 @@ def test_a_class_logit_term_raises_the_class_and_acts_by_default_only_where_the_
     assert weighted.record["optimizer"]["class_logit"] == 0.0
     with pytest.raises(VitalError, match="class_logit"):
         visualize(tiny_spec, 1, refs_a, options={"class_logit": 1.0}, relevance="lrp", **kw)
+    import vital_fv.references as refs_mod
+
+    def no_work(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("references were prepared before the option was checked")
+
+    monkeypatch.setattr(refs_mod, "resolve", no_work)  # a bad value is refused before any reference work
     for bad in (-1.0, float("nan")):
-        with pytest.raises(VitalError, match="class_logit"):
-            visualize(tiny_spec, 1, refs_a, options={"class_logit": bad}, **kw)
+        with pytest.raises(VitalError, match="option 'class_logit' of vital must be a finite number >= 0"):
+            visualize(tiny_spec, "one", tmp_path, options={"class_logit": bad}, **kw)
     with pytest.raises(VitalError, match="class_logit"):
         replace(quick, class_logit=-1.0)

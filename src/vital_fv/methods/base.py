@@ -197,7 +197,8 @@ class MethodOption:
     ``choices``: the values allowed, if a closed set; ``targets``: the target kinds it applies to (empty: all the
     method shows); ``flag``: its command-line spelling (``--spectrum``), or ``None`` where the CLI sets it
     another way (VITAL's ``layers`` from ``--layers``); ``json``: whether a run description (``RunSpec``) can hold
-    it (a path, a word, a number: not an object such as a cache); ``what``: what it takes, for the error.
+    it (a path, a word, a number: not an object such as a cache); ``what``: what it takes, for the error;
+    ``valid``: a further test of the value (a range), refused with ``what`` before any work.
     """
 
     name: str
@@ -209,6 +210,7 @@ class MethodOption:
     flag: str | None = None
     json: bool = True
     what: str = ""
+    valid: Callable[[Any], bool] | None = None
 
     def check(self, method: str, value: Any) -> None:
         """The value's type and choice, before any work, naming the option and the method."""
@@ -220,6 +222,8 @@ class MethodOption:
         if self.choices is not None and value not in self.choices:
             raise VitalError(f"option '{self.name}' of {method} must be one of "
                              f"{', '.join(map(str, self.choices))} (got '{value}')")
+        if self.valid is not None and not self.valid(value):
+            raise VitalError(f"option '{self.name}' of {method} must be {self.what}, got {value!r:.60}")
 
 
 def declared_options(method: Method) -> tuple[MethodOption, ...]:

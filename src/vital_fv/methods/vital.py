@@ -154,7 +154,8 @@ class Vital:
                      f"weight of the class's logit ascended beside the matching (default: {CROPS_CLASS_LOGIT} where "
                      "the references are crops around a class that is a small part of its photos, else 0; 0: "
                      "matching only)",
-                     targets=("class",), flag="--class-logit", what="a number >= 0"),
+                     targets=("class",), flag="--class-logit", what="a finite number >= 0 (0: the matching alone)",
+                     valid=lambda v: math.isfinite(v) and v >= 0),
     )
 
     def run(self, model: ModelSpec, jobs: Sequence[Job], **settings: Any) -> list[Result]:
