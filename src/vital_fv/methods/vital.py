@@ -187,12 +187,8 @@ def visualize_batch(
     if not jobs:
         raise VitalError("nothing to visualize: give at least one target")
     opt_preset = get_preset(Vital, preset, steps, lr)
-    if class_logit is not None:
-        if isinstance(class_logit, bool) or not isinstance(class_logit, (int, float)) or not (
-                math.isfinite(class_logit) and class_logit >= 0):
-            raise VitalError(f"class_logit (--class-logit) must be a finite number >= 0 (0: matching only), got "
-                             f"{class_logit!r}")
-        opt_preset = replace(opt_preset, class_logit=float(class_logit))
+    if class_logit is not None:  # checked as every preset field is (OptimPreset.__post_init__)
+        opt_preset = replace(opt_preset, class_logit=class_logit)
     size = size or model.preprocess.input_size
     if size < 224 and opt_preset.jitter:
         # The authors' 30 px of roll jitter is for 224 px images; on small inputs (32 px Fashion-MNIST models) it
