@@ -18,10 +18,11 @@ from ..errors import VitalError
 
 
 class ResidualSum(nn.Module):
-    """``a + b`` over a stacked input (..., 2): one module input, so a rule can split relevance between a and b."""
+    """``a + b`` as a module, so a rule can split relevance between a and b: ``forward(a, b)``, or
+    ``forward(stacked)`` over a stacked input (..., 2)."""
 
-    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
-        return stacked.sum(-1)
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        return a.sum(-1) if b is None else a + b
 
 
 class ConstantScale(nn.Module):
@@ -114,7 +115,18 @@ class LRPSelfAttention(nn.Module):
 
 def residual_add(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a + b`` through the ``vital_sum`` module a canonizer gave ``module``."""
-    return module.vital_sum(torch.stack([a, b], dim=-1))
+    return module.vital_sum(a, b)
+
+
+def sequential_chains(model: nn.Module) -> list[tuple[str, str]]:
+    """Consecutive children of every ``nn.Sequential`` in ``model`` that runs ``nn.Sequential``'s own forward
+    (torchvision's ``Conv2dNormActivation`` too): each child's output goes only into the next one."""
+    pairs = []
+    for name, sub in model.named_modules():
+        if isinstance(sub, nn.Sequential) and type(sub).forward is nn.Sequential.forward:
+            kids = [f"{name}.{k}" if name else k for k in sub._modules]
+            pairs += list(zip(kids, kids[1:]))
+    return pairs
 
 
 class Canonizer:
@@ -132,6 +144,14 @@ class Canonizer:
         """Rewrite ``model`` (the private copy) in place."""
 
     def zennit_canonizers(self) -> list[Any]:
+        return []
+
+    def chains(self, model: nn.Module) -> list[tuple[str, str]]:
+        """``(producer, consumer)`` module names of ``model`` (the private copy, rewritten) where the producer's
+        output goes only into the consumer: a convolution into its norm, written in a block's ``forward``. Where
+        the consumer has a pass rule the two share one rule node (``rules.Link``); the facts are the family's,
+        since nothing else can see a ``forward``'s data flow. Pairs inside an ``nn.Sequential`` need no listing
+        (``sequential_chains``)."""
         return []
 
     def rules(self) -> list[tuple[tuple[type, ...], Any]]:

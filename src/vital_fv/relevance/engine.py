@@ -18,8 +18,8 @@ from ..features import as_channels_positions, resolve_layers
 from ..objectives import LOGITS, ClassTarget, DirectionTarget, Objective, UnitTarget
 from ..zoo import families as _builtin_families  # noqa: F401 - registers the built-in families' canonizers
 from ..zoo.registry import canonizers_for
-from .canonizers import Canonizer, Gate
-from .rules import guided_composite, lrp_composite
+from .canonizers import Canonizer, Gate, sequential_chains
+from .rules import guided_composite, link_chains, lrp_composite
 
 METHODS = ("lrp", "guided_backprop")
 
@@ -91,6 +91,8 @@ class Relevance:
         self._resolved: tuple[list[str], list[nn.Module]] = ([], [])
         self._composite = lrp_composite(canonizers) if self.method == "lrp" else guided_composite()
         self._composite.register(self.module)
+        pairs = sequential_chains(self.module) + [p for c in canonizers for p in c.chains(self.module)]
+        self._links = link_chains(self._composite, self.module, pairs)
 
     def describe(self) -> dict[str, Any]:
         rules = {"lrp": "z+ (no bias; z-rule where z+ is empty) conv/linear, pass norms/activations/layer scale, "
@@ -131,6 +133,8 @@ class Relevance:
         names = list(dict.fromkeys(self.layers + ([layer] if layer else [])))
         if names != self._resolved[0]:  # resolved once per layer set, not on every optimization step
             self._resolved = (names, resolve_layers(self.module, names, self.model_name))
+            for link in self._links:  # a producer whose output is read keeps its own rule node
+                link.on = not any(link.producer is m for m in self._resolved[1])
         mods = self._resolved[1]
         outs: dict[str, torch.Tensor] = {}
         handles = []
@@ -164,6 +168,8 @@ class Relevance:
         finally:
             for h in handles:
                 h.remove()
+            for link in self._links:
+                link.clear()
         acts, rel = {}, {}
         for name, g in zip(self.layers, grads, strict=True):
             a = outs[name] if keep_graph else outs[name].detach()

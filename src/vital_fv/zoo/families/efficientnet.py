@@ -95,6 +95,21 @@ class EfficientNetCanonizer(Canonizer):
     def matches(self, model: nn.Module) -> bool:
         return bool(self._skip_blocks(model))
 
+    def chains(self, model: nn.Module) -> list[tuple[str, str]]:
+        # Each convolution of timm's blocks and stem/head feeds its own norm (their forwards, timm 1.0).
+        from timm.models import _efficientnet_blocks as blocks
+        from timm.models.efficientnet import EfficientNet
+
+        table = {
+            blocks.DepthwiseSeparableConv: (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
+            blocks.InvertedResidual: (("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"),
+                                      ("conv_pwl", "bn3")),
+            blocks.EdgeResidual: (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
+            EfficientNet: (("conv_stem", "bn1"), ("conv_head", "bn2")),
+        }
+        return [(f"{name}.{a}" if name else a, f"{name}.{b}" if name else b)
+                for name, sub in model.named_modules() for a, b in table.get(type(sub), ())]
+
     def apply(self, model: nn.Module, gate: Gate) -> None:
         for sub in self._skip_blocks(model):
             sub.has_skip = False

@@ -25,7 +25,7 @@ def _encoder_block_forward(self: nn.Module, input: torch.Tensor) -> torch.Tensor
     x, _ = self.self_attention(x, x, x, need_weights=False)
     x = residual_add(self, self.dropout(x), input)
     y = self.mlp(self.ln_2(x))
-    return self.vital_sum2(torch.stack([x, y], dim=-1))
+    return self.vital_sum2(x, y)
 
 
 def _encoder_forward(self: nn.Module, input: torch.Tensor) -> torch.Tensor:  # torchvision ViT Encoder
