@@ -150,6 +150,27 @@ class RanksAhead:
         return order if same else None
 
 
+class _ScaledByConstant(torch.autograd.Function):
+    """``z * w`` with ``w`` constant, whose value ``zw`` was already made (detached): returned as a view of
+    ``zw``, so a sort ``RanksAhead`` started on ``zw`` is taken for it."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, w: torch.Tensor, zw: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(w)
+        return zw.view_as(zw)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+        (w,) = ctx.saved_tensors
+        return grad * w, None, None
+
+
+def scaled_by_constant(z: torch.Tensor, w: torch.Tensor, zw: torch.Tensor) -> torch.Tensor:
+    """``z * w`` for the loss, where ``zw = z.detach() * w`` was made ahead (its sort started): the same values and
+    gradient, without computing the product again."""
+    return _ScaledByConstant.apply(z, w, zw)
+
+
 @contextmanager
 def ranks_ahead(device: torch.device | str, skip_tokens: int = 0, enabled: bool = True) -> Iterator[RanksAhead]:
     """A ``RanksAhead`` with its thread for the block (none off the CPU or when not ``enabled``); the thread ends

@@ -26,6 +26,7 @@ from ..matching import (
     l2_norm,
     ranks_ahead,
     resample_sorted,
+    scaled_by_constant,
     sort_matching_loss,
     total_variation,
 )
@@ -572,28 +573,40 @@ def _optimize(
     skip = model.skip_tokens
     alpha = torch.zeros_like(x)  # |d loss / d x| summed over steps: the transparency map (SPEC §4)
 
-    # The sorts start in the forward; with relevance weighting the loss sorts weighted activations made later.
-    with ranks_ahead(device, skip, enabled=weighting is None) as ranks, \
+    # The sorts start in the forward; with relevance weighting, as each layer's relevance arrives (the stem's last).
+    with ranks_ahead(device, skip) as ranks, \
             capture(model.module, names, model.name, ranks.started) as feats:
 
         def layer_loss(n: str, a: torch.Tensor, rel: Any, quiet: torch.Tensor | None) -> torch.Tensor:
             if rel is None:
                 return sort_matching_loss(a, protos[n], order=ranks.take(n, a))
             # R̂ is recomputed on this step's jittered image and enters as a constant weight (SPEC §4).
-            weighted = sort_matching_loss(a * normalize_relevance(rel.rel[n]).to(a.dtype), weighting.protos[n],
-                                          weighting.weights[n])
+            rhat, product = ahead.pop(n, (None, None))
+            if rhat is None:
+                rhat = normalize_relevance(rel.rel[n]).to(a.dtype)
+                z = a * rhat
+            else:
+                z = scaled_by_constant(a, rhat, product)
+            weighted = sort_matching_loss(z, weighting.protos[n], weighting.weights[n], order=ranks.take(n, z))
             if quiet is not None and quiet.any():  # silent unit: plain matching this step, counted in the record
                 weighted = torch.where(quiet, sort_matching_loss(a, protos[n]), weighted)
             return weighted
 
         logits: dict[str, torch.Tensor] = {}
+        ahead: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer: R̂ and A ⊙ R̂, their sort started
+
+        def arrived(n: str, a: torch.Tensor, r: torch.Tensor) -> None:
+            rhat = normalize_relevance(r).to(a.dtype)
+            ahead[n] = (rhat, a * rhat)
+            ranks.started(n, ahead[n][1])
 
         def forward(xj: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor | None]:
             if weighting is None:
                 logits["now"] = model.module(xj)
                 return {n: as_channels_positions(feats[n], skip) for n in names}, None, None
             # One forward on the relevance copy serves both: relevance now, the loss's true gradient later.
-            rel = weighting.model(xj, weighting.starts, keep_graph=True)
+            ahead.clear()
+            rel = weighting.model(xj, weighting.starts, keep_graph=True, on_relevance=arrived)
             quiet = silent(rel.rel, rel.start)
             for b in torch.nonzero(quiet).flatten().tolist():
                 weighting.silent_steps[b] += 1
@@ -612,7 +625,9 @@ def _optimize(
             if opt.scale_jitter:
                 xj = zoom(xj, sample_scales(gens, opt.scale_jitter))
             acts, rel, quiet = forward(xj)
-            per_layer = torch.stack([layer_loss(n, acts[n], rel, quiet) for n in names])
+            # With relevance the deepest layer's sort started first (its relevance arrived first): taken first.
+            losses = {n: layer_loss(n, acts[n], rel, quiet) for n in (names if rel is None else reversed(names))}
+            per_layer = torch.stack([losses[n] for n in names])
             item_loss = (weights * per_layer).sum(0)
             if layer_preset.tv:
                 item_loss = item_loss + layer_preset.tv * total_variation(x)

@@ -5,7 +5,7 @@ target and one backward under the rules; the start relevance of each target kind
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -122,9 +122,12 @@ class Relevance:
         x: torch.Tensor,
         targets: Sequence[Objective | int],
         keep_graph: bool = False,
+        on_relevance: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None,
     ) -> RelevanceOutput:
         """``x``: (B, 3, H, W) normalized images; ``targets``: one per item (class indices, or units/directions of
-        one layer). ``keep_graph``: ``x`` must require grad; activations come back attached to its graph."""
+        one layer). ``keep_graph``: ``x`` must require grad; activations come back attached to its graph.
+        ``on_relevance(layer, acts, rel)``, both (B, C, P) and detached, is called for each layer as soon as the
+        relevance backward reaches it (the deepest first), so work on a layer can start while it goes on."""
         if self._composite is None:
             raise VitalError("this Relevance was closed")
         if len(targets) != x.shape[0]:
@@ -159,6 +162,9 @@ class Relevance:
                 top = logits if layer is None else outs[layer]
                 top = top[0] if isinstance(top, (tuple, list)) else top
                 start, seed = _start(top, targets, self.method)
+                if on_relevance is not None:
+                    for n in self.layers:
+                        handles.append(outs[n].register_hook(self._arrival(n, outs[n], on_relevance)))
                 self._gate.open = False
                 try:
                     grads = torch.autograd.grad(top, [outs[n] for n in self.layers], grad_outputs=seed,
@@ -176,6 +182,14 @@ class Relevance:
             acts[name] = as_channels_positions(a, self.skip_tokens)
             rel[name] = as_channels_positions(torch.zeros_like(a) if g is None else g.detach(), self.skip_tokens)
         return RelevanceOutput(acts, rel, start.detach().flatten(1).sum(1))
+
+
+    def _arrival(self, name: str, out: torch.Tensor, call: Callable[[str, torch.Tensor, torch.Tensor], None]) -> Any:
+        def hook(grad: torch.Tensor) -> None:
+            call(name, as_channels_positions(out.detach(), self.skip_tokens),
+                 as_channels_positions(grad.detach(), self.skip_tokens))
+
+        return hook
 
 
 def _target_layer(targets: Sequence[Any]) -> str | None:

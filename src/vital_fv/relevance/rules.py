@@ -16,7 +16,15 @@ from torch import nn
 from zennit.core import Composite, Hook, RemovableHandle, RemovableHandleList
 
 from ..errors import VitalError
-from .canonizers import AttentionMix, Canonizer, ConstantScale, ResidualSum, alias_view
+from .canonizers import (
+    AttentionMix,
+    Canonizer,
+    ConstantScale,
+    ResidualSum,
+    alias_view,
+    batched_mm,
+    is_pointwise,
+)
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish)
 
@@ -134,22 +142,6 @@ def _plain_conv(module: nn.Module) -> bool:
             and not isinstance(module.padding, str))
 
 
-def _pointwise(module: nn.Module) -> bool:
-    """A plain 1x1 convolution without stride, padding, dilation or groups: a matrix product over positions.
-
-    Done as ``matmul`` rather than a convolution: at one thread torch runs 1x1 convolutions and their input
-    gradients through its unfold path, and the product gives the same bits with less work around it (and lets a
-    signed layer's two twins be one product, see ``ZPlusRule``)."""
-    return (_plain_conv(module) and module.groups == 1 and module.kernel_size == (1, 1)
-            and module.stride == (1, 1) and module.padding == (0, 0) and module.dilation == (1, 1))
-
-
-def _matmul(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``w`` (M, K) times each item of ``x`` (B, K, N); a single item through ``mm`` (torch's batched product of
-    one item took 1.6x as long at Lite0's 12544 positions)."""
-    return torch.mm(w, x[0]).unsqueeze(0) if x.shape[0] == 1 else torch.matmul(w, x)
-
-
 def _conv(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, module.weight, None, module.stride, module.padding, module.dilation, module.groups)
 
@@ -172,10 +164,10 @@ def _stabilize(z: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
 
 
 def _z_rule(module: nn.Module, x: torch.Tensor, r: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
-    if _pointwise(module):
+    if is_pointwise(module):
         w = module.weight.flatten(1)
-        z = _stabilize(_matmul(w, x.flatten(2)), eps)
-        return x * _matmul(w.t(), torch.div(r.flatten(2), z, out=z)).view(x.shape)
+        z = _stabilize(batched_mm(w, x.flatten(2)), eps)
+        return x * batched_mm(w.t(), torch.div(r.flatten(2), z, out=z)).view(x.shape)
     if _plain_conv(module):
         z = _stabilize(_conv(module, x), eps)
         return x * _conv_input_grad(module, x, torch.div(r, z, out=z))
@@ -272,7 +264,7 @@ class ZPlusRule(RuleHook):
         if "neg" not in self.twins:
             self.twins["neg"] = self._twin(module, module.weight.detach().clamp(max=0))
         pos, neg = self.twins["pos"], self.twins["neg"]
-        if _pointwise(pos):
+        if is_pointwise(pos):
             # One product over [x+, x-] and [W+ | W-] instead of two: the same sum of non-negative terms in another
             # order (float rounding apart), and at these layers' few input channels the doubled inner dimension
             # is what makes the product efficient (Lite0's 16 -> 96 layer at 112 px: 5.3 -> 2.9 ms).
@@ -280,8 +272,8 @@ class ZPlusRule(RuleHook):
                 self.cat = torch.cat([pos.weight.flatten(1), neg.weight.flatten(1)], 1)
             wc, xf, c = self.cat, x.flatten(2), x.shape[1]
             xc = torch.cat([xf.clamp(min=0), xf.clamp(max=0)], 1)
-            z = _matmul(wc, xc).add_(1e-6)
-            g = _matmul(wc.t(), torch.div(r.flatten(2), z, out=z))
+            z = batched_mm(wc, xc).add_(1e-6)
+            g = batched_mm(wc.t(), torch.div(r.flatten(2), z, out=z))
             return torch.addcmul(xc[:, :c] * g[:, :c], xc[:, c:], g[:, c:]).view(x.shape)
         if _plain_conv(pos) and _plain_conv(neg):
             xp, xn = x.clamp(min=0), x.clamp(max=0)
