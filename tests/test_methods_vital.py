@@ -350,9 +350,10 @@ def test_gradient_shaping_stays_out_of_the_transparency_map_and_the_record_says_
         assert (opt["unit_prior"], opt["unit_smooth"], opt["channel_smooth"]) == (prior, smooth, channel)
 
 
-def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypatch):
-    """The loss's sorts run beside the forward pass (matching.ranks_ahead); the images are those of sorting in
-    the loss, and the sorts made ahead are the ones used."""
+@pytest.mark.parametrize("relevance", [None, "lrp"])
+def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypatch, relevance):
+    """The loss's sorts run beside the forward pass (matching.ranks_ahead), with relevance beside the relevance
+    backward; the images are those of sorting in the loss, and the sorts made ahead are the ones used."""
     from vital_fv import matching
 
     used = []
@@ -364,7 +365,7 @@ def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypa
         return order
 
     monkeypatch.setattr(matching.RanksAhead, "take", counting)
-    kw = dict(preset="quick", steps=6, progress=False)
+    kw = dict(preset="quick", steps=6, progress=False, relevance=relevance)
     ahead = visualize(tiny_spec, 1, refs_a, seed=2, **kw)
     assert used and all(used)
     real = opt_mod.ranks_ahead

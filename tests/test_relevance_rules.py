@@ -92,6 +92,7 @@ def test_a_rule_nested_in_a_ruled_module_computes_nothing_in_a_relevance_pass():
     net.eval()
     x = torch.rand(2, 3, 8, 8)
     with Relevance(net, ["0", "1"], "lrp") as rel:
+        assert not rel.module[1].act._forward_hooks  # the nested rule is not even registered
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             out = rel(x, [UnitTarget("3", 0), UnitTarget("3", 1)])
         names = [e.name for e in prof.events()]
@@ -108,3 +109,103 @@ def test_a_rule_nested_in_a_ruled_module_computes_nothing_in_a_relevance_pass():
         net(xr)
         feats["0"].sum().backward()
     assert torch.allclose(xg.grad, xr.grad, atol=1e-6)
+
+
+def _unlinked(monkeypatch: pytest.MonkeyPatch, model: nn.Module, layers: list[str]) -> Relevance:
+    """A Relevance whose producer -> norm chains are not linked: every ruled module keeps its own rule node."""
+    from vital_fv.relevance import engine
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "link_chains", lambda *a, **k: [])
+        return Relevance(model, layers, "lrp")
+
+
+@pytest.mark.parametrize("layers", [["conv_stem", "blocks.1", "blocks.2"], ["blocks.1.0.conv_pw", "blocks.2"]])
+def test_chained_convolutions_and_norms_give_the_relevance_of_their_rules_in_turn(monkeypatch, layers):
+    """A convolution feeding its norm shares one rule node with it (rules.Link): the relevance is bit for bit that
+    of the two rules in turn, also at a matched convolution inside a chain (its link is off)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with Relevance(model, layers, "lrp") as linked, _unlinked(monkeypatch, model, layers) as plain:
+        assert len(linked._links) > 30 and not plain._links
+        for targets in ([3, 7], [UnitTarget("blocks.4", 2)] * 2):
+            a, b = linked(x, targets), plain(x, targets)
+            for n in layers:
+                assert b.rel[n].abs().sum() > 0
+                assert torch.equal(a.rel[n], b.rel[n]), n
+        on = {link.names[0]: link.on for link in linked._links}
+        assert on["conv_head"] and on["blocks.2.0.conv_pw"]
+        for conv in ("conv_stem", "blocks.1.0.conv_pw"):  # a matched convolution keeps its own rule node
+            assert on[conv] == (conv not in layers)
+
+
+class _TwoConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.c2, self.n2 = nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 2, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.n2(self.c2(torch.relu(self.n1(self.c1(x)))))))
+
+
+def test_declared_chains_join_only_a_producer_to_the_module_that_takes_its_output():
+    from vital_fv.errors import VitalError
+    from vital_fv.relevance.rules import link_chains
+
+    torch.manual_seed(0)
+    model = _TwoConvs().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with Relevance(model, ["c1"], "lrp") as plain:
+        want = plain(x, [UnitTarget("head", 1)]).rel["c1"]
+    with Relevance(model, ["c1"], "lrp") as rel:
+        # ("head", "c2"): c2 has no pass rule; ("c2", "n1"): c2 already feeds n2
+        rel._links = link_chains(rel._composite, rel.module, [("c2", "n2"), ("head", "c2"), ("c2", "n1")])
+        assert [link.names for link in rel._links] == [("c2", "n2")]
+        assert torch.equal(rel(x, [UnitTarget("head", 1)]).rel["c1"], want)
+    with Relevance(model, ["n1"], "lrp") as rel:
+        rel._links = link_chains(rel._composite, rel.module, [("c1", "n2")])  # n2 takes c2's output, not c1's
+        with pytest.raises(VitalError, match="'n2' did not take 'c1''s output"):
+            rel(x, [UnitTarget("head", 1)])
+
+
+class _Generic(nn.Conv2d):
+    """A convolution the rules do not recognise as plain: they take the autograd path through its forward."""
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_pointwise_zplus_as_matrix_products_equals_the_generic_path(signed):
+    from vital_fv.relevance.rules import ZPlusRule
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 1, bias=False)
+    with torch.no_grad():
+        conv.weight[2].neg_().abs_().neg_()  # output channel 2: no positive weight
+    generic = _Generic(6, 5, 1, bias=False)
+    generic.weight = conv.weight
+    x = torch.randn(2, 6, 7, 7)
+    x = x if signed else x.abs()
+    r = torch.rand(2, 5, 7, 7)
+    fast, slow = ZPlusRule(), ZPlusRule()
+    a, b = fast.relevance(conv, x, r), slow.relevance(generic, x, r)
+    assert fast.signed == slow.signed == signed
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if not signed:  # on positive inputs every output has a contribution, channel 2 through its z-rule
+        torch.testing.assert_close(a.sum(), r.sum(), rtol=1e-4, atol=0)
+
+
+def test_a_residual_sum_of_two_inputs_splits_like_the_stacked_one():
+    from vital_fv.relevance import ResidualSum, SumRule
+
+    torch.manual_seed(0)
+    a, b, r = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    s = ResidualSum()
+    assert torch.equal(s(a, b), s(torch.stack([a, b], -1)))
+    ra, rb = SumRule().relevance(s, (a, b), r)
+    stacked = SumRule().relevance(s, torch.stack([a, b], -1), r)
+    assert torch.equal(ra, stacked[..., 0]) and torch.equal(rb, stacked[..., 1])
+    torch.testing.assert_close(ra + rb, r)

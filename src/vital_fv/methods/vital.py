@@ -595,10 +595,10 @@ def _optimize(
         logits: dict[str, torch.Tensor] = {}
         ahead: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer: R̂ and A ⊙ R̂, their sort started
 
-        def arrived(n: str, a: torch.Tensor, r: torch.Tensor) -> None:
+        def arrived(n: str, a: torch.Tensor, r: torch.Tensor, last: bool) -> None:
             rhat = normalize_relevance(r).to(a.dtype)
             ahead[n] = (rhat, a * rhat)
-            ranks.started(n, ahead[n][1])
+            ranks.started_features(n, ahead[n][1], share=last)  # after the last, only the loss is left to make
 
         def forward(xj: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor | None]:
             if weighting is None:

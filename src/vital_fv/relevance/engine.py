@@ -122,12 +122,13 @@ class Relevance:
         x: torch.Tensor,
         targets: Sequence[Objective | int],
         keep_graph: bool = False,
-        on_relevance: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None,
+        on_relevance: Callable[[str, torch.Tensor, torch.Tensor, bool], None] | None = None,
     ) -> RelevanceOutput:
         """``x``: (B, 3, H, W) normalized images; ``targets``: one per item (class indices, or units/directions of
         one layer). ``keep_graph``: ``x`` must require grad; activations come back attached to its graph.
-        ``on_relevance(layer, acts, rel)``, both (B, C, P) and detached, is called for each layer as soon as the
-        relevance backward reaches it (the deepest first), so work on a layer can start while it goes on."""
+        ``on_relevance(layer, acts, rel, last)``, both (B, C, P) and detached, is called for each layer as soon as
+        the relevance backward reaches it (the deepest first), so work on a layer can start while it goes on;
+        ``last``: no other layer is to come."""
         if self._composite is None:
             raise VitalError("this Relevance was closed")
         if len(targets) != x.shape[0]:
@@ -163,8 +164,9 @@ class Relevance:
                 top = top[0] if isinstance(top, (tuple, list)) else top
                 start, seed = _start(top, targets, self.method)
                 if on_relevance is not None:
+                    arrived: set[str] = set()
                     for n in self.layers:
-                        handles.append(outs[n].register_hook(self._arrival(n, outs[n], on_relevance)))
+                        handles.append(outs[n].register_hook(self._arrival(n, outs[n], on_relevance, arrived)))
                 self._gate.open = False
                 try:
                     grads = torch.autograd.grad(top, [outs[n] for n in self.layers], grad_outputs=seed,
@@ -184,10 +186,12 @@ class Relevance:
         return RelevanceOutput(acts, rel, start.detach().flatten(1).sum(1))
 
 
-    def _arrival(self, name: str, out: torch.Tensor, call: Callable[[str, torch.Tensor, torch.Tensor], None]) -> Any:
+    def _arrival(self, name: str, out: torch.Tensor, call: Callable[[str, torch.Tensor, torch.Tensor, bool], None],
+                 arrived: set[str]) -> Any:
         def hook(grad: torch.Tensor) -> None:
+            arrived.add(name)
             call(name, as_channels_positions(out.detach(), self.skip_tokens),
-                 as_channels_positions(grad.detach(), self.skip_tokens))
+                 as_channels_positions(grad.detach(), self.skip_tokens), len(arrived) == len(set(self.layers)))
 
         return hook
 
