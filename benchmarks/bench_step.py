@@ -33,8 +33,8 @@ CASES = {  # name: (preset, relevance)
 }
 
 
-def plain_block(spec, device: torch.device, reps: int) -> float:
-    """Median seconds of ``reps`` plain forward+backward passes (batch 1, the model's input size)."""
+def plain_block(spec, device: torch.device, reps: int) -> list[float]:
+    """Seconds of ``reps`` plain forward+backward passes (batch 1, the model's input size), after 3 unmeasured."""
     size = spec.preprocess.input_size
     x = torch.randn(1, 3, size, size, device=device, requires_grad=True)
     times = []
@@ -45,29 +45,33 @@ def plain_block(spec, device: torch.device, reps: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return statistics.median(times[3:])
+    return times[3:]
 
 
-def step_block(spec, case: str, steps: int, device: torch.device, cache) -> float:
-    """Median seconds of VITAL's steps 10..120 (of ``steps``) on espresso, seed 0."""
+def step_block(spec, case: str, steps: int, device: torch.device, cache) -> list[float]:
+    """Seconds of VITAL's steps 10..120 (of ``steps``) on espresso, seed 0."""
     from vital_fv import ClassTarget, Job, references, visualize_batch
 
     preset, rel = CASES[case]
     (r,) = visualize_batch(spec, [Job(ClassTarget("espresso"), references.bundled("espresso"), 0)], preset=preset,
                            steps=steps, device=device, progress=False, cache=cache, relevance=rel)
     times = r.record["step_seconds"]
-    return statistics.median(times[10:120] or times)
+    return times[10:120] or times
 
 
-def measure(cases: list[str], rounds: int, steps: int, device_name: str) -> dict[str, list[float]]:
-    """Per case, each round's ratio (step median / plain median), the plain block timed right before each run."""
+STATS = {"median": statistics.median, "min": min}  # min: the least disturbed pass of each, on a shared machine
+
+
+def measure(cases: list[str], rounds: int, steps: int, device_name: str) -> dict[str, dict[str, list[float]]]:
+    """Per statistic and case, each round's ratio (step statistic / plain statistic), the plain block timed right
+    before each run."""
     from vital_fv import load_model
     from vital_fv.cache import PrototypeCache
     from vital_fv.device import frozen_on, resolve_device
 
     device = resolve_device(device_name)
     spec = load_model("efficientnet_lite0")
-    out: dict[str, list[float]] = {c: [] for c in cases}
+    out: dict[str, dict[str, list[float]]] = {stat: {c: [] for c in cases} for stat in STATS}
     with tempfile.TemporaryDirectory() as d:
         cache = PrototypeCache(d)
         for c in cases:  # prototypes (and relevance prototypes) into the cache, outside the timing
@@ -77,7 +81,8 @@ def measure(cases: list[str], rounds: int, steps: int, device_name: str) -> dict
                 with frozen_on(spec.module, device):
                     plain = plain_block(spec, device, min(steps, 110) - 10)
                 step = step_block(spec, c, steps, device, cache)
-                out[c].append(step / plain)
+                for stat, f in STATS.items():
+                    out[stat][c].append(f(step) / f(plain))
     return out
 
 
@@ -149,23 +154,27 @@ def main() -> int:
     srcs = {"this checkout": str(Path(__file__).resolve().parent.parent / "src")}
     if args.against:
         srcs = {"before (--against)": args.against, **srcs}
-    ratios: dict[str, dict[str, list[float]]] = {s: {c: [] for c in cases} for s in srcs}
+    ratios = {stat: {s: {c: [] for c in cases} for s in srcs} for stat in STATS}
     for _ in range(args.rounds):  # alternate the checkouts round by round
         for label, src in srcs.items():
             env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": str(args.threads)}
             cmd = [sys.executable, __file__, "--json", "--rounds", "1", "--steps", str(args.steps),
                    "--cases", args.cases, "--device", args.device, "--threads", str(args.threads)]
             got = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
-            for c in cases:
-                ratios[label][c] += got[c]
-            print(label, {c: round(v[0], 3) for c, v in got.items()}, flush=True)
-    lines = [f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), Lite0 batch 1; each cell the "
-             f"median over {args.rounds} rounds of (median VITAL step over steps 10-120) / (median plain fwd+bwd "
-             "timed just before it); [min-max] over the rounds", "",
-             "| code | " + " | ".join(cases) + " |", "|---|" + "---|" * len(cases)]
-    for label in srcs:
-        cells = [f"{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]" for v in ratios[label].values()]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            for stat in STATS:
+                for c in cases:
+                    ratios[stat][label][c] += got[stat][c]
+            print(label, {stat: {c: round(v[0], 3) for c, v in got[stat].items()} for stat in STATS}, flush=True)
+    lines = []
+    for stat in STATS:
+        lines += [f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), Lite0 batch 1; each cell the "
+                  f"median over {args.rounds} rounds of ({stat} VITAL step over steps 10-120) / ({stat} plain "
+                  "fwd+bwd timed just before it); [min-max] over the rounds", "",
+                  "| code | " + " | ".join(cases) + " |", "|---|" + "---|" * len(cases)]
+        for label in srcs:
+            cells = [f"{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]" for v in ratios[stat][label].values()]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
     text = "\n".join(lines)
     print(text)
     if args.out:
