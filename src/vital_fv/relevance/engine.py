@@ -185,7 +185,6 @@ class Relevance:
             rel[name] = as_channels_positions(torch.zeros_like(a) if g is None else g.detach(), self.skip_tokens)
         return RelevanceOutput(acts, rel, start.detach().flatten(1).sum(1))
 
-
     def _arrival(self, name: str, out: torch.Tensor, call: Callable[[str, torch.Tensor, torch.Tensor, bool], None],
                  arrived: set[str]) -> Any:
         def hook(grad: torch.Tensor) -> None:

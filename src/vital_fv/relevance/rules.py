@@ -49,13 +49,10 @@ class _RuleFn(torch.autograd.Function):
         if grad is None:
             return (None,) * (3 + n)
         if ctx.hook.active:
-            saved = [t.detach() for t in ctx.saved_tensors]
-            if ctx.hook.wants_output:  # the module's own output comes last
-                *xs, y = saved
-                r = ctx.hook.relevance(ctx.module, xs[0] if len(xs) == 1 else tuple(xs), grad, y)
-                return None, None, None, *((r,) if len(xs) == 1 else r), None
-            r = ctx.hook.relevance(ctx.module, saved[0] if n == 1 else tuple(saved), grad)
-            return None, None, None, *((r,) if n == 1 else r)
+            xs = [t.detach() for t in ctx.saved_tensors]
+            own = (xs.pop(),) if ctx.hook.wants_output else ()  # the module's own output comes last
+            r = ctx.hook.relevance(ctx.module, xs[0] if len(xs) == 1 else tuple(xs), grad, *own)
+            return None, None, None, *((r,) if len(xs) == 1 else r), *(None for _ in own)
         return (grad,) + (None,) * (2 + n)
 
 # --- the rules, as zennit hooks ------------------------------------------------------------------------------
@@ -132,12 +129,13 @@ def link_chains(composite: Composite, model: nn.Module, pairs: Sequence[tuple[st
     links = []
     for producer, consumer in pairs:
         try:
-            a, b = hooks.get(id(model.get_submodule(producer))), hooks.get(id(model.get_submodule(consumer)))
+            first, second = model.get_submodule(producer), model.get_submodule(consumer)
         except AttributeError:
             continue
+        a, b = hooks.get(id(first)), hooks.get(id(second))
         if a is None or not isinstance(b, PassRule) or a.link_out is not None or b.link_in is not None:
             continue
-        a.link_out = b.link_in = Link(producer, consumer, model.get_submodule(producer))
+        a.link_out = b.link_in = Link(producer, consumer, first)
         links.append(a.link_out)
     return links
 
@@ -303,9 +301,11 @@ class ZPlusRule(RuleHook):
         if self.twins is None:
             self._build(module)
         # An input's sign is structural (after a ReLU it is never negative; a residual stream always has
-        # negatives): checked on the first calls, then every 64th, since the check costs a pass over x.
+        # negatives): checked on the first calls, then every 64th, since the check costs a pass over x; the
+        # shortcut of a signed 1x1 layer is measured on the same calls.
         self.calls += 1
-        if not self.signed and (self.calls <= 4 or self.calls % 64 == 0):
+        checking = self.calls <= 4 or self.calls % 64 == 0
+        if not self.signed and checking:
             self.signed = bool(x.amin() < 0)
         if not self.signed:
             return _z_rule(self.twins["mixed"], x, r, self.eps)
@@ -315,7 +315,7 @@ class ZPlusRule(RuleHook):
         if is_pointwise(pos):
             if y is None or y.shape != r.shape:
                 return self._signed_pointwise(x, r)
-            if self.calls <= 4 or self.calls % 64 == 0:  # the shortcut measured against the exact sum
+            if checking:  # the shortcut measured against the exact sum
                 want, got = self._signed_pointwise(x, r), self._signed_pointwise_from_output(module, x, r, y)
                 self.shortcut = bool((got - want).abs().amax() <= SHORTCUT_TOLERANCE * want.abs().amax())
                 return want
