@@ -11,6 +11,7 @@ from torch import nn
 from vital_fv import references
 from vital_fv.errors import VitalError
 from vital_fv.relevance import Canonizer, Relevance, ResidualSum, SumRule, conservation
+from vital_fv.targets import UnitTarget
 from vital_fv.zoo import (
     PRESETS,
     Architecture,
@@ -224,3 +225,39 @@ def test_paper_architectures_presets_shapes_independence_and_a_few_steps(name):
     assert rec["layers"]["layers"] == layers and rec["layers"]["weights"] == weights
     total = [sum(w * rec["loss"][n][i] for n, w in zip(layers, weights, strict=True)) for i in range(4)]
     assert total[-1] < total[0]
+
+
+def test_efficientnet_same_convolutions_become_padding_and_a_plain_convolution(monkeypatch):
+    """timm's TF "same" convolutions in the relevance copy: a pre-hook's padding and a plain ``nn.Conv2d`` (the
+    rules' direct path). The copy computes the model's values, and the relevance is bit for bit that of a copy that
+    keeps ``Conv2dSame`` (the generic autograd path), at an input size whose padding is asymmetric."""
+    import importlib
+
+    import timm
+    from timm.layers import Conv2dSame
+
+    from vital_fv.relevance.rules import _plain_conv
+
+    eff = importlib.import_module("vital_fv.zoo.families.efficientnet")
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0").eval()
+    same = [n for n, m in model.named_modules() if type(m) is Conv2dSame]
+    layers = ["blocks.1", "blocks.3"]
+    x = torch.randn(2, 3, 72, 72)
+    with monkeypatch.context() as m:
+        m.setattr(eff, "_explicit_same_padding", lambda model: None)
+        kept = Relevance(model, layers, "lrp")
+    with Relevance(model, layers, "lrp") as rel, kept:
+        assert len(same) >= 4 and all(type(kept.module.get_submodule(n)) is Conv2dSame for n in same)
+        for n in same:
+            conv = rel.module.get_submodule(n)
+            assert type(conv) is nn.Conv2d and conv._forward_pre_hooks and _plain_conv(conv)
+        with torch.no_grad():
+            torch.testing.assert_close(rel.module(x), model(x), rtol=0, atol=0)
+        for targets in ([3, 7], [UnitTarget("blocks.5", 2)] * 2):
+            a, b = rel(x, targets), kept(x, targets)
+            for n in layers:
+                assert b.rel[n].abs().sum() > 0
+                assert torch.equal(a.rel[n], b.rel[n]), n
+    assert all(type(model.get_submodule(n)) is Conv2dSame and not model.get_submodule(n)._forward_pre_hooks
+               for n in same)

@@ -78,13 +78,38 @@ def _load_lite(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
     )
 
 
+def _pad_same(module: nn.Conv2d, args: tuple) -> tuple:
+    """A forward pre-hook: timm's TF "same" padding of the input, as ``Conv2dSame`` pads it before convolving."""
+    from timm.layers.padding import pad_same
+
+    return (pad_same(args[0], module.kernel_size, module.stride, module.dilation), *args[1:])
+
+
+def _explicit_same_padding(model: nn.Module) -> None:
+    """Each timm ``Conv2dSame`` as its padding (a pre-hook) and a plain ``nn.Conv2d`` over the padded input: the
+    same values, and the convolution's rule takes the direct path (``rules._plain_conv``) instead of a nested
+    autograd pass through ``Conv2dSame.forward`` (Lite's stride-2 depthwise layers). The pad's own backward crops
+    the relevance, which z+ puts only on the image (x * g is 0 on the padded zeros), so nothing is lost."""
+    from timm.layers import Conv2dSame
+
+    for name, sub in list(model.named_modules()):
+        if type(sub) is not Conv2dSame or sub.padding_mode != "zeros" or sub.padding != (0, 0):
+            continue
+        conv = nn.Conv2d(sub.in_channels, sub.out_channels, sub.kernel_size, sub.stride, 0, sub.dilation,
+                         sub.groups, sub.bias is not None, device=sub.weight.device, dtype=sub.weight.dtype)
+        conv.weight, conv.bias = sub.weight, sub.bias
+        conv.register_forward_pre_hook(_pad_same)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, conv)
+
+
 def _skip_block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:  # timm EfficientNet blocks with a skip
     return residual_add(self, self.vital_inner(x), x)
 
 
 class EfficientNetCanonizer(Canonizer):
     """timm EfficientNet blocks with a skip (DepthwiseSeparableConv / InvertedResidual / EdgeResidual): the
-    functional residual add as a sum."""
+    functional residual add as a sum; TF "same" convolutions as their padding and a plain convolution."""
 
     family = "efficientnet"
 
@@ -111,6 +136,7 @@ class EfficientNetCanonizer(Canonizer):
                 for name, sub in model.named_modules() for a, b in table.get(type(sub), ())]
 
     def apply(self, model: nn.Module, gate: Gate) -> None:
+        _explicit_same_padding(model)
         for sub in self._skip_blocks(model):
             sub.has_skip = False
             sub.vital_inner = type(sub).forward.__get__(sub)
