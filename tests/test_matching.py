@@ -160,9 +160,8 @@ def test_ranks_sorted_ahead_are_not_used_for_a_changed_or_other_tensor():
         assert off.take("a", out.flatten(2)) is None
 
 
-@pytest.mark.parametrize("share", [False, True])
-def test_features_sorted_ahead_and_scaled_by_a_constant_give_the_loss_of_the_product(share):
-    """LRP's path: A ⊙ R̂ made (and its sort started, half of it here with ``share``) as the relevance arrives;
+def test_features_sorted_ahead_and_scaled_by_a_constant_give_the_loss_of_the_product():
+    """LRP's path: A ⊙ R̂ made (and its sort started) as the relevance arrives;
     the loss then takes that product with A's gradient through it: the same loss and gradient as ``a * w``."""
     torch.manual_seed(0)
     a0, w = torch.randn(2, 8, 900), torch.rand(2, 8, 900)
@@ -170,7 +169,7 @@ def test_features_sorted_ahead_and_scaled_by_a_constant_give_the_loss_of_the_pro
     with ranks_ahead("cpu") as ranks:
         a = a0.clone().requires_grad_()
         product = a.detach() * w
-        ranks.started_features("l", product, share=share)
+        ranks.started_features("l", product)
         z = scaled_by_constant(a, w, product)
         order = ranks.take("l", z)
         assert order is not None and torch.equal(order, argsort_rows(product.reshape(-1, 900)))

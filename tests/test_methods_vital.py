@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from vital_fv import ClassTarget, Job, NonFiniteLossError, references, visualize, visualize_batch
 from vital_fv.errors import VitalError
@@ -421,3 +422,48 @@ def test_a_class_logit_term_raises_the_class_and_acts_by_default_only_where_the_
             visualize(tiny_spec, "one", tmp_path, options={"class_logit": bad}, **kw)
     with pytest.raises(VitalError, match="class_logit"):
         replace(quick, class_logit=-1.0)
+
+
+class _TwoBranches(nn.Module):
+    """Two branches from the image into one head: no layer's gradient reaches the other's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a, self.act_a = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
+        self.conv_b, self.act_b = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.act_a(self.conv_a(x)) + self.act_b(self.conv_b(x))).flatten(1))
+
+
+@pytest.mark.parametrize("model", ["chain", "branches"])
+def test_the_last_relevance_layers_loss_made_in_the_backward_changes_no_pixel(tiny_spec, refs_a, monkeypatch, model):
+    """With relevance, the loss of the layer whose relevance arrives last is made during the backward (a hook adds
+    its gradient where the other layers' gradient arrives; where none arrives, on its own after it): the images and
+    loss curves are those of making every loss first."""
+    from vital_fv import load_model, matching
+
+    if model == "branches":
+        torch.manual_seed(0)
+        spec = load_model(_TwoBranches(), layers=["act_a", "act_b"], preprocess=tiny_spec.preprocess,
+                          class_names=tiny_spec.class_names, name="branches")
+    else:
+        spec = tiny_spec
+    in_backward = []
+    loss = matching.sort_matching_loss
+
+    def spying(*a, **k):
+        in_backward.append(torch._C._current_graph_task_id() != -1)
+        return loss(*a, **k)
+
+    monkeypatch.setattr(opt_mod, "sort_matching_loss", spying)
+    kw = dict(preset="quick", steps=5, progress=False, relevance="lrp", seed=3)
+    late = visualize(spec, 1, refs_a, **kw)
+    assert any(in_backward) == (model == "chain")  # the hook's path in a chain, the loss on its own otherwise
+    monkeypatch.setattr(opt_mod, "LATE_LOSS_IN_BACKWARD", False)
+    in_backward.clear()
+    first = visualize(spec, 1, refs_a, **kw)
+    assert not any(in_backward)
+    assert torch.equal(late.image, first.image)
+    assert late.record["loss"] == first.record["loss"]

@@ -114,16 +114,6 @@ def argsort_rows(rows: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(key)
 
 
-class _Joined:
-    """A future of rows sorted in two parts: the first here, the rest in the pool."""
-
-    def __init__(self, first: torch.Tensor, rest: Future) -> None:
-        self.first, self.rest = first, rest
-
-    def result(self) -> torch.Tensor:
-        return torch.cat([self.first, self.rest.result()])
-
-
 class RanksAhead:
     """Sorts each matched layer's activations in a second thread while the forward pass goes on to the next layers.
 
@@ -138,26 +128,20 @@ class RanksAhead:
     def __init__(self, pool: ThreadPoolExecutor | None, skip_tokens: int = 0) -> None:
         self._pool = pool
         self._skip = skip_tokens
-        self._pending: dict[str, tuple[torch.Tensor, int, Future | _Joined]] = {}
+        self._pending: dict[str, tuple[torch.Tensor, int, Future]] = {}
 
     def started(self, name: str, out: torch.Tensor) -> None:
         """Start sorting a layer's raw output (a forward hook's ``out``)."""
         if self._pool is not None:
             self.started_features(name, as_channels_positions(out, self._skip))
 
-    def started_features(self, name: str, z: torch.Tensor, share: bool = False) -> None:
-        """Start sorting features already laid out as (B, C, P). ``share``: the caller has nothing else to do until
-        it takes the order, so it sorts half the rows itself meanwhile."""
+    def started_features(self, name: str, z: torch.Tensor) -> None:
+        """Start sorting features already laid out as (B, C, P)."""
         if self._pool is None:
             return
         z = z.detach()
         rows = z.reshape(-1, z.shape[-1])
         if rows.device.type != "cpu" or rows.numel() < 4096 or rows.shape[-1] >= 2**32:
-            return
-        if share and rows.shape[0] > 1:
-            half = rows.shape[0] // 2
-            rest = self._pool.submit(argsort_rows, rows[half:])
-            self._pending[name] = (z, z._version, _Joined(argsort_rows(rows[:half]), rest))
             return
         self._pending[name] = (z, z._version, self._pool.submit(argsort_rows, rows))
 

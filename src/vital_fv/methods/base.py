@@ -289,10 +289,11 @@ class Updater:
     """One gradient update, as every method takes it.
 
     ``__call__(loss, items)`` returns the loss per item; a non-finite loss comes back before any update (so the
-    parameters stay at their last finite values and ``run_steps`` stops). Otherwise: zero-grad, ``backward``,
-    the transparency map accumulates |d loss / d image| of ``grad_of()`` (SPEC §4), ``before_step`` (gradient
-    shaping that the map should not show), optimizer and schedule step, then ``after_step`` (e.g. clamping pixels
-    to the image range).
+    parameters stay at their last finite values and ``run_steps`` stops). Otherwise: zero-grad, ``backward`` (a
+    custom ``backward(loss)`` may return the value of a further part of the loss that it made and backpropagated
+    itself, which counts like the rest), the transparency map accumulates |d loss / d image| of ``grad_of()``
+    (SPEC §4), ``before_step`` (gradient shaping that the map should not show), optimizer and schedule step, then
+    ``after_step`` (e.g. clamping pixels to the image range).
     """
 
     def __init__(
@@ -302,7 +303,7 @@ class Updater:
         *,
         alpha: torch.Tensor | None = None,
         grad_of: Callable[[], torch.Tensor] | None = None,
-        backward: Callable[[torch.Tensor], None] | None = None,
+        backward: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
         before_step: Callable[[], object] | None = None,
         after_step: Callable[[], object] | None = None,
     ) -> None:
@@ -322,7 +323,11 @@ class Updater:
         if self.backward is None:
             loss.backward()
         else:
-            self.backward(loss)
+            late = self.backward(loss)
+            if late is not None:  # a part of the loss made during the backward: checked before any update too
+                value += float(late)
+                if not math.isfinite(value):
+                    return value
         if self.alpha is not None and self.grad_of is not None:
             self.alpha.add_(self.grad_of().grad.abs())
         if self.before_step is not None:

@@ -113,6 +113,11 @@ class OptimPreset(Preset):
 CROPS_CLASS_LOGIT = 0.5
 CROPS_OBJECT_SHARE = 0.9
 
+# With relevance weighting, the loss of the layer whose relevance arrives last (the stem) is made in the backward,
+# as its gradient is needed (``_optimize``'s ``backward``): the same gradient, the sort off the critical path. Off
+# only where a test compares against the plain order.
+LATE_LOSS_IN_BACKWARD = True
+
 OPTIM_PRESETS: dict[str, OptimPreset] = {
     # The authors' public code (SPEC §3).
     "paper": OptimPreset("paper", steps=2000, lr=1.0, betas=(0.5, 0.9), warmup=100, jitter=30),
@@ -594,11 +599,14 @@ def _optimize(
 
         logits: dict[str, torch.Tensor] = {}
         ahead: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer: R̂ and A ⊙ R̂, their sort started
+        late: list[str] = []  # the layer whose relevance arrived last (see ``backward``)
 
         def arrived(n: str, a: torch.Tensor, r: torch.Tensor, last: bool) -> None:
             rhat = normalize_relevance(r).to(a.dtype)
             ahead[n] = (rhat, a * rhat)
-            ranks.started_features(n, ahead[n][1], share=last)  # after the last, only the loss is left to make
+            ranks.started_features(n, ahead[n][1])
+            if last and len(names) > 1 and LATE_LOSS_IN_BACKWARD:
+                late.append(n)
 
         def forward(xj: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor | None]:
             if weighting is None:
@@ -606,29 +614,64 @@ def _optimize(
                 return {n: as_channels_positions(feats[n], skip) for n in names}, None, None
             # One forward on the relevance copy serves both: relevance now, the loss's true gradient later.
             ahead.clear()
+            late.clear()
             rel = weighting.model(xj, weighting.starts, keep_graph=True, on_relevance=arrived)
             quiet = silent(rel.rel, rel.start)
             for b in torch.nonzero(quiet).flatten().tolist():
                 weighting.silent_steps[b] += 1
             return rel.acts, rel, quiet
 
-        def backward(loss: torch.Tensor) -> None:
+        def backward(loss: torch.Tensor) -> torch.Tensor | None:
+            """The loss's backward through the relevance copy. The layer whose relevance arrived last (the stem)
+            has its loss made only when the gradient of the others reaches that layer, at the end of this
+            backward: its sort, started as that relevance arrived, runs beside the whole backward instead of
+            ahead of it. The gradient is the same (a hook adds the layer's own term where the others' arrive);
+            returns the late loss's weighted value."""
             with weighting.model.plain_gradients():
-                loss.backward()
+                if not late:
+                    loss.backward()
+                    return None
+                n = late[0]
+                base, w = state["rel"].outputs[n], weights[names.index(n)]
+
+                def add_own(g: torch.Tensor) -> torch.Tensor:
+                    with torch.enable_grad():
+                        a = base.detach().requires_grad_(True)
+                        losses[n] = layer_loss(n, as_channels_positions(a, skip), *state["rq"])
+                        (ga,) = torch.autograd.grad((w * losses[n]).sum(), a)
+                    return g + ga
+
+                handle = base.register_hook(add_own)
+                try:  # kept, in case no other layer's gradient reaches this one (then it goes on its own below)
+                    loss.backward(retain_graph=True)
+                finally:
+                    handle.remove()
+                if n not in losses:
+                    losses[n] = layer_loss(n, state["acts"][n], *state["rq"])
+                    (w * losses[n]).sum().backward()
+                losses[n] = losses[n].detach()
+                return (w * losses[n]).sum()
 
         update = Updater(optimizer, schedule(optimizer, opt.steps, opt.warmup), alpha=alpha, grad_of=lambda: x,
                          backward=None if weighting is None else backward, before_step=_gradient_shaping(x, acting),
                          after_step=lambda: clamp_(x, lo, hi))
+
+        losses: dict[str, torch.Tensor] = {}  # this step's per-item loss of each layer
+        state: dict[str, Any] = {}  # this step's relevance and activations, for ``backward``
 
         def step(i: int) -> float:
             xj = roll(x, sample_rolls(gens, opt.jitter))
             if opt.scale_jitter:
                 xj = zoom(xj, sample_scales(gens, opt.scale_jitter))
             acts, rel, quiet = forward(xj)
-            # With relevance the deepest layer's sort started first (its relevance arrived first): taken first.
-            losses = {n: layer_loss(n, acts[n], rel, quiet) for n in (names if rel is None else reversed(names))}
-            per_layer = torch.stack([losses[n] for n in names])
-            item_loss = (weights * per_layer).sum(0)
+            state.update(rel=rel, acts=acts, rq=(rel, quiet))
+            # With relevance the deepest layer's sort started first (its relevance arrived first): taken first;
+            # the last one's loss is made in the backward.
+            losses.clear()
+            losses.update({n: layer_loss(n, acts[n], rel, quiet)
+                           for n in (names if rel is None else reversed(names)) if n not in late})
+            early = [i for i, n in enumerate(names) if n in losses]
+            item_loss = (weights[early] * torch.stack([losses[names[i]] for i in early])).sum(0)
             if layer_preset.tv:
                 item_loss = item_loss + layer_preset.tv * total_variation(x)
             if layer_preset.l2:
@@ -637,8 +680,9 @@ def _optimize(
                 index, weight = logit_terms
                 item_loss = item_loss - weight * logits["now"].gather(1, index[:, None])[:, 0].float()
             value = update(item_loss.sum(), len(jobs))  # non-finite: no update, x stays the last finite image
+            state.clear()  # the step's graph (kept through the backward) goes now, not at the next step
             if math.isfinite(value):
-                curves[i] = per_layer.detach().float()
+                curves[i] = torch.stack([losses[n] for n in names]).detach().float()
             return value
 
         status, step_times = run_steps(opt.steps, step, progress, "vital", on_interrupt=lambda: clamp_(x, lo, hi))

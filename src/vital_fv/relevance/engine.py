@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -53,11 +53,14 @@ class _Stop(Exception):
 
 @dataclass
 class RelevanceOutput:
-    """Per matched layer, activations and relevance as (B, C, P); ``start`` is each item's start relevance total."""
+    """Per matched layer, activations and relevance as (B, C, P); ``start`` is each item's start relevance total;
+    ``outputs``: each layer's output as the copy made it (attached to the graph with ``keep_graph``), where a
+    gradient hook can reach it."""
 
     acts: dict[str, torch.Tensor]
     rel: dict[str, torch.Tensor]
     start: torch.Tensor
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Relevance:
@@ -178,12 +181,12 @@ class Relevance:
                 h.remove()
             for link in self._links:
                 link.clear()
-        acts, rel = {}, {}
+        acts, rel, raw = {}, {}, {}
         for name, g in zip(self.layers, grads, strict=True):
-            a = outs[name] if keep_graph else outs[name].detach()
+            raw[name] = a = outs[name] if keep_graph else outs[name].detach()
             acts[name] = as_channels_positions(a, self.skip_tokens)
             rel[name] = as_channels_positions(torch.zeros_like(a) if g is None else g.detach(), self.skip_tokens)
-        return RelevanceOutput(acts, rel, start.detach().flatten(1).sum(1))
+        return RelevanceOutput(acts, rel, start.detach().flatten(1).sum(1), raw)
 
     def _arrival(self, name: str, out: torch.Tensor, call: Callable[[str, torch.Tensor, torch.Tensor, bool], None],
                  arrived: set[str]) -> Any:
