@@ -8,7 +8,7 @@ the gradient back through the sort's permutation to the unsorted positions.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -128,7 +128,7 @@ class RanksAhead:
     def __init__(self, pool: ThreadPoolExecutor | None, skip_tokens: int = 0) -> None:
         self._pool = pool
         self._skip = skip_tokens
-        self._pending: dict[str, tuple[torch.Tensor, int, Future]] = {}
+        self._pending: dict[str, tuple[torch.Tensor | None, int, Future]] = {}
 
     def started(self, name: str, out: torch.Tensor) -> None:
         """Start sorting a layer's raw output (a forward hook's ``out``)."""
@@ -140,10 +140,24 @@ class RanksAhead:
         if self._pool is None:
             return
         z = z.detach()
-        rows = z.reshape(-1, z.shape[-1])
-        if rows.device.type != "cpu" or rows.numel() < 4096 or rows.shape[-1] >= 2**32:
-            return
-        self._pending[name] = (z, z._version, self._pool.submit(argsort_rows, rows))
+        if _sortable(z):
+            self._pending[name] = (z, z._version, self._pool.submit(argsort_rows, z.reshape(-1, z.shape[-1])))
+
+    def started_making(self, name: str, make: Callable[[], tuple[torch.Tensor, ...]]) -> Future | None:
+        """Make a layer's tensors in the sort thread and sort the last of them (features, (B, C, P)) there too:
+        for work nothing needs until later. The future gives ``make()``'s tuple; None where nothing is started
+        (off the CPU), and then the caller makes them itself."""
+        if self._pool is None:
+            return None
+
+        def job() -> tuple[tuple[torch.Tensor, ...], int, torch.Tensor | None]:
+            made = make()
+            z = made[-1].detach()
+            return made, z._version, argsort_rows(z.reshape(-1, z.shape[-1])) if _sortable(z) else None
+
+        future = self._pool.submit(job)
+        self._pending[name] = (None, 0, future)
+        return _First(future)
 
     def take(self, name: str, z: torch.Tensor) -> torch.Tensor | None:
         entry = self._pending.pop(name, None)
@@ -151,9 +165,29 @@ class RanksAhead:
             return None
         seen, version, future = entry
         order = future.result()
+        if seen is None:  # made in the thread
+            made, version, order = order
+            seen = made[-1]
+        if order is None:
+            return None
         same = (seen.data_ptr() == z.data_ptr() and seen.shape == z.shape and seen.stride() == z.stride()
                 and z._version == version)
         return order if same else None
+
+
+def _sortable(z: torch.Tensor) -> bool:
+    """Rows that ``argsort_rows`` sorts in NumPy (those it would hand to torch are left to the loss)."""
+    return z.device.type == "cpu" and z.numel() >= 4096 and z.shape[-1] < 2**32
+
+
+class _First:
+    """The made tuple of a ``started_making`` future."""
+
+    def __init__(self, future: Future) -> None:
+        self._future = future
+
+    def result(self) -> tuple[torch.Tensor, ...]:
+        return self._future.result()[0]
 
 
 class _ScaledByConstant(torch.autograd.Function):

@@ -586,7 +586,8 @@ def _optimize(
             if rel is None:
                 return sort_matching_loss(a, protos[n], order=ranks.take(n, a))
             # R̂ is recomputed on this step's jittered image and enters as a constant weight (SPEC §4).
-            rhat, product = ahead.pop(n, (None, None))
+            made = ahead.pop(n, None)
+            rhat, product = (None, None) if made is None else made if isinstance(made, tuple) else made.result()
             if rhat is None:
                 rhat = normalize_relevance(rel.rel[n]).to(a.dtype)
                 z = a * rhat
@@ -598,15 +599,21 @@ def _optimize(
             return weighted
 
         logits: dict[str, torch.Tensor] = {}
-        ahead: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer: R̂ and A ⊙ R̂, their sort started
+        ahead: dict[str, Any] = {}  # per layer: R̂ and A ⊙ R̂ (or their future), their sort started
         late: list[str] = []  # the layer whose relevance arrived last (see ``backward``)
 
-        def arrived(n: str, a: torch.Tensor, r: torch.Tensor, last: bool) -> None:
+        def weighted(a: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             rhat = normalize_relevance(r).to(a.dtype)
-            ahead[n] = (rhat, a * rhat)
-            ranks.started_features(n, ahead[n][1])
+            return rhat, a * rhat
+
+        def arrived(n: str, a: torch.Tensor, r: torch.Tensor, last: bool) -> None:
             if last and len(names) > 1 and LATE_LOSS_IN_BACKWARD:
-                late.append(n)
+                late.append(n)  # needed only at the end of the backward: made and sorted in the sort thread
+                ahead[n] = ranks.started_making(n, lambda: weighted(a, r))
+                if ahead[n] is not None:
+                    return
+            ahead[n] = weighted(a, r)
+            ranks.started_features(n, ahead[n][1])
 
         def forward(xj: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor | None]:
             if weighting is None:
