@@ -242,3 +242,27 @@ def test_signed_pointwise_zplus_from_the_layers_output_only_where_it_measured_ex
         assert (shortcut - exact).abs().amax() > SHORTCUT_TOLERANCE * exact.abs().amax()  # what it kept out
     else:
         torch.testing.assert_close(got, exact, rtol=0, atol=1e-5 * float(exact.abs().amax()))
+
+
+class _GenericLinear(nn.Linear):
+    """An ``nn.Linear`` subclass: the rules' generic (nested autograd) path."""
+
+
+@pytest.mark.parametrize("rows", ["one", "all"])
+def test_linear_zplus_directly_equals_the_generic_path(rows):
+    """A linear layer's z+ without the nested autograd pass gives the generic path's relevance bit for bit, also
+    where relevance starts at one output (a class logit: the product over that row alone)."""
+    from vital_fv.relevance.rules import ZPlusRule
+
+    torch.manual_seed(0)
+    linear = nn.Linear(12, 9)
+    with torch.no_grad():
+        linear.weight[4].neg_().abs_().neg_()  # output 4: no positive weight
+    generic = _GenericLinear(12, 9)
+    generic.load_state_dict(linear.state_dict())
+    x = torch.rand(3, 12)
+    r = torch.rand(3, 9) if rows == "all" else torch.zeros(3, 9).index_fill_(1, torch.tensor([4]), 1.0)
+    fast, slow = ZPlusRule(), ZPlusRule()
+    a, b = fast.relevance(linear, x, r), slow.relevance(generic, x, r)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a.sum(), r.sum(), rtol=1e-4, atol=0)
