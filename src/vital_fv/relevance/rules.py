@@ -37,6 +37,7 @@ class _RuleFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: torch.Tensor, hook: Any, module: nn.Module, *xs: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         ctx.hook, ctx.module = hook, module
+        ctx.nones = (None,) * (2 + len(xs))  # the plain backward's tail, made here: it runs on every step
         ctx.save_for_backward(*xs)
         # Where no relevance arrives (a path the attention gate cut), the gradient stays undefined, so nothing below
         # computes on zeros.
@@ -45,15 +46,14 @@ class _RuleFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None) -> tuple[Any, ...]:  # noqa: ANN001
-        n = len(ctx.saved_tensors)
         if grad is None:
-            return (None,) * (3 + n)
-        if ctx.hook.active:
-            xs = [t.detach() for t in ctx.saved_tensors]
-            own = (xs.pop(),) if ctx.hook.wants_output else ()  # the module's own output comes last
-            r = ctx.hook.relevance(ctx.module, xs[0] if len(xs) == 1 else tuple(xs), grad, *own)
-            return None, None, None, *((r,) if len(xs) == 1 else r), *(None for _ in own)
-        return (grad,) + (None,) * (2 + n)
+            return (None, *ctx.nones)
+        if not ctx.hook.active:
+            return (grad, *ctx.nones)
+        xs = [t.detach() for t in ctx.saved_tensors]
+        own = (xs.pop(),) if ctx.hook.wants_output else ()  # the module's own output comes last
+        r = ctx.hook.relevance(ctx.module, xs[0] if len(xs) == 1 else tuple(xs), grad, *own)
+        return None, None, None, *((r,) if len(xs) == 1 else r), *(None for _ in own)
 
 # --- the rules, as zennit hooks ------------------------------------------------------------------------------
 # zennit's composites map them to modules, its canonizers run, and its ``inactive()`` switch turns them off. The
@@ -96,9 +96,16 @@ class RuleHook(Hook):
         return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self._wrap)])
 
     def _wrap(self, module: nn.Module, input: Any, output: Any) -> Any:
+        # Runs for every ruled module in every forward: plain loops, no generators.
         xs = input[: self.inputs] if isinstance(input, tuple) else (input,)
-        if (not isinstance(output, torch.Tensor) or not xs or not all(isinstance(x, torch.Tensor) for x in xs)
-                or not any(x.requires_grad for x in xs)):
+        if not xs or not isinstance(output, torch.Tensor):
+            return None
+        grad = False
+        for x in xs:
+            if not isinstance(x, torch.Tensor):
+                return None
+            grad = grad or x.requires_grad
+        if not grad:
             return None
         src = (xs, self, module, output)
         link = self.link_in
