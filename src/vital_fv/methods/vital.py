@@ -644,7 +644,7 @@ def _optimize(
                 def add_own(g: torch.Tensor) -> torch.Tensor:
                     with torch.enable_grad():
                         a = base.detach().requires_grad_(True)
-                        losses[n] = layer_loss(n, as_channels_positions(a, skip), *state["rq"])
+                        losses[n] = layer_loss(n, as_channels_positions(a, skip), state["rel"], state["quiet"])
                         (ga,) = torch.autograd.grad((w * losses[n]).sum(), a)
                     return g + ga
 
@@ -654,7 +654,7 @@ def _optimize(
                 finally:
                     handle.remove()
                 if n not in losses:
-                    losses[n] = layer_loss(n, state["acts"][n], *state["rq"])
+                    losses[n] = layer_loss(n, state["rel"].acts[n], state["rel"], state["quiet"])
                     (w * losses[n]).sum().backward()
                 losses[n] = losses[n].detach()
                 return (w * losses[n]).sum()
@@ -664,21 +664,22 @@ def _optimize(
                          after_step=lambda: clamp_(x, lo, hi))
 
         losses: dict[str, torch.Tensor] = {}  # this step's per-item loss of each layer
-        state: dict[str, Any] = {}  # this step's relevance and activations, for ``backward``
+        state: dict[str, Any] = {}  # this step's relevance and silent items, for ``backward``
 
         def step(i: int) -> float:
             xj = roll(x, sample_rolls(gens, opt.jitter))
             if opt.scale_jitter:
                 xj = zoom(xj, sample_scales(gens, opt.scale_jitter))
             acts, rel, quiet = forward(xj)
-            state.update(rel=rel, acts=acts, rq=(rel, quiet))
+            state.update(rel=rel, quiet=quiet)
             # With relevance the deepest layer's sort started first (its relevance arrived first): taken first;
             # the last one's loss is made in the backward.
             losses.clear()
             losses.update({n: layer_loss(n, acts[n], rel, quiet)
                            for n in (names if rel is None else reversed(names)) if n not in late})
             early = [i for i, n in enumerate(names) if n in losses]
-            item_loss = (weights[early] * torch.stack([losses[names[i]] for i in early])).sum(0)
+            w = weights[early] if late else weights  # no copy where every loss is made here
+            item_loss = (w * torch.stack([losses[names[i]] for i in early])).sum(0)
             if layer_preset.tv:
                 item_loss = item_loss + layer_preset.tv * total_variation(x)
             if layer_preset.l2:

@@ -168,8 +168,10 @@ class Relevance:
                 start, seed = _start(top, targets, self.method)
                 if on_relevance is not None:
                     arrived: set[str] = set()
+                    total = len(set(self.layers))
                     for n in self.layers:
-                        handles.append(outs[n].register_hook(self._arrival(n, outs[n], on_relevance, arrived)))
+                        handles.append(outs[n].register_hook(self._arrival(n, outs[n], on_relevance, arrived,
+                                                                           total)))
                 self._gate.open = False
                 try:
                     grads = torch.autograd.grad(top, [outs[n] for n in self.layers], grad_outputs=seed,
@@ -189,11 +191,11 @@ class Relevance:
         return RelevanceOutput(acts, rel, start.detach().flatten(1).sum(1), raw)
 
     def _arrival(self, name: str, out: torch.Tensor, call: Callable[[str, torch.Tensor, torch.Tensor, bool], None],
-                 arrived: set[str]) -> Any:
+                 arrived: set[str], total: int) -> Any:
         def hook(grad: torch.Tensor) -> None:
             arrived.add(name)
             call(name, as_channels_positions(out.detach(), self.skip_tokens),
-                 as_channels_positions(grad.detach(), self.skip_tokens), len(arrived) == len(set(self.layers)))
+                 as_channels_positions(grad.detach(), self.skip_tokens), len(arrived) == total)
 
         return hook
 

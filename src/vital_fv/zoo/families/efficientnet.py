@@ -78,19 +78,16 @@ def _load_lite(name: str, weights: str | os.PathLike[str] | None) -> ModelSpec:
     )
 
 
-def _pad_same(module: nn.Conv2d, args: tuple) -> tuple:
-    """A forward pre-hook: timm's TF "same" padding of the input, as ``Conv2dSame`` pads it before convolving."""
-    from timm.layers.padding import pad_same
-
-    return (pad_same(args[0], module.kernel_size, module.stride, module.dilation), *args[1:])
-
-
 def _explicit_same_padding(model: nn.Module) -> None:
     """Each timm ``Conv2dSame`` as its padding (a pre-hook) and a plain ``nn.Conv2d`` over the padded input: the
     same values, and the convolution's rule takes the direct path (``rules._plain_conv``) instead of a nested
     autograd pass through ``Conv2dSame.forward`` (Lite's stride-2 depthwise layers). The pad's own backward crops
     the relevance, which z+ puts only on the image (x * g is 0 on the padded zeros), so nothing is lost."""
     from timm.layers import Conv2dSame
+    from timm.layers.padding import pad_same
+
+    def padded(module: nn.Conv2d, args: tuple) -> tuple:  # the pre-hook: the padding Conv2dSame makes first
+        return (pad_same(args[0], module.kernel_size, module.stride, module.dilation), *args[1:])
 
     for name, sub in list(model.named_modules()):
         if type(sub) is not Conv2dSame or sub.padding_mode != "zeros" or sub.padding != (0, 0):
@@ -98,7 +95,7 @@ def _explicit_same_padding(model: nn.Module) -> None:
         conv = nn.Conv2d(sub.in_channels, sub.out_channels, sub.kernel_size, sub.stride, 0, sub.dilation,
                          sub.groups, sub.bias is not None, device=sub.weight.device, dtype=sub.weight.dtype)
         conv.weight, conv.bias = sub.weight, sub.bias
-        conv.register_forward_pre_hook(_pad_same)
+        conv.register_forward_pre_hook(padded)
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, conv)
 
