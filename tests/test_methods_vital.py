@@ -438,10 +438,14 @@ class _TwoBranches(nn.Module):
 
 
 @pytest.mark.parametrize("model", ["chain", "branches"])
-def test_the_last_relevance_layers_loss_made_in_the_backward_changes_no_pixel(tiny_spec, refs_a, monkeypatch, model):
-    """With relevance, the loss of the layer whose relevance arrives last is made during the backward (a hook adds
-    its gradient where the other layers' gradient arrives; where none arrives, on its own after it): the images and
-    loss curves are those of making every loss first."""
+def test_losses_made_during_the_backward_or_beside_the_relevance_change_no_pixel(tiny_spec, refs_a, monkeypatch,
+                                                                                 model):
+    """With relevance on the CPU, the loss backward runs in a second thread beside the relevance pass, each layer's
+    loss joining it as that layer's relevance arrives (where it does not arrive, on its own after); without that,
+    the last relevance layer's loss is made during the backward. Both give the images and loss curves of making
+    every loss first."""
+    import threading
+
     from vital_fv import load_model, matching
 
     if model == "branches":
@@ -450,20 +454,45 @@ def test_the_last_relevance_layers_loss_made_in_the_backward_changes_no_pixel(ti
                           class_names=tiny_spec.class_names, name="branches")
     else:
         spec = tiny_spec
-    in_backward = []
+    where = []
     loss = matching.sort_matching_loss
 
     def spying(*a, **k):
-        in_backward.append(torch._C._current_graph_task_id() != -1)
+        where.append((threading.current_thread().name.startswith("vital-loss"),
+                      torch._C._current_graph_task_id() != -1))
         return loss(*a, **k)
 
     monkeypatch.setattr(opt_mod, "sort_matching_loss", spying)
     kw = dict(preset="quick", steps=5, progress=False, relevance="lrp", seed=3)
+    beside = visualize(spec, 1, refs_a, **kw)
+    assert any(thread for thread, _ in where)  # in the loss thread
+    monkeypatch.setattr(opt_mod, "PIPELINED_LOSS_BACKWARD", False)
+    where.clear()
     late = visualize(spec, 1, refs_a, **kw)
-    assert any(in_backward) == (model == "chain")  # the hook's path in a chain, the loss on its own otherwise
+    assert not any(thread for thread, _ in where)
+    assert any(backward for _, backward in where) == (model == "chain")  # the hook's path in a chain only
     monkeypatch.setattr(opt_mod, "LATE_LOSS_IN_BACKWARD", False)
-    in_backward.clear()
+    where.clear()
     first = visualize(spec, 1, refs_a, **kw)
-    assert not any(in_backward)
-    assert torch.equal(late.image, first.image)
-    assert late.record["loss"] == first.record["loss"]
+    assert not any(thread or backward for thread, backward in where)
+    for other in (late, first):
+        assert torch.equal(beside.image, other.image)
+        assert beside.record["loss"] == other.record["loss"]
+
+
+def test_an_error_in_the_loss_thread_stops_the_run_and_leaves_no_thread_waiting(tiny_spec, refs_a, monkeypatch):
+    import threading
+
+    from vital_fv import matching
+
+    loss = matching.sort_matching_loss
+
+    def failing(*a, **k):
+        if threading.current_thread().name.startswith("vital-loss"):
+            raise RuntimeError("loss thread failed")
+        return loss(*a, **k)
+
+    monkeypatch.setattr(opt_mod, "sort_matching_loss", failing)
+    with pytest.raises(RuntimeError, match="loss thread failed"):
+        visualize(tiny_spec, 1, refs_a, preset="quick", steps=3, progress=False, relevance="lrp")
+    assert not [t for t in threading.enumerate() if t.name.startswith("vital-")]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -117,6 +119,9 @@ CROPS_OBJECT_SHARE = 0.9
 # as its gradient is needed (``_optimize``'s ``backward``): the same gradient, the sort off the critical path. Off
 # only where a test compares against the plain order.
 LATE_LOSS_IN_BACKWARD = True
+# On the CPU, with relevance weighting, the loss backward runs in a second thread beside the relevance pass
+# (``_optimize``'s ``pipe_start``): each layer's loss joins it as that layer's relevance arrives.
+PIPELINED_LOSS_BACKWARD = True
 
 OPTIM_PRESETS: dict[str, OptimPreset] = {
     # The authors' public code (SPEC §3).
@@ -579,8 +584,14 @@ def _optimize(
     alpha = torch.zeros_like(x)  # |d loss / d x| summed over steps: the transparency map (SPEC §4)
 
     # The sorts start in the forward; with relevance weighting, as each layer's relevance arrives (the stem's last).
+    pipelined = (weighting is not None and PIPELINED_LOSS_BACKWARD and len(names) > 1
+                 and torch.device(device).type == "cpu")
     with ranks_ahead(device, skip) as ranks, \
-            capture(model.module, names, model.name, ranks.started) as feats:
+            capture(model.module, names, model.name, ranks.started) as feats, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-loss") as loss_pool, \
+            capture(weighting.model.module if pipelined else model.module, names if pipelined else [],
+                    model.name) as copy_feats:
+        pipe: dict[str, Any] = {}  # this step's loss backward beside the relevance pass (``pipe_start``)
 
         def layer_loss(n: str, a: torch.Tensor, rel: Any, quiet: torch.Tensor | None) -> torch.Tensor:
             if rel is None:
@@ -589,6 +600,7 @@ def _optimize(
             made = ahead.pop(n, None)
             rhat, product = (None, None) if made is None else made if isinstance(made, tuple) else made.result()
             if rhat is None:
+                rel = rel["rel"] if isinstance(rel, dict) else rel  # the pipelined loss: the relevance once made
                 rhat = normalize_relevance(rel.rel[n]).to(a.dtype)
                 z = a * rhat
             else:
@@ -604,9 +616,17 @@ def _optimize(
 
         def weighted(a: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             rhat = normalize_relevance(r).to(a.dtype)
-            return rhat, a * rhat
+            return rhat, a.detach() * rhat
 
         def arrived(n: str, a: torch.Tensor, r: torch.Tensor, last: bool) -> None:
+            if pipelined:
+                ahead[n] = weighted(a, r)
+                ranks.started_features(n, ahead[n][1])
+                if "future" not in pipe:
+                    pipe_start(n)
+                else:
+                    pipe["events"][n].set()
+                return
             if last and len(names) > 1 and LATE_LOSS_IN_BACKWARD:
                 late.append(n)  # needed only at the end of the backward: made and sorted in the sort thread
                 ahead[n] = ranks.started_making(n, lambda: weighted(a, r))
@@ -622,11 +642,88 @@ def _optimize(
             # One forward on the relevance copy serves both: relevance now, the loss's true gradient later.
             ahead.clear()
             late.clear()
-            rel = weighting.model(xj, weighting.starts, keep_graph=True, on_relevance=arrived)
-            quiet = silent(rel.rel, rel.start)
+            pipe.clear()
+            pipe["xj"] = xj
+            try:
+                rel = weighting.model(xj, weighting.starts, keep_graph=True, on_relevance=arrived)
+                quiet = silent(rel.rel, rel.start)
+            except BaseException:
+                pipe_stop(abort=True)
+                raise
             for b in torch.nonzero(quiet).flatten().tolist():
                 weighting.silent_steps[b] += 1
+            if "future" in pipe:
+                pipe["rel"] = rel
+                pipe_stop(abort=bool(quiet.any()))  # a silent item: the plain order below, which handles it
             return rel.acts, rel, quiet
+
+        def pipe_start(n0: str) -> None:
+            """At the first layer's relevance (the deepest): its loss goes backward in the loss thread while the
+            relevance pass goes on; a hook at each other layer's output waits for that layer's relevance, adds its
+            loss's gradient and lets the backward go on."""
+            pipe["events"] = {n: threading.Event() for n in names if n != n0}
+            pipe["losses"] = {}
+            outs = {n: t[0] if isinstance(t, (tuple, list)) else t for n, t in copy_feats.items()}
+            pipe["handles"] = [outs[n].register_hook(pipe_hook(n, outs[n])) for n in pipe["events"]]
+            pipe["future"] = loss_pool.submit(pipe_job, n0, outs[n0], pipe["xj"])
+
+        def pipe_job(n0: str, out: torch.Tensor, xj: torch.Tensor) -> torch.Tensor:
+            pipe["ident"] = threading.get_ident()
+            with torch.enable_grad():  # (the relevance hooks, where this starts, run without grad)
+                own = layer_loss(n0, as_channels_positions(out, skip), pipe, None)
+                (g,) = torch.autograd.grad((weights[names.index(n0)] * own).sum(), xj, retain_graph=True)
+            pipe["losses"][n0] = own.detach()
+            return g
+
+        def pipe_hook(n: str, base: torch.Tensor) -> Any:
+            def hook(g: torch.Tensor) -> torch.Tensor | None:
+                if threading.get_ident() != pipe.get("ident"):
+                    return None  # the relevance pass's own backward
+                pipe["events"][n].wait()
+                if pipe.get("abort"):
+                    return None
+                with torch.enable_grad():
+                    a = base.detach().requires_grad_(True)
+                    own = layer_loss(n, as_channels_positions(a, skip), pipe, None)
+                    (ga,) = torch.autograd.grad((weights[names.index(n)] * own).sum(), a)
+                pipe["losses"][n] = own.detach()
+                return g + ga
+
+            return hook
+
+        def pipe_stop(abort: bool) -> None:
+            """Lets the loss thread finish: every layer's relevance is in (or the step is off)."""
+            if "future" not in pipe:
+                return
+            pipe["abort"] = pipe.get("abort", False) or abort
+            for event in pipe["events"].values():
+                event.set()
+            if pipe["abort"]:
+                try:
+                    pipe["future"].exception()  # waits; an error of an abandoned step's thread is not this one's
+                finally:
+                    for handle in pipe["handles"]:
+                        handle.remove()
+                    pipe.pop("future")
+
+        def pipe_backward(loss: torch.Tensor) -> torch.Tensor:
+            """The loss backward that ran in the loss thread: its gradient at the copy's input goes on to the
+            image, with the rest of the loss (TV, L2); a layer it did not reach adds its own."""
+            try:
+                g = pipe["future"].result()
+            finally:
+                for handle in pipe["handles"]:
+                    handle.remove()
+            xj, rel = pipe["xj"], pipe["rel"]
+            with weighting.model.plain_gradients():
+                for n in names:
+                    if n not in pipe["losses"]:
+                        own = layer_loss(n, rel.acts[n], pipe, None)
+                        g = g + torch.autograd.grad((weights[names.index(n)] * own).sum(), xj, retain_graph=True)[0]
+                        pipe["losses"][n] = own.detach()
+                torch.autograd.backward([xj, loss] if loss.requires_grad else [xj], [g, None][: 1 + loss.requires_grad])
+            losses.update(pipe["losses"])
+            return sum(weights[i] * losses[n] for i, n in enumerate(names)).sum()
 
         def backward(loss: torch.Tensor) -> torch.Tensor | None:
             """The loss's backward through the relevance copy. The layer whose relevance arrived last (the stem)
@@ -671,6 +768,8 @@ def _optimize(
             if opt.scale_jitter:
                 xj = zoom(xj, sample_scales(gens, opt.scale_jitter))
             acts, rel, quiet = forward(xj)
+            if "future" in pipe:
+                return pipelined_update(i)
             state.update(rel=rel, quiet=quiet)
             # With relevance the deepest layer's sort started first (its relevance arrived first): taken first;
             # the last one's loss is made in the backward.
@@ -689,6 +788,25 @@ def _optimize(
                 item_loss = item_loss - weight * logits["now"].gather(1, index[:, None])[:, 0].float()
             value = update(item_loss.sum(), len(jobs))  # non-finite: no update, x stays the last finite image
             state.clear()  # the step's graph (kept through the backward) goes now, not at the next step
+            if math.isfinite(value):
+                curves[i] = torch.stack([losses[n] for n in names]).detach().float()
+            return value
+
+        piped_update = Updater(optimizer, update.schedule, alpha=alpha, grad_of=lambda: x, backward=pipe_backward,
+                               before_step=update.before_step, after_step=update.after_step)
+
+        def pipelined_update(i: int) -> float:
+            losses.clear()
+            rest = torch.zeros(len(jobs), device=device)
+            if layer_preset.tv:
+                rest = rest + layer_preset.tv * total_variation(x)
+            if layer_preset.l2:
+                rest = rest + layer_preset.l2 * l2_norm(x)
+            try:
+                value = piped_update(rest.sum(), len(jobs))
+            finally:
+                pipe_stop(abort=True)  # joined already, unless the update stopped before its backward
+                pipe.clear()
             if math.isfinite(value):
                 curves[i] = torch.stack([losses[n] for n in names]).detach().float()
             return value

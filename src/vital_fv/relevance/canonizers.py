@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from typing import Any
 
 import torch
@@ -65,10 +66,20 @@ def alias_view(t: torch.Tensor) -> torch.Tensor:
 
 
 class Gate:
-    """Shared switch: while ``open`` is False, gradients through ``gated`` tensors are cut (relevance mode)."""
+    """Shared switch: while ``open`` is False, gradients through ``gated`` tensors are cut (relevance mode), and the
+    rules of the ``Relevance`` that owns it apply. Per thread: a plain backward in another thread (the loss's,
+    beside the relevance pass) sees it open."""
 
     def __init__(self) -> None:
-        self.open = True
+        self._local = threading.local()
+
+    @property
+    def open(self) -> bool:
+        return getattr(self._local, "open", True)
+
+    @open.setter
+    def open(self, value: bool) -> None:
+        self._local.open = value
 
 
 class GateFn(torch.autograd.Function):

@@ -94,6 +94,8 @@ class Relevance:
         self._resolved: tuple[list[str], list[nn.Module]] = ([], [])
         self._composite = lrp_composite(canonizers) if self.method == "lrp" else guided_composite()
         self._composite.register(self.module)
+        for hook in self._composite.hook_refs:
+            hook.gate = self._gate  # rules apply in the relevance pass's thread only
         pairs = sequential_chains(self.module) + [p for c in canonizers for p in c.chains(self.module)]
         self._links = link_chains(self._composite, self.module, pairs)
 
@@ -193,6 +195,8 @@ class Relevance:
     def _arrival(self, name: str, out: torch.Tensor, call: Callable[[str, torch.Tensor, torch.Tensor, bool], None],
                  arrived: set[str], total: int) -> Any:
         def hook(grad: torch.Tensor) -> None:
+            if self._gate.open:  # a plain backward in another thread
+                return
             arrived.add(name)
             call(name, as_channels_positions(out.detach(), self.skip_tokens),
                  as_channels_positions(grad.detach(), self.skip_tokens), len(arrived) == total)

@@ -48,7 +48,8 @@ class _RuleFn(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor | None) -> tuple[Any, ...]:  # noqa: ANN001
         if grad is None:
             return (None, *ctx.nones)
-        if not ctx.hook.active:
+        hook = ctx.hook
+        if not hook.active or (hook.gate is not None and hook.gate.open):
             return (grad, *ctx.nones)
         xs = [t.detach() for t in ctx.saved_tensors]
         own = (xs.pop(),) if ctx.hook.wants_output else ()  # the module's own output comes last
@@ -88,6 +89,7 @@ class RuleHook(Hook):
 
     link_in: Link | None = None
     link_out: Link | None = None
+    gate: Any = None  # the owning Relevance's Gate: where given, the rule applies only in a thread it closed
     inputs = 1
     wants_output = False  # whether ``relevance`` also takes the module's own output (``y``)
 
