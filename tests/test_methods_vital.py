@@ -437,12 +437,37 @@ class _TwoBranches(nn.Module):
         return self.fc(self.pool(self.act_a(self.conv_a(x)) + self.act_b(self.conv_b(x))).flatten(1))
 
 
+@pytest.fixture
+def one_thread(monkeypatch):
+    """torch on one intra-op thread with a second core free: where the loss backward runs beside the relevance."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(opt_mod.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("threads", "cores", "device", "expected"),
+                         [(1, 2, "cpu", True), (2, 2, "cpu", False), (1, 1, "cpu", False), (1, 2, "meta", False)])
+def test_the_loss_backward_runs_beside_the_relevance_only_on_one_cpu_thread_with_a_core_free(
+        monkeypatch, threads, cores, device, expected):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(opt_mod.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    torch.set_num_threads(threads)
+    try:
+        assert opt_mod._pipelines(torch.device(device)) is expected
+        monkeypatch.setattr(opt_mod, "PIPELINED_LOSS_BACKWARD", False)
+        assert opt_mod._pipelines(torch.device(device)) is False
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("model", ["chain", "branches"])
 def test_losses_made_during_the_backward_or_beside_the_relevance_change_no_pixel(tiny_spec, refs_a, monkeypatch,
-                                                                                 model):
-    """With relevance on the CPU, the loss backward runs in a second thread beside the relevance pass, each layer's
-    loss joining it as that layer's relevance arrives (where it does not arrive, on its own after); without that,
-    the last relevance layer's loss is made during the backward. Both give the images and loss curves of making
+                                                                                 one_thread, model):
+    """With relevance on one CPU thread, the loss backward runs in a second thread beside the relevance pass, each
+    layer's loss joining it as that layer's relevance arrives (where it does not arrive, on its own after); without
+    that, the last relevance layer's loss is made during the backward. Both give the images and loss curves of making
     every loss first."""
     import threading
 
@@ -480,7 +505,8 @@ def test_losses_made_during_the_backward_or_beside_the_relevance_change_no_pixel
         assert beside.record["loss"] == other.record["loss"]
 
 
-def test_an_error_in_the_loss_thread_stops_the_run_and_leaves_no_thread_waiting(tiny_spec, refs_a, monkeypatch):
+def test_an_error_in_the_loss_thread_stops_the_run_and_leaves_no_thread_waiting(tiny_spec, refs_a, monkeypatch,
+                                                                                one_thread):
     import threading
 
     from vital_fv import matching
@@ -495,4 +521,28 @@ def test_an_error_in_the_loss_thread_stops_the_run_and_leaves_no_thread_waiting(
     monkeypatch.setattr(opt_mod, "sort_matching_loss", failing)
     with pytest.raises(RuntimeError, match="loss thread failed"):
         visualize(tiny_spec, 1, refs_a, preset="quick", steps=3, progress=False, relevance="lrp")
+    assert not [t for t in threading.enumerate() if t.name.startswith("vital-")]
+
+
+def test_ctrl_c_during_a_pipelined_step_keeps_the_image_and_leaves_no_thread_waiting(tiny_spec, refs_a, monkeypatch,
+                                                                                      one_thread):
+    """Ctrl-C as a layer's relevance arrives (the loss thread is then waiting for the next one): the run stops as
+    interrupted with the last image, and the loss thread is let go."""
+    import threading
+
+    calls = []
+    normalize = opt_mod.normalize_relevance
+
+    def interrupting(r):
+        if threading.current_thread() is threading.main_thread():
+            calls.append(1)
+            if len(calls) == 7:  # the third step's relevance pass, after the first layer's (the loss thread's)
+                raise KeyboardInterrupt
+        return normalize(r)
+
+    monkeypatch.setattr(opt_mod, "normalize_relevance", interrupting)
+    r = visualize(tiny_spec, 1, refs_a, preset="quick", steps=20, progress=False, relevance="lrp", seed=1)
+    assert r.status == "interrupted"
+    assert r.record["steps_done"] == 2
+    assert torch.isfinite(r.image).all()
     assert not [t for t in threading.enumerate() if t.name.startswith("vital-")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -120,7 +121,8 @@ CROPS_OBJECT_SHARE = 0.9
 # only where a test compares against the plain order.
 LATE_LOSS_IN_BACKWARD = True
 # On the CPU, with relevance weighting, the loss backward runs in a second thread beside the relevance pass
-# (``_optimize``'s ``pipe_start``): each layer's loss joins it as that layer's relevance arrives.
+# (``_optimize``'s ``pipe_start``): each layer's loss joins it as that layer's relevance arrives. Only where torch
+# computes on one thread and a second core is free (``_pipelines``). Off where a test compares the plain order.
 PIPELINED_LOSS_BACKWARD = True
 
 OPTIM_PRESETS: dict[str, OptimPreset] = {
@@ -559,6 +561,19 @@ def _gradient_shaping(x: torch.Tensor, acting: Sequence[OptimPreset]) -> Any:
     return shape
 
 
+def _pipelines(device: torch.device) -> bool:
+    """Whether the loss backward runs beside the relevance pass (``PIPELINED_LOSS_BACKWARD``): on the CPU, where
+    torch computes on one thread and the process may use a second core. With more intra-op threads the cores are
+    taken already (the two passes would only contend), and two threads each driving OpenMP teams through the same
+    graph hung twice in soak runs at two threads (never at one; benchmarks/README.md, eighth session)."""
+    if not PIPELINED_LOSS_BACKWARD or torch.device(device).type != "cpu" or torch.get_num_threads() != 1:
+        return False
+    try:
+        return len(os.sched_getaffinity(0)) > 1
+    except AttributeError:  # (no affinity on this platform)
+        return (os.cpu_count() or 1) > 1
+
+
 def _optimize(
     model: ModelSpec,
     names: list[str],
@@ -584,8 +599,7 @@ def _optimize(
     alpha = torch.zeros_like(x)  # |d loss / d x| summed over steps: the transparency map (SPEC §4)
 
     # The sorts start in the forward; with relevance weighting, as each layer's relevance arrives (the stem's last).
-    pipelined = (weighting is not None and PIPELINED_LOSS_BACKWARD and len(names) > 1
-                 and torch.device(device).type == "cpu")
+    pipelined = weighting is not None and len(names) > 1 and _pipelines(device)
     with ranks_ahead(device, skip) as ranks, \
             capture(model.module, names, model.name, ranks.started) as feats, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-loss") as loss_pool, \
