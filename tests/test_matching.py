@@ -1,11 +1,15 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
 
+import vital_fv.matching as matching_mod
 from vital_fv.matching import (
     argsort_rows,
     compute_prototypes,
     l2_norm,
+    matched,
     ranks_ahead,
     resample_sorted,
     scaled_by_constant,
@@ -180,3 +184,78 @@ def test_features_sorted_ahead_and_scaled_by_a_constant_give_the_loss_of_the_pro
     loss_b.sum().backward()
     assert torch.equal(loss_a, loss_b)
     assert torch.equal(a.grad, b.grad)
+
+
+@pytest.fixture
+def torch_threads():
+    """Sets torch's intra-op threads for a test and puts the caller's number back."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _net_and_proto():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 3))
+    return net, torch.randn(2, 3, 30, 30), torch.sort(torch.randn(8, 900), dim=-1).values
+
+
+def _made_where(monkeypatch) -> list[str]:  # noqa: ANN001
+    """The names of the threads ``matching.matched`` runs in, from now on."""
+    where: list[str] = []
+    real = matching_mod.matched
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003
+        where.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(matching_mod, "matched", spy)
+    return where
+
+
+def test_the_sort_thread_makes_the_loss_parts_at_one_torch_thread_with_the_same_loss_and_gradient(
+        torch_threads, monkeypatch):
+    """At one torch thread the targets, the difference and the value are made beside the forward; the loss and the
+    image gradient are the bits the loss makes on its own; a prototype other than the layer's is matched here."""
+    from vital_fv.features import capture
+
+    torch_threads(1)
+    net, x, proto = _net_and_proto()
+    where = _made_where(monkeypatch)
+    with ranks_ahead("cpu", protos={"1": proto}) as ranks, capture(net, ["1"], on_output=ranks.started) as feats:
+        xa = x.clone().requires_grad_()
+        net(xa)
+        za = feats["1"].flatten(2)
+        made = ranks.take_matched("1", za, proto)
+        assert where == ["vital-sort_0"]
+        assert torch.equal(made.targets, matched(za, proto).targets)
+        loss_a = sort_matching_loss(za, proto, made=made)
+        loss_a.sum().backward()
+        net(x)
+        other = proto + 1.0
+        made_other = ranks.take_matched("1", feats["1"].flatten(2), other)
+        assert where[-1] == "MainThread"
+        assert torch.equal(made_other.diff, matched(feats["1"].flatten(2), other).diff)
+    xb = x.clone().requires_grad_()
+    with capture(net, ["1"]) as feats:
+        net(xb)
+        loss_b = sort_matching_loss(feats["1"].flatten(2), proto)
+        loss_b.sum().backward()
+    assert torch.equal(loss_a, loss_b)
+    assert torch.equal(xa.grad, xb.grad)
+
+
+def test_at_two_torch_threads_the_sort_thread_runs_numpy_only(torch_threads, monkeypatch):
+    """Torch work in the thread would start a second OpenMP team beside the forward's: only the sort runs there,
+    the loss parts are made by the caller and nothing is made ahead."""
+    from vital_fv.features import capture
+
+    torch_threads(2)
+    net, x, proto = _net_and_proto()
+    where = _made_where(monkeypatch)
+    with ranks_ahead("cpu", protos={"1": proto}) as ranks, capture(net, ["1"], on_output=ranks.started) as feats:
+        net(x)
+        made = ranks.take_matched("1", feats["1"].flatten(2), proto)
+        assert made is not None and where == ["MainThread"]
+        assert torch.equal(made.diff, matched(feats["1"].flatten(2), proto).diff)
+        assert ranks.started_making("l", lambda: (torch.ones(1, 8, 900),)) is None

@@ -8,9 +8,10 @@ the gradient back through the sort's permutation to the unsorted positions.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,22 +39,46 @@ def resample_sorted(proto: torch.Tensor, positions: int) -> torch.Tensor:
     return proto[..., lo] * (1 - frac) + proto[..., hi] * frac
 
 
+class Matched(NamedTuple):
+    """A layer's matched targets ``z_r = proto[rank(z)]``, with ``z - z_r`` and the per-item loss made from them
+    (``RanksAhead`` makes all three in its thread, beside the forward)."""
+
+    targets: torch.Tensor
+    diff: torch.Tensor
+    value: torch.Tensor
+
+
+def matched(z: torch.Tensor, proto: torch.Tensor, order: torch.Tensor | None = None) -> Matched:
+    """``Matched`` for features ``z`` (B, C, P), held constant (no graph)."""
+    with torch.no_grad():
+        z = z.detach()
+        targets = matched_targets(z, proto, order)
+        diff = z - targets
+        return Matched(targets, diff, diff.flatten(1).pow(2).mean(dim=1))
+
+
 def sort_matching_loss(z: torch.Tensor, proto: torch.Tensor, weights: torch.Tensor | None = None,
-                       order: torch.Tensor | None = None) -> torch.Tensor:
+                       order: torch.Tensor | None = None, made: Matched | None = None) -> torch.Tensor:
     """Per-item loss for features ``z`` (B, C, P) against a prototype (C, P') or per-item prototypes (B, C, P').
 
     Returns shape (B,): each batch item is its own visualization, never averaged with the others. The loss is
     ``mean((z - z_r)**2)`` with ``z_r = proto[rank(z)]`` held constant (the authors' formulation); its value and
     its gradient ``2 (z - z_r) / (C P)`` equal those of ``mean((sort(z) - proto)**2)`` through autograd.
     ``weights`` (C,) or (B, C) weight each channel's squared error (relevance importance, SPEC §4). ``order``:
-    ``argsort_rows`` of ``z`` already made (``RanksAhead``), else it is made here.
+    ``argsort_rows`` of ``z`` already made (``RanksAhead``), else it is made here; ``made``: ``matched(z, proto)``
+    already made (``RanksAhead.take_matched``), its values used as they are.
     """
     if z.dim() != 3:
         raise ValueError(f"features must be (B, C, P), got {tuple(z.shape)}")
     if proto.shape[-2] != z.shape[1]:
         raise ValueError(f"prototype has {proto.shape[-2]} channels, features have {z.shape[1]}")
-    with torch.no_grad():
-        z_r = matched_targets(z, proto, order)
+    if made is not None and weights is None:
+        return _SquaredErrorMade.apply(z, made.diff, made.value)
+    if made is not None:
+        z_r = made.targets
+    else:
+        with torch.no_grad():
+            z_r = matched_targets(z, proto, order)
     if weights is not None:
         # w (z - t)^2 = (sqrt(w) z - sqrt(w) t)^2: the rank matching above is unaffected by the weights.
         sw = weights.to(z.dtype).clamp(min=0).sqrt()
@@ -77,6 +102,20 @@ class _SquaredErrorToConstant(torch.autograd.Function):
         (diff,) = ctx.saved_tensors
         scale = grad * (2.0 / diff[0].numel())
         return diff * scale.view(-1, *([1] * (diff.dim() - 1))), None
+
+
+class _SquaredErrorMade(torch.autograd.Function):
+    """``_SquaredErrorToConstant`` whose ``z - t`` and value were made already (``matched``)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, diff: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(diff)
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+        (diff,) = ctx.saved_tensors
+        return _SquaredErrorToConstant.backward(ctx, grad)[0], None, None
 
 
 def matched_targets(z: torch.Tensor, proto: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,12 +161,20 @@ class RanksAhead:
     and the step no longer pays for it. ``started`` is the forward hook's callback; ``take`` gives the order for the
     tensor the loss is made from, or None (then the loss sorts as before) when the tensor is another one or was
     changed in place after the sort began: the result is the same in every case, only when it is computed moves.
-    Elsewhere than on the CPU (or for rows too small to go to NumPy) nothing is started.
+    Given the layers' prototypes (``protos``), the thread also makes what the loss makes from the order
+    (``matched``: the targets, the difference, the per-item value; ``take_matched``). Elsewhere than on the CPU
+    (or for rows too small to go to NumPy) nothing is started.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor | None, skip_tokens: int = 0) -> None:
+    def __init__(self, pool: ThreadPoolExecutor | None, skip_tokens: int = 0,
+                 protos: Mapping[str, torch.Tensor] | None = None) -> None:
         self._pool = pool
         self._skip = skip_tokens
+        self._protos = dict(protos or {})
+        # torch work in the thread only where torch computes on one thread: with more, each op there starts an
+        # OpenMP team of its own beside the forward's, and the two fight for the cores (Lite0 on 2 cores at two
+        # threads: the class step 1.25x -> 2.4x, the LRP step 2.2x -> 3.9x). NumPy's sort is single-threaded.
+        self._torch_beside = torch.get_num_threads() == 1
         self._pending: dict[str, tuple[torch.Tensor | None, int, Future]] = {}
 
     def started(self, name: str, out: torch.Tensor) -> None:
@@ -136,18 +183,20 @@ class RanksAhead:
             self.started_features(name, as_channels_positions(out, self._skip))
 
     def started_features(self, name: str, z: torch.Tensor) -> None:
-        """Start sorting features already laid out as (B, C, P)."""
+        """Start sorting features already laid out as (B, C, P); with the layer's prototype (``protos``), also
+        make its matched targets there."""
         if self._pool is None:
             return
         z = z.detach()
         if _sortable(z):
-            self._pending[name] = (z, z._version, self._pool.submit(argsort_rows, z.reshape(-1, z.shape[-1])))
+            proto = self._protos.get(name) if self._torch_beside else None
+            self._pending[name] = (z, z._version, self._pool.submit(_ranked, z, proto))
 
     def started_making(self, name: str, make: Callable[[], tuple[torch.Tensor, ...]]) -> Future | None:
         """Make a layer's tensors in the sort thread and sort the last of them (features, (B, C, P)) there too:
         for work nothing needs until later. The future gives ``make()``'s tuple; None where nothing is started
-        (off the CPU), and then the caller makes them itself."""
-        if self._pool is None:
+        (off the CPU, or where torch computes on more than one thread), and then the caller makes them itself."""
+        if self._pool is None or not self._torch_beside:
             return None
 
         def job() -> tuple[tuple[torch.Tensor, ...], int, torch.Tensor | None]:
@@ -160,19 +209,41 @@ class RanksAhead:
         return _First(future)
 
     def take(self, name: str, z: torch.Tensor) -> torch.Tensor | None:
+        """The order of ``z``'s rows sorted ahead (``argsort_rows``), or None."""
+        got = self._taken(name, z)
+        return None if got is None else got[0]
+
+    def take_matched(self, name: str, z: torch.Tensor, proto: torch.Tensor) -> Matched | None:
+        """``matched(z, proto)`` from the sort made ahead: made in the thread where ``proto`` is the one given
+        for the layer (``protos``), else from the order here; None where no sort was started for ``z``."""
+        got = self._taken(name, z)
+        if got is None:
+            return None
+        order, made = got
+        return made if made is not None and self._protos.get(name) is proto else matched(z, proto, order)
+
+    def _taken(self, name: str, z: torch.Tensor) -> tuple[torch.Tensor, Matched | None] | None:
         entry = self._pending.pop(name, None)
         if entry is None:
             return None
         seen, version, future = entry
-        order = future.result()
+        got = future.result()
         if seen is None:  # made in the thread
-            made, version, order = order
-            seen = made[-1]
-        if order is None:
+            made, version, order = got
+            seen, got = made[-1], None if order is None else (order, None)
+        if got is None:
             return None
         same = (seen.data_ptr() == z.data_ptr() and seen.shape == z.shape and seen.stride() == z.stride()
                 and z._version == version)
-        return order if same else None
+        return got if same else None
+
+
+def _ranked(z: torch.Tensor, proto: torch.Tensor | None) -> tuple[torch.Tensor, Matched | None]:
+    """The sort thread's job: the order of ``z``'s rows and, given the prototype, ``matched`` (the scatter, the
+    difference and the squared mean were a tenth of a class step's overhead on the CPU; here they run beside the
+    forward as well, the same operations on the same values)."""
+    order = argsort_rows(z.reshape(-1, z.shape[-1]))
+    return order, None if proto is None else matched(z, proto, order)
 
 
 def _sortable(z: torch.Tensor) -> bool:
@@ -212,15 +283,16 @@ def scaled_by_constant(z: torch.Tensor, w: torch.Tensor, zw: torch.Tensor) -> to
 
 
 @contextmanager
-def ranks_ahead(device: torch.device | str, skip_tokens: int = 0, enabled: bool = True) -> Iterator[RanksAhead]:
+def ranks_ahead(device: torch.device | str, skip_tokens: int = 0, enabled: bool = True,
+                protos: Mapping[str, torch.Tensor] | None = None) -> Iterator[RanksAhead]:
     """A ``RanksAhead`` with its thread for the block (none off the CPU or when not ``enabled``); the thread ends
-    with the block."""
+    with the block. ``protos``: per layer, the prototype whose matched targets the thread makes too."""
     if not enabled or torch.device(device).type != "cpu":
         yield RanksAhead(None, skip_tokens)
         return
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-sort")
     try:
-        yield RanksAhead(pool, skip_tokens)
+        yield RanksAhead(pool, skip_tokens, protos)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

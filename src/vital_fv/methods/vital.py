@@ -600,7 +600,7 @@ def _optimize(
 
     # The sorts start in the forward; with relevance weighting, as each layer's relevance arrives (the stem's last).
     pipelined = weighting is not None and len(names) > 1 and _pipelines(device)
-    with ranks_ahead(device, skip) as ranks, \
+    with ranks_ahead(device, skip, protos=protos if weighting is None else None) as ranks, \
             capture(model.module, names, model.name, ranks.started) as feats, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-loss") as loss_pool, \
             capture(weighting.model.module if pipelined else model.module, names if pipelined else [],
@@ -609,7 +609,7 @@ def _optimize(
 
         def layer_loss(n: str, a: torch.Tensor, rel: Any, quiet: torch.Tensor | None) -> torch.Tensor:
             if rel is None:
-                return sort_matching_loss(a, protos[n], order=ranks.take(n, a))
+                return sort_matching_loss(a, protos[n], made=ranks.take_matched(n, a, protos[n]))
             # R̂ is recomputed on this step's jittered image and enters as a constant weight (SPEC §4).
             made = ahead.pop(n, None)
             rhat, product = (None, None) if made is None else made if isinstance(made, tuple) else made.result()
