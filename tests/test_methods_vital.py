@@ -351,21 +351,33 @@ def test_gradient_shaping_stays_out_of_the_transparency_map_and_the_record_says_
         assert (opt["unit_prior"], opt["unit_smooth"], opt["channel_smooth"]) == (prior, smooth, channel)
 
 
-@pytest.mark.parametrize("relevance", [None, "lrp"])
-def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypatch, relevance):
+@pytest.mark.parametrize(("relevance", "threads"), [(None, 1), (None, 2), ("lrp", 1), ("lrp", 2)])
+def test_sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypatch, relevance, threads):
     """The loss's sorts run beside the forward pass (matching.ranks_ahead), with relevance beside the relevance
-    backward; the images are those of sorting in the loss, and the sorts made ahead are the ones used."""
+    backward; at one torch thread the loss parts are made there too. The images are those of sorting in the loss,
+    and the sorts made ahead are the ones used."""
     from vital_fv import matching
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    monkeypatch.setattr(opt_mod.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    try:
+        _sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypatch, relevance, matching)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sorting_during_the_forward_changes_no_pixel(tiny_spec, refs_a, monkeypatch, relevance, matching):  # noqa: ANN001
+
     used = []
-    take = matching.RanksAhead.take
+    taken = matching.RanksAhead._taken  # under take (the order) and take_matched (the loss parts)
 
     def counting(self, name, z):
-        order = take(self, name, z)
-        used.append(order is not None)
-        return order
+        got = taken(self, name, z)
+        used.append(got is not None)
+        return got
 
-    monkeypatch.setattr(matching.RanksAhead, "take", counting)
+    monkeypatch.setattr(matching.RanksAhead, "_taken", counting)
     kw = dict(preset="quick", steps=6, progress=False, relevance=relevance)
     ahead = visualize(tiny_spec, 1, refs_a, seed=2, **kw)
     assert used and all(used)
