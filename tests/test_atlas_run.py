@@ -415,6 +415,21 @@ def test_done_items_whose_files_went_missing_or_changed_are_reported_and_made_ag
     assert atlas_status(job, verify=True)["damaged"] == []
 
 
+def test_a_run_removes_the_half_written_files_a_killed_run_left_and_nothing_else(fourier_job, lite0, tmp_path):
+    """SIGKILL mid-write leaves ``atomic_write_bytes``'s temporary file (no handler runs): the next run, holding the
+    job's lock, removes it; finished images and the user's own files stay."""
+    job = _copy(fourier_job, tmp_path)
+    plan = Ledger.open(job).plan
+    assert run_atlas(job, batch=4, progress=False, executor=InProcess(plan, job, "cpu", spec=lite0))["done"] == 4
+    images = job / "images"
+    made = {p.name: p.read_bytes() for p in images.iterdir()}
+    stem = sorted(p.stem for p in images.glob("*.png"))[0]
+    (images / f".{stem}.png.k1ll3d.tmp").write_bytes(b"\x89PNG half")
+    (images / "notes.txt").write_text("mine")
+    assert run_atlas(job, batch=4, progress=False, executor=InProcess(plan, job, "cpu", spec=lite0))["done"] == 4
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == {**made, "notes.txt": b"mine"}
+
+
 def test_an_out_that_is_a_file_or_inside_one_is_refused_by_name(tmp_path, capsys):
     file = tmp_path / "notes.txt"
     file.write_text("x")

@@ -59,3 +59,16 @@ def test_a_failure_while_writing_the_transparency_map_keeps_the_image_and_record
         r.save(tmp_path / "x.png")
     assert (tmp_path / "x.png").stat().st_size > 0 and (tmp_path / "x.json").is_file()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_stale_partial_writes_are_removed_and_nothing_else(tmp_path):
+    from vital_fv.result import atomic_write_bytes, remove_stale_partial_writes
+
+    atomic_write_bytes(tmp_path / "a.png", b"done")
+    (tmp_path / ".a.png.x7f2q.tmp").write_bytes(b"half")  # what a killed writer leaves
+    (tmp_path / ".hidden").write_text("user's")
+    (tmp_path / "b.tmp").write_text("user's")
+    assert remove_stale_partial_writes(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "a.png", "b.tmp"]
+    assert (tmp_path / "a.png").read_bytes() == b"done"
+    assert remove_stale_partial_writes(tmp_path / "absent") == 0

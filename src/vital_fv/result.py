@@ -35,6 +35,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_partial_writes(folder: Path) -> int:
+    """Remove the temporary files ``atomic_write_bytes`` leaves in ``folder`` when its process is killed mid-write
+    (SIGKILL, power loss: no handler runs); the finished files are untouched. Only for a folder no live process
+    writes to (the caller holds its lock). Returns how many were removed."""
+    removed = 0
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

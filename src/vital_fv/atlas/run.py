@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import VitalError
 from ..options import check_device_name, check_positive
+from ..result import remove_stale_partial_writes
 from .executors import Executor, InProcess, LocalWorkers
 from .ledger import MINE, Item, Ledger
 from .work import Outcome
@@ -85,6 +86,11 @@ def run_atlas(folder: str | os.PathLike[str], *, batch: int | str = "auto", devi
             back = ledger.requeue(("running",))
             if back:
                 log.info(f"{back} items a stopped run left running are queued again")
+            from .plan import IMAGES_DIR
+
+            partial = remove_stale_partial_writes(ledger.folder / IMAGES_DIR)  # a killed run's half-written files
+            if partial:
+                log.info(f"{partial} half-written files a killed run left in {IMAGES_DIR}/ are removed")
             if retry_failed:
                 log.info(f"{ledger.requeue(('failed',), reset_attempts=True)} failed items queued again")
             damaged = check_done(ledger.folder, ledger.rows(), verify)
