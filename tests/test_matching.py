@@ -123,14 +123,29 @@ def test_argsort_rows_orders_negative_values_and_signed_zeros():
     assert torch.equal(torch.gather(x, 1, idx), torch.sort(x, dim=-1).values)
 
 
+def _net_and_proto():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 3))
+    return net, torch.randn(2, 3, 30, 30), torch.sort(torch.randn(8, 900), dim=-1).values
+
+
+def _plain_loss_and_grad(net, x, proto):  # noqa: ANN001
+    """The loss of layer "1" made with no sort ahead, and the input's gradient."""
+    from vital_fv.features import capture
+
+    xb = x.clone().requires_grad_()
+    with capture(net, ["1"]) as feats:
+        net(xb)
+        loss = sort_matching_loss(feats["1"].flatten(2), proto)
+        loss.sum().backward()
+    return loss, xb.grad
+
+
 def test_ranks_sorted_during_the_forward_give_the_same_loss_and_gradient():
     """The sort started in a second thread as the layer's output is made is the one the loss would have made."""
     from vital_fv.features import capture
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 3))
-    x = torch.randn(2, 3, 30, 30)
-    proto = torch.sort(torch.randn(8, 900), dim=-1).values
+    net, x, proto = _net_and_proto()
     with ranks_ahead("cpu") as ranks, capture(net, ["1"], on_output=ranks.started) as feats:
         xa = x.clone().requires_grad_()
         net(xa)
@@ -139,13 +154,9 @@ def test_ranks_sorted_during_the_forward_give_the_same_loss_and_gradient():
         assert order is not None
         loss_a = sort_matching_loss(za, proto, order=order)
         loss_a.sum().backward()
-    xb = x.clone().requires_grad_()
-    with capture(net, ["1"]) as feats:
-        net(xb)
-        loss_b = sort_matching_loss(feats["1"].flatten(2), proto)
-        loss_b.sum().backward()
+    loss_b, grad_b = _plain_loss_and_grad(net, x, proto)
     assert torch.equal(loss_a, loss_b)
-    assert torch.equal(xa.grad, xb.grad)
+    assert torch.equal(xa.grad, grad_b)
 
 
 def test_ranks_sorted_ahead_are_not_used_for_a_changed_or_other_tensor():
@@ -194,12 +205,6 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
-def _net_and_proto():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 3))
-    return net, torch.randn(2, 3, 30, 30), torch.sort(torch.randn(8, 900), dim=-1).values
-
-
 def _made_where(monkeypatch) -> list[str]:  # noqa: ANN001
     """The names of the threads ``matching.matched`` runs in, from now on."""
     where: list[str] = []
@@ -236,13 +241,9 @@ def test_the_sort_thread_makes_the_loss_parts_at_one_torch_thread_with_the_same_
         made_other = ranks.take_matched("1", feats["1"].flatten(2), other)
         assert where[-1] == "MainThread"
         assert torch.equal(made_other.diff, matched(feats["1"].flatten(2), other).diff)
-    xb = x.clone().requires_grad_()
-    with capture(net, ["1"]) as feats:
-        net(xb)
-        loss_b = sort_matching_loss(feats["1"].flatten(2), proto)
-        loss_b.sum().backward()
+    loss_b, grad_b = _plain_loss_and_grad(net, x, proto)
     assert torch.equal(loss_a, loss_b)
-    assert torch.equal(xa.grad, xb.grad)
+    assert torch.equal(xa.grad, grad_b)
 
 
 def test_at_two_torch_threads_the_sort_thread_runs_numpy_only(torch_threads, monkeypatch):

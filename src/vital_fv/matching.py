@@ -51,10 +51,15 @@ class Matched(NamedTuple):
 def matched(z: torch.Tensor, proto: torch.Tensor, order: torch.Tensor | None = None) -> Matched:
     """``Matched`` for features ``z`` (B, C, P), held constant (no graph)."""
     with torch.no_grad():
-        z = z.detach()
-        targets = matched_targets(z, proto, order)
-        diff = z - targets
-        return Matched(targets, diff, diff.flatten(1).pow(2).mean(dim=1))
+        targets = matched_targets(z.detach(), proto, order)
+    return Matched(targets, *_error_parts(z, targets))
+
+
+def _error_parts(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z - t`` and its per-item mean square over (C, P), held constant."""
+    with torch.no_grad():
+        diff = z.detach() - t
+        return diff, diff.flatten(1).pow(2).mean(dim=1)
 
 
 def sort_matching_loss(z: torch.Tensor, proto: torch.Tensor, weights: torch.Tensor | None = None,
@@ -73,7 +78,7 @@ def sort_matching_loss(z: torch.Tensor, proto: torch.Tensor, weights: torch.Tens
     if proto.shape[-2] != z.shape[1]:
         raise ValueError(f"prototype has {proto.shape[-2]} channels, features have {z.shape[1]}")
     if made is not None and weights is None:
-        return _SquaredErrorMade.apply(z, made.diff, made.value)
+        return _SquaredError.apply(z, made.diff, made.value)
     if made is not None:
         z_r = made.targets
     else:
@@ -83,29 +88,14 @@ def sort_matching_loss(z: torch.Tensor, proto: torch.Tensor, weights: torch.Tens
         # w (z - t)^2 = (sqrt(w) z - sqrt(w) t)^2: the rank matching above is unaffected by the weights.
         sw = weights.to(z.dtype).clamp(min=0).sqrt()
         sw = sw.view(1, -1, 1) if sw.dim() == 1 else sw.unsqueeze(-1)
-        return _SquaredErrorToConstant.apply(z * sw, z_r * sw)
-    return _SquaredErrorToConstant.apply(z, z_r)
+        z, z_r = z * sw, z_r * sw
+    return _SquaredError.apply(z, *_error_parts(z, z_r))
 
 
-class _SquaredErrorToConstant(torch.autograd.Function):
-    """Per-item ``mean((z - t)**2)`` over (C, P) with ``t`` constant: one pass forward, one backward, instead of
-    the four elementwise passes autograd would make on the largest activation tensors."""
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        diff = z - t
-        ctx.save_for_backward(diff)
-        return diff.flatten(1).pow(2).mean(dim=1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
-        (diff,) = ctx.saved_tensors
-        scale = grad * (2.0 / diff[0].numel())
-        return diff * scale.view(-1, *([1] * (diff.dim() - 1))), None
-
-
-class _SquaredErrorMade(torch.autograd.Function):
-    """``_SquaredErrorToConstant`` whose ``z - t`` and value were made already (``matched``)."""
+class _SquaredError(torch.autograd.Function):
+    """Per-item ``mean((z - t)**2)`` over (C, P) with ``t`` constant, from ``z - t`` and the value made already
+    (``_error_parts``, possibly in the sort thread): one pass forward, one backward, instead of the four
+    elementwise passes autograd would make on the largest activation tensors."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, diff: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
@@ -115,7 +105,8 @@ class _SquaredErrorMade(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
         (diff,) = ctx.saved_tensors
-        return _SquaredErrorToConstant.backward(ctx, grad)[0], None, None
+        scale = grad * (2.0 / diff[0].numel())
+        return diff * scale.view(-1, *([1] * (diff.dim() - 1))), None, None
 
 
 def matched_targets(z: torch.Tensor, proto: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:

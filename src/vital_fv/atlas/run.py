@@ -20,6 +20,7 @@ from ..options import check_device_name, check_positive
 from ..result import remove_stale_partial_writes
 from .executors import Executor, InProcess, LocalWorkers
 from .ledger import MINE, Item, Ledger
+from .plan import IMAGES_DIR
 from .work import Outcome
 
 log = logging.getLogger("vital_fv")
@@ -86,8 +87,6 @@ def run_atlas(folder: str | os.PathLike[str], *, batch: int | str = "auto", devi
             back = ledger.requeue(("running",))
             if back:
                 log.info(f"{back} items a stopped run left running are queued again")
-            from .plan import IMAGES_DIR
-
             partial = remove_stale_partial_writes(ledger.folder / IMAGES_DIR)  # a killed run's half-written files
             if partial:
                 log.info(f"{partial} half-written files a killed run left in {IMAGES_DIR}/ are removed")
@@ -248,8 +247,6 @@ def check_done(folder: str | os.PathLike[str], rows: Sequence[dict[str, Any]], v
     """The done items whose files are missing or damaged, each with its problems: every file must exist with the
     size the ledger recorded (``verify``: and its sha256; an item recorded without hashes, by an older vital-fv,
     has its PNG decoded and its JSON parsed instead). An item that lists no files is checked for its image."""
-    from .plan import IMAGES_DIR
-
     folder = Path(folder)
     damaged = []
     for r in rows:
